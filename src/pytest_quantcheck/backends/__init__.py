@@ -1,0 +1,124 @@
+"""The inference backend seen by the rest of the package, as Protocols.
+
+Everything above this layer talks to a model through these types only, so the pure layers can be
+tested with a fake backend and only :mod:`pytest_quantcheck.backends.llamacpp` imports
+``llama_cpp``. :func:`default_backend` imports it lazily, on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class BackendError(RuntimeError):
+    """llama.cpp refused a file or an operation; the message names the file and the fix."""
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process, counted the way llama.cpp counts its default.
+
+    llama.cpp's tools default to one thread per physical core (hyper-threads share the units
+    that matrix code saturates), so the same default keeps our timings comparable with theirs.
+    """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    siblings: set[str] = set()
+    for cpu in cpus:
+        path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings")
+        try:
+            siblings.add(path.read_text().strip())
+        except OSError:
+            return len(cpus)
+    return max(1, len(siblings))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How llama.cpp runs a model; none of these change the numbers it computes on a CPU."""
+
+    n_threads: int | None = None  # None: one per physical core, as llama.cpp's tools do
+    n_gpu_layers: int = 0
+    verbose: bool = False  # pass llama.cpp's own log output through to stderr
+
+    def threads(self) -> int:
+        return self.n_threads if self.n_threads is not None else physical_cores()
+
+
+class EvalContext(Protocol):
+    """A context holding ``n_seq`` sequences of ``n_ctx`` tokens side by side."""
+
+    n_ctx: int
+    n_seq: int
+
+    def score_chunks(self, chunks: NDArray[np.int32], first: int) -> NDArray[np.float32]:
+        """Decode each row of ``chunks`` (shape ``(k, n_ctx)``, ``k <= n_seq``) as its own
+        sequence from an empty cache; return logits for positions ``first .. n_ctx-1``.
+
+        The result has shape ``(k, n_ctx - first, n_vocab)``. It may be a view into the
+        backend's buffer that is valid only until the next call.
+        """
+        ...
+
+    def embed_chunks(self, chunks: NDArray[np.int32]) -> NDArray[np.float32]:
+        """Final normalized hidden states, shape ``(k, n_ctx, n_embd)``; needs ``embeddings``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Model(Protocol):
+    path: Path
+    n_vocab: int
+    n_embd: int
+    n_ctx_train: int
+    add_bos: bool
+    bos_token: int
+
+    def tokenize(self, text: bytes) -> NDArray[np.int32]:
+        """Tokens of UTF-8 ``text``, with BOS when the vocabulary adds one (llama.cpp's rule).
+
+        Bytes, not ``str``: llama.cpp tokenizes the file's bytes as they are."""
+        ...
+
+    def open_context(
+        self, n_ctx: int, n_seq: int, n_batch: int, *, embeddings: bool = False
+    ) -> EvalContext: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    version: str  # identifies the inference code; part of every cache key
+
+    def load(self, path: Path, options: RunOptions) -> Model: ...
+
+    def quantize(
+        self,
+        source: Path,
+        dest: Path,
+        ftype: int,
+        *,
+        n_threads: int,
+        imatrix: Mapping[str, NDArray[np.float32]] | None = None,
+    ) -> None:
+        """Write ``source`` quantized to llama.cpp file type ``ftype`` into ``dest``."""
+        ...
+
+    def system_info(self) -> str: ...
+
+
+def default_backend() -> Backend:
+    """The llama.cpp backend; importing it is what loads the native library."""
+    from pytest_quantcheck.backends.llamacpp import LlamaCppBackend
+
+    return LlamaCppBackend()

@@ -1,0 +1,151 @@
+"""The on-disk cache: where entries live, content hashes, and publishing entries safely.
+
+An entry is built under a temporary name in the cache directory and renamed into place, so a
+reader never sees a half-written file; an exclusive lock per entry makes concurrent builders
+(pytest-xdist workers, parallel CI jobs) wait for one build instead of racing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+_HASH_BLOCK = 1 << 22
+
+
+class CacheError(RuntimeError):
+    """The cache directory cannot be used; the message says which and how to fix it."""
+
+
+def cache_root() -> Path:
+    """``$QUANTCHECK_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-quantcheck``, else ``~/.cache/...``."""
+    explicit = os.environ.get("QUANTCHECK_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "pytest-quantcheck"
+
+
+def ensure_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(
+            f"{path}: cannot create cache directory ({exc.strerror}); set QUANTCHECK_CACHE_DIR"
+            " to a writable directory"
+        ) from None
+    return path
+
+
+def key_digest(*parts: object) -> str:
+    """A short stable digest of the things an entry depends on."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file's bytes, read now."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: Path, *, root: Path | None = None) -> str:
+    """SHA-256 of a file, remembered by (path, size, mtime, inode) so a multi-GB base model is
+    read once, not once per run. Any rewrite of the file changes its mtime and so its hash."""
+    st = path.stat()
+    stamp = [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino]
+    memo_dir = (root or cache_root()) / "hashes"
+    memo = memo_dir / f"{key_digest(stamp[0])}.json"
+    try:
+        saved = json.loads(memo.read_text())
+        if saved["stamp"] == stamp:
+            return str(saved["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = sha256_of(path)
+    with contextlib.suppress(OSError, CacheError):  # the memo is an optimisation only
+        ensure_dir(memo_dir)
+        write_atomic(memo, json.dumps({"stamp": stamp, "sha256": digest}).encode())
+    return digest
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock named after ``path`` (a sibling ``.lock`` file)."""
+    lock_path = path.with_name(path.name + ".lock")
+    with lock_path.open("a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def publish(
+    final: Path,
+    build: Callable[[Path], None],
+    is_valid: Callable[[Path], bool],
+) -> bool:
+    """Make ``final`` exist and be valid, building it at most once across processes.
+
+    ``build(tmp)`` writes the entry (a file or a directory) at ``tmp``; it is renamed to
+    ``final`` only after ``build`` returns. An existing entry that fails ``is_valid`` is removed
+    and rebuilt. Returns True when this call built the entry.
+    """
+    ensure_dir(final.parent)
+    with locked(final):
+        if final.exists():
+            if is_valid(final):
+                return False
+            _remove(final)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
+        _remove(tmp)
+        try:
+            build(tmp)
+            if tmp.is_file():
+                with tmp.open("rb") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            _remove(tmp)
+            raise CacheError(
+                f"{final.parent}: cannot write cache entry ({exc.strerror}); free disk space or"
+                " set QUANTCHECK_CACHE_DIR to another directory"
+            ) from exc
+        except BaseException:
+            _remove(tmp)
+            raise
+        return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -1,0 +1,224 @@
+"""The ``quantcheck`` command: quantize, perplexity, kld, demo-model. No pytest here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_quantcheck import __version__
+from pytest_quantcheck.backends import BackendError, RunOptions, default_backend
+from pytest_quantcheck.cache import CacheError
+from pytest_quantcheck.engine import Engine
+from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol
+from pytest_quantcheck.gguf_file import GGUFError
+from pytest_quantcheck.imatrix import ImatrixError
+from pytest_quantcheck.metrics.kld import KLDResult
+from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.refstore import DEFAULT_TOP_K, ReferenceStoreError
+from pytest_quantcheck.variants import FILE_TYPES, VariantError, quantize
+
+_USER_ERRORS = (BackendError, CacheError, EvalTextError, GGUFError, ImatrixError,
+                ReferenceStoreError, VariantError)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
+    return value
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--threads", type=_positive, default=None,
+                   help="CPU threads (default: one per physical core, as llama.cpp)")
+    p.add_argument("-ngl", "--n-gpu-layers", type=_non_negative, default=0,
+                   help="layers to offload to a GPU (default: 0)")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", type=Path, required=True, help="evaluation text")
+    p.add_argument("-c", "--ctx-size", type=_positive, default=512,
+                   help="tokens per chunk, as llama-perplexity -c (default: 512)")
+    p.add_argument("-b", "--batch-size", type=_positive, default=2048,
+                   help="tokens per batch, as llama-perplexity -b (default: 2048)")
+    p.add_argument("--chunks", type=_positive, default=None,
+                   help="score at most this many chunks (default: all)")
+    p.add_argument("--json", action="store_true", help="print every number as JSON")
+    _run_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantcheck", description="Quantize GGUF models and measure what quantization costs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quantize", help="quantize a base GGUF (cached by content)")
+    q.add_argument("base", type=Path, help="base model (F32, F16 or BF16 GGUF)")
+    q.add_argument("type", help=f"file type: {', '.join(FILE_TYPES)}")
+    q.add_argument("-o", "--output", type=Path, help="copy the result here (default: print the"
+                   " cached file's path)")
+    q.add_argument("--imatrix", type=Path, help="importance matrix from llama-imatrix")
+    _run_args(q)
+
+    p = sub.add_parser("perplexity", help="perplexity with llama-perplexity's protocol")
+    p.add_argument("model", type=Path)
+    _eval_args(p)
+
+    k = sub.add_parser("kld", help="KL divergence of MODEL from REF, as llama-perplexity"
+                       " --kl-divergence")
+    k.add_argument("ref", type=Path, help="reference model (usually the base)")
+    k.add_argument("model", type=Path)
+    k.add_argument("--top-k", type=_positive, default=DEFAULT_TOP_K,
+                   help=f"reference tokens kept per position (default: {DEFAULT_TOP_K})")
+    _eval_args(k)
+
+    d = sub.add_parser("demo-model", help="print the built-in demo model's path (builds it once)")
+    d.add_argument("--eval-text", action="store_true",
+                   help="print the path of its held-out evaluation text instead")
+    _run_args(d)
+    return parser
+
+
+def _options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, verbose=args.verbose)
+
+
+def _protocol(args: argparse.Namespace) -> ScoringProtocol:
+    try:
+        return ScoringProtocol(n_ctx=args.ctx_size, n_batch=args.batch_size, n_chunks=args.chunks)
+    except ValueError as exc:
+        raise EvalTextError(str(exc)) from None
+
+
+def _print_perplexity(model: Path, res: PerplexityResult, seconds: float) -> None:
+    print(f"model       {model}")
+    print(f"chunks      {res.n_chunks} of {res.n_ctx} tokens, {res.n_tokens} tokens scored")
+    print(f"perplexity  {res.ppl:.4f} +/- {res.ppl_err:.5f}")
+    print(f"time        {seconds:.2f} s")
+
+
+def _pm(e: Any, scale: float = 1.0, digits: int = 6) -> str:
+    return f"{scale * e.value:.{digits}f} ± {scale * e.err:.{digits}f}"
+
+
+def _print_kld(res: KLDResult, seconds: float) -> None:
+    exact = "exact" if res.exact else f"top {res.top_k} of {res.n_vocab} tokens + remainder"
+    print(f"scored {res.n_tokens} tokens in {res.n_chunks} chunks; KLD over {exact}")
+    print(f"Mean PPL(Q)                   : {_pm(res.ppl)}")
+    print(f"Mean PPL(base)                : {_pm(res.ppl_ref)}")
+    print(f"Cor(ln(PPL(Q)), ln(PPL(base))): {100 * res.ln_ppl_cor:6.2f}%")
+    print(f"Mean ln(PPL(Q)/PPL(base))     : {_pm(res.ln_ppl_ratio)}")
+    print(f"Mean PPL(Q)/PPL(base)         : {_pm(res.ppl_ratio)}")
+    print(f"Mean PPL(Q)-PPL(base)         : {_pm(res.ppl_diff)}")
+    print(f"Mean    KLD: {_pm(res.kld)}")
+    print(f"Maximum KLD: {res.kld_max:10.6f}")
+    for q, v in res.kld_percentiles.items():
+        if q > 0.5:
+            print(f"{100 * q:4.1f}%   KLD: {v:10.6f}")
+    print(f"Median  KLD: {res.kld_median:10.6f}")
+    for q, v in res.kld_percentiles.items():
+        if q < 0.5:
+            print(f"{100 * q:4.1f}%   KLD: {v:10.6f}")
+    print(f"Minimum KLD: {res.kld_min:10.6f}")
+    print(f"Mean    Δp: {_pm(res.p_diff, 100, 3)} %")
+    print(f"Maximum Δp: {100 * res.p_diff_max:6.3f}%")
+    print(f"Median  Δp: {100 * res.p_diff_median:6.3f}%")
+    print(f"Minimum Δp: {100 * res.p_diff_min:6.3f}%")
+    print(f"RMS Δp    : {_pm(res.rms_p_diff, 100, 3)} %")
+    print(f"Same top p: {_pm(res.same_top, 100, 3)} %")
+    print(f"time        {seconds:.2f} s")
+
+
+def _json_default(value: Any) -> Any:
+    return str(value)
+
+
+def _dump(obj: dict[str, Any]) -> None:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    print(json.dumps(clean(obj), indent=1, default=_json_default))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "quantize":
+        variant = quantize(args.base, args.type, backend=default_backend(),
+                           imatrix=args.imatrix, n_threads=args.threads)
+        if args.output:
+            tmp = args.output.with_name(f".{args.output.name}.partial")
+            shutil.copyfile(variant.path, tmp)
+            tmp.replace(args.output)
+            print(args.output)
+        else:
+            print(variant.path)
+        return 0
+    if args.command == "demo-model":
+        from pytest_quantcheck.demo.model import data_path, demo_model_path
+
+        if args.eval_text:
+            print(data_path("eval.txt"))
+        else:
+            log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else (lambda _m: None)
+            print(demo_model_path(options=_options(args), log=log))
+        return 0
+
+    engine = Engine.default(_options(args))
+    proto = _protocol(args)
+    t0 = time.perf_counter()
+    if args.command == "perplexity":
+        ppl = engine.perplexity(args.model, args.file, proto)
+        seconds = time.perf_counter() - t0
+        if args.json:
+            _dump({"model": str(args.model), "text": str(args.file), "protocol": proto.describe(),
+                   "seconds": seconds, **ppl.to_dict(tokens=True)})
+        else:
+            _print_perplexity(args.model, ppl, seconds)
+        return 0
+    kld = engine.kl_divergence(args.ref, args.model, args.file, proto, args.top_k)
+    seconds = time.perf_counter() - t0
+    if args.json:
+        _dump({"ref": str(args.ref), "model": str(args.model), "text": str(args.file),
+               "protocol": proto.describe(), "seconds": seconds, **kld.to_dict()})
+    else:
+        _print_kld(kld, seconds)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except _USER_ERRORS as exc:
+        print(f"quantcheck: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The ``llama-perplexity`` scoring protocol, driving any backend :class:`Model`.
+
+The text is tokenized once (BOS per the vocabulary) and cut into ``n_chunks`` chunks of
+``n_ctx`` tokens; each chunk is decoded from an empty cache with its first token replaced by
+BOS when the vocabulary adds one, and only its second half is scored: the logits at positions
+``n_ctx/2 .. n_ctx-2`` predict tokens ``n_ctx/2+1 .. n_ctx-1``. ``n_batch // n_ctx`` chunks are
+decoded side by side in one batch. Memory is bounded by one batch of logits, whatever the
+length of the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pytest_quantcheck.backends import Model
+from pytest_quantcheck.metrics.kld import KLDResult, ReferenceRows, compare_tokens, summarize
+from pytest_quantcheck.metrics.logprobs import target_logprobs
+from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
+
+
+class EvalTextError(ValueError):
+    """The evaluation text cannot be scored with these settings."""
+
+
+@dataclass(frozen=True)
+class ScoringProtocol:
+    n_ctx: int = 512
+    n_batch: int = 2048
+    n_chunks: int | None = None  # None: every whole chunk in the text
+
+    def __post_init__(self) -> None:
+        if self.n_ctx < 4 or self.n_ctx % 2:
+            raise ValueError(f"n_ctx must be an even number >= 4, not {self.n_ctx}")
+        if self.n_batch < 1:
+            raise ValueError(f"n_batch must be positive, not {self.n_batch}")
+        if self.n_batch > self.n_ctx and self.n_batch % self.n_ctx:
+            # llama-perplexity asserts the same: a batch holds whole chunks or part of one.
+            raise ValueError(
+                f"n_batch ({self.n_batch}) must be a multiple of n_ctx ({self.n_ctx}) or below it"
+            )
+        if self.n_chunks is not None and self.n_chunks < 1:
+            raise ValueError(f"n_chunks must be positive, not {self.n_chunks}")
+
+    @property
+    def first(self) -> int:
+        return self.n_ctx // 2
+
+    @property
+    def n_seq(self) -> int:
+        return max(1, self.n_batch // self.n_ctx)
+
+    @property
+    def scored_per_chunk(self) -> int:
+        return self.n_ctx - 1 - self.first
+
+    def chunk_count(self, n_tokens: int) -> int:
+        available = n_tokens // self.n_ctx
+        return available if self.n_chunks is None else min(self.n_chunks, available)
+
+    def describe(self) -> dict[str, int | str]:
+        return {"name": "llama-perplexity", "n_ctx": self.n_ctx, "n_batch": self.n_batch}
+
+
+def read_eval_text(path: Path) -> bytes:
+    """The file's bytes less one trailing newline, exactly what ``llama-perplexity -f`` scores."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise EvalTextError(f"{path}: evaluation text not found; pass an existing file") from None
+    except IsADirectoryError:
+        raise EvalTextError(f"{path}: is a directory; pass a text file") from None
+    if data.endswith(b"\n"):
+        data = data[:-1]
+    if not data.strip():
+        raise EvalTextError(f"{path}: evaluation text is empty; give it at least a few pages")
+    return data
+
+
+def tokens_digest(tokens: NDArray[np.int32]) -> str:
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").tobytes()).hexdigest()
+
+
+def check_length(tokens: NDArray[np.int32], proto: ScoringProtocol, source: str) -> int:
+    n_chunks = proto.chunk_count(len(tokens))
+    if len(tokens) < 2 * proto.n_ctx:
+        raise EvalTextError(
+            f"{source}: tokenizes to {len(tokens)} tokens, fewer than the {2 * proto.n_ctx}"
+            f" (2 x n_ctx) needed; use a longer text or a smaller n_ctx"
+        )
+    return n_chunks
+
+
+@dataclass(frozen=True)
+class ScoredGroup:
+    first_chunk: int
+    targets: NDArray[np.int32]  # (k, scored per chunk)
+    logits: NDArray[np.float32]  # (k, scored per chunk, n_vocab); valid until the next group
+
+
+def scored_groups(
+    model: Model,
+    tokens: NDArray[np.int32],
+    proto: ScoringProtocol,
+    n_chunks: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[ScoredGroup]:
+    """Decode the chunks ``n_seq`` at a time and yield the logits of their scored positions."""
+    n_ctx, first = proto.n_ctx, proto.first
+    ctx = model.open_context(n_ctx, proto.n_seq, proto.n_batch)
+    try:
+        for start in range(0, n_chunks, proto.n_seq):
+            k = min(proto.n_seq, n_chunks - start)
+            inputs = tokens[start * n_ctx : (start + k) * n_ctx].reshape(k, n_ctx).copy()
+            if model.add_bos:
+                inputs[:, 0] = model.bos_token
+            logits = ctx.score_chunks(inputs, first)[:, :-1, :]
+            targets = tokens[start * n_ctx : (start + k) * n_ctx].reshape(k, n_ctx)[:, first + 1 :]
+            yield ScoredGroup(start, targets, logits)
+            if progress is not None:
+                progress(start + k, n_chunks)
+    finally:
+        ctx.close()
+
+
+def perplexity(
+    model: Model,
+    text: bytes,
+    proto: ScoringProtocol,
+    *,
+    source: str = "text",
+    progress: Callable[[int, int], None] | None = None,
+) -> PerplexityResult:
+    tokens = model.tokenize(text)
+    n_chunks = check_length(tokens, proto, source)
+    nll = np.empty((n_chunks, proto.scored_per_chunk), dtype=np.float64)
+    for group in scored_groups(model, tokens, proto, n_chunks, progress):
+        for row, (targets, logits) in enumerate(zip(group.targets, group.logits)):
+            nll[group.first_chunk + row] = -target_logprobs(logits, targets)
+    return perplexity_from_nll(nll, proto.n_ctx)
+
+
+def kl_divergence(
+    model: Model,
+    tokens: NDArray[np.int32],
+    proto: ScoringProtocol,
+    reference: Iterator[ReferenceRows],
+    *,
+    top_k: int,
+    n_chunks: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> KLDResult:
+    """Compare ``model`` chunk by chunk with reference rows (one :class:`ReferenceRows` a chunk)."""
+    comparisons = []
+    for group in scored_groups(model, tokens, proto, n_chunks, progress):
+        for targets, logits in zip(group.targets, group.logits):
+            comparisons.append(compare_tokens(next(reference), logits, targets))
+    return summarize(comparisons, top_k, model.n_vocab)

@@ -1,0 +1,169 @@
+"""Quantized variants of a base GGUF: llama.cpp file-type names, in-process quantization, and a
+content-addressed cache of the results.
+
+A variant is identified by what determines its bytes: the base file's SHA-256, the file type,
+the importance matrix's SHA-256 (if any) and the llama.cpp build. Two processes asking for the
+same variant build it once; a cached file is checked against its recorded size and hash before
+it is used again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_quantcheck import cache
+from pytest_quantcheck.backends import Backend, physical_cores
+
+
+class VariantError(ValueError):
+    """An unknown file type, a missing file, or a type that needs an importance matrix."""
+
+
+@dataclass(frozen=True)
+class FileType:
+    name: str
+    ftype: int  # llama.cpp's enum llama_ftype
+    needs_imatrix: bool = False
+
+
+# Names as llama-quantize spells them. Types that llama.cpp refuses to build without an
+# importance matrix are marked so the error comes before any work is done.
+FILE_TYPES: dict[str, FileType] = {
+    t.name: t
+    for t in (
+        FileType("F32", 0),
+        FileType("F16", 1),
+        FileType("BF16", 32),
+        FileType("Q8_0", 7),
+        FileType("Q6_K", 18),
+        FileType("Q5_K_M", 17),
+        FileType("Q5_K_S", 16),
+        FileType("Q5_1", 9),
+        FileType("Q5_0", 8),
+        FileType("Q4_K_M", 15),
+        FileType("Q4_K_S", 14),
+        FileType("Q4_1", 3),
+        FileType("Q4_0", 2),
+        FileType("IQ4_NL", 25),
+        FileType("IQ4_XS", 30),
+        FileType("Q3_K_L", 13),
+        FileType("Q3_K_M", 12),
+        FileType("Q3_K_S", 11),
+        FileType("IQ3_M", 27),
+        FileType("IQ3_S", 26),
+        FileType("IQ3_XS", 22, needs_imatrix=True),
+        FileType("IQ3_XXS", 23, needs_imatrix=True),
+        FileType("Q2_K", 10),
+        FileType("Q2_K_S", 21, needs_imatrix=True),
+        FileType("IQ2_M", 29, needs_imatrix=True),
+        FileType("IQ2_S", 28, needs_imatrix=True),
+        FileType("IQ2_XS", 20, needs_imatrix=True),
+        FileType("IQ2_XXS", 19, needs_imatrix=True),
+        FileType("IQ1_M", 31, needs_imatrix=True),
+        FileType("IQ1_S", 24, needs_imatrix=True),
+        FileType("TQ2_0", 37),
+        FileType("TQ1_0", 36),
+    )
+}
+
+
+def file_type(name: str) -> FileType:
+    try:
+        return FILE_TYPES[name.upper()]
+    except KeyError:
+        raise VariantError(
+            f"unknown quantization type {name!r}; valid types: {', '.join(FILE_TYPES)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A GGUF file to evaluate: built from a base model, or given as a path."""
+
+    name: str
+    path: Path
+    file_type: str | None  # None for a file given by path
+    base: Path | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+
+def check_gguf_path(path: Path) -> None:
+    """A cheap first check; full structural validation happens before llama.cpp loads a file."""
+    if not path.exists():
+        raise VariantError(f"{path}: model file not found; pass the path of a .gguf file")
+    if not path.is_file():
+        raise VariantError(f"{path}: is not a file; pass the path of a .gguf file")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise VariantError(
+            f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF'); convert it with"
+            " llama.cpp's convert_hf_to_gguf.py"
+        )
+
+
+def from_path(path: Path, name: str | None = None) -> Variant:
+    check_gguf_path(path)
+    return Variant(name=name or path.stem, path=path, file_type=None)
+
+
+def _entry_is_valid(path: Path) -> bool:
+    sidecar = path.with_name(path.name + ".json")
+    try:
+        meta = json.loads(sidecar.read_text())
+        if path.stat().st_size != meta["size"]:
+            return False
+        return bool(cache.file_sha256(path) == meta["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def quantize(
+    base: Path,
+    type_name: str,
+    *,
+    backend: Backend,
+    imatrix: Path | None = None,
+    n_threads: int | None = None,
+    cache_dir: Path | None = None,
+) -> Variant:
+    """The variant of ``base`` quantized to ``type_name``, from the cache or built now."""
+    ft = file_type(type_name)
+    check_gguf_path(base)
+    if ft.needs_imatrix and imatrix is None:
+        raise VariantError(
+            f"{ft.name} needs an importance matrix; pass one made by llama-imatrix (imatrix=...)"
+        )
+    root = cache_dir or cache.cache_root()
+    base_sha = cache.file_sha256(base, root=root)
+    imatrix_sha = cache.file_sha256(imatrix, root=root) if imatrix else None
+    key = cache.key_digest(base_sha, ft.name, ft.ftype, imatrix_sha, backend.version)
+    final = root / "variants" / f"{base.stem}-{ft.name}-{key[:16]}.gguf"
+    threads = n_threads or physical_cores()
+
+    def build(tmp: Path) -> None:
+        weights = None
+        if imatrix is not None:
+            from pytest_quantcheck.imatrix import load_imatrix
+
+            weights = load_imatrix(imatrix)
+        backend.quantize(base, tmp, ft.ftype, n_threads=threads, imatrix=weights)
+        # The record goes in before the rename: an entry is never visible without one.
+        meta = {
+            "sha256": cache.sha256_of(tmp),
+            "size": tmp.stat().st_size,
+            "base": str(base),
+            "base_sha256": base_sha,
+            "type": ft.name,
+            "imatrix_sha256": imatrix_sha,
+            "backend": backend.version,
+        }
+        cache.write_atomic(final.with_name(final.name + ".json"), json.dumps(meta, indent=1).encode())
+
+    cache.publish(final, build, _entry_is_valid)
+    return Variant(name=ft.name, path=final, file_type=ft.name, base=base)

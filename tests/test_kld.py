@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pytest_quantcheck.metrics.kld import compare_tokens, reference_rows, summarize
+
+
+def full_kld(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
+    """Direct NumPy KL(P || Q) over the whole vocabulary, in float64."""
+    lp = p_logits.astype(np.float64)
+    lq = q_logits.astype(np.float64)
+    lp = lp - lp.max(1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+    lq = lq - lq.max(1, keepdims=True)
+    lq -= np.log(np.exp(lq).sum(1, keepdims=True))
+    return (np.exp(lp) * (lp - lq)).sum(1)
+
+
+def pair(seed: int = 0, n: int = 300, vocab: int = 120, noise: float = 0.3):
+    rng = np.random.default_rng(seed)
+    ref = (rng.standard_normal((n, vocab)) * 3).astype(np.float32)
+    q = (ref + noise * rng.standard_normal((n, vocab))).astype(np.float32)
+    targets = rng.integers(0, vocab, n).astype(np.int32)
+    return ref, q, targets
+
+
+def test_kld_is_exact_when_top_k_covers_the_vocabulary() -> None:
+    ref, q, t = pair()
+    cmp = compare_tokens(reference_rows(ref, t, k=120), q, t)
+    # float32 logits arithmetic (as llama.cpp) against a float64 reference
+    np.testing.assert_allclose(cmp.kld, full_kld(ref, q), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [1, 8, 32])
+def test_top_k_kld_is_a_lower_bound_that_tightens_with_k(k: int) -> None:
+    ref, q, t = pair()
+    exact = full_kld(ref, q)
+    approx = compare_tokens(reference_rows(ref, t, k), q, t).kld
+    assert np.all(approx >= -1e-12)
+    assert np.all(approx <= exact + 1e-9)
+    wider = compare_tokens(reference_rows(ref, t, k * 2), q, t).kld
+    assert wider.mean() >= approx.mean() - 1e-12
+
+
+def test_model_against_itself_is_exactly_zero() -> None:
+    ref, _, t = pair()
+    res = summarize([compare_tokens(reference_rows(ref, t, 16), ref, t)], 16, 120)
+    assert res.kld.value == 0.0 and res.kld_max == 0.0
+    assert res.same_top.value == 1.0
+    assert res.ln_ppl_ratio.value == 0.0 and res.ln_ppl_ratio.err == 0.0
+    assert res.ppl_ratio.value == 1.0
+    assert res.rms_p_diff.value == 0.0
+
+
+def mean_and_uncertainty(x: np.ndarray) -> tuple[float, float]:
+    f = x.mean()
+    var = (x * x).mean() - f * f
+    return f, math.sqrt(var / (len(x) - 1))
+
+
+def test_summary_statistics_follow_llama_perplexity_definitions() -> None:
+    ref, q, t = pair(seed=5, noise=0.8)
+    chunks = [compare_tokens(reference_rows(ref[i:i + 100], t[i:i + 100], 120),
+                             q[i:i + 100], t[i:i + 100]) for i in (0, 100, 200)]
+    res = summarize(chunks, 120, 120)
+    kld = full_kld(ref, q)
+    assert res.kld.value == pytest.approx(kld.mean(), rel=1e-6)
+    assert res.kld.err == pytest.approx(mean_and_uncertainty(kld)[1], rel=1e-5)
+    sorted_kld = np.sort(kld)
+    assert res.kld_percentiles[0.99] == pytest.approx(
+        np.interp(0.99 * 299, np.arange(300), sorted_kld), rel=1e-6)
+    assert res.kld_median == pytest.approx(np.median(kld), rel=1e-6)
+
+    def logp(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        x = x - x.max(1, keepdims=True)
+        return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+    nll_q = -logp(q)[np.arange(300), t]
+    nll_p = -logp(ref)[np.arange(300), t]
+    mq, eq = mean_and_uncertainty(nll_q)
+    mp, ep = mean_and_uncertainty(nll_p)
+    cov = ((nll_q * nll_p).mean() - mq * mp) / 299
+    assert res.ppl.value == pytest.approx(math.exp(mq), rel=1e-7)
+    assert res.ppl_ref.value == pytest.approx(math.exp(mp), rel=1e-7)
+    assert res.ln_ppl_ratio.value == pytest.approx(mq - mp, rel=1e-7)
+    assert res.ln_ppl_ratio.err == pytest.approx(math.sqrt(eq**2 + ep**2 - 2 * cov), rel=1e-6)
+    assert res.ln_ppl_cor == pytest.approx(np.corrcoef(nll_q, nll_p)[0, 1], rel=1e-2)
+    dp = np.exp(-nll_q) - np.exp(-nll_p)
+    assert res.p_diff.value == pytest.approx(dp.mean(), rel=1e-5)  # a difference of near-equals
+    assert res.rms_p_diff.value == pytest.approx(math.sqrt((dp * dp).mean()), rel=1e-7)
+    same = (q.argmax(1) == ref.argmax(1)).mean()
+    assert res.same_top.value == pytest.approx(same)
+    assert res.same_top.err == pytest.approx(math.sqrt(same * (1 - same) / 299))
+    assert res.chunk_kld.shape == (3,)
+    assert res.chunk_same_top.sum() == round(same * 300)
