@@ -47,6 +47,8 @@ N_CTX_TRAIN = 1024
 RMS_EPS = 1e-5
 ROPE_BASE = 10000.0
 FIT_CTX = 256  # the chunk length the output layer is fitted on
+FIT_EVERY = 4  # every 4th chunk of the training text: ~35k positions
+FIT_ITERATIONS = 40
 
 # Residual stream layout.
 CONST = 0
@@ -96,23 +98,30 @@ def _metadata(vocab: Vocab) -> dict[str, Any]:
     }
 
 
-def _bigram_embeddings(tokens: NDArray[np.int32], rng: np.random.Generator) -> NDArray[np.float32]:
-    """Rows of unit RMS in the CUR subspace: leading left singular vectors of the smoothed
-    log-probability of the next token given this one."""
+def _bigram_embeddings(tokens: NDArray[np.int32], rng: np.random.Generator) -> tuple[
+        NDArray[np.float32], NDArray[np.float32]]:
+    """Token embeddings and a first guess of the output layer.
+
+    The embeddings (unit RMS in the CUR subspace) are the leading left singular vectors of the
+    smoothed log-probability of the next token given this one; the matching right singular
+    vectors, as output rows, make the model a low-rank bigram model: the fit starts there.
+    """
     v = N_VOCAB
     counts = np.bincount(tokens[:-1].astype(np.int64) * v + tokens[1:], minlength=v * v)
     counts = counts.reshape(v, v).astype(np.float64) + 0.1
     logp = np.log(counts / counts.sum(axis=1, keepdims=True))
     logp -= logp.mean(axis=1, keepdims=True)
-    u, s, _ = np.linalg.svd(logp, full_matrices=False)
+    u, s, vt = np.linalg.svd(logp, full_matrices=False)
     width = CUR.stop - CUR.start
     emb = u[:, :width] * np.sqrt(s[:width])
+    out = np.zeros((v, N_EMBD))
+    out[:, CUR] = vt[:width].T * np.sqrt(s[:width]) * np.sqrt(np.mean(np.square(emb)))
     emb += 1e-3 * rng.standard_normal(emb.shape)  # no all-zero rows
     emb /= np.sqrt(np.mean(np.square(emb), axis=1, keepdims=True))
     full = np.zeros((v, N_EMBD))
     full[:, CONST] = 1.0
     full[:, CUR] = emb
-    return full.astype(np.float32)
+    return full.astype(np.float32), out.astype(np.float32)
 
 
 def _previous_token_head(
@@ -168,7 +177,8 @@ def _hidden_states(model: Model, tokens: NDArray[np.int32]) -> tuple[NDArray[np.
     """llama.cpp's final normalized states for every position of BOS-led chunks, with targets."""
     n_seq = 8
     n_chunks = len(tokens) // FIT_CTX
-    chunks = tokens[: n_chunks * FIT_CTX].reshape(n_chunks, FIT_CTX).copy()
+    chunks = tokens[: n_chunks * FIT_CTX].reshape(n_chunks, FIT_CTX)[::FIT_EVERY].copy()
+    n_chunks = len(chunks)
     targets = chunks[:, 1:].reshape(-1).copy()
     chunks[:, 0] = model.bos_token
     states = np.empty((n_chunks, FIT_CTX - 1, N_EMBD), dtype=np.float32)
@@ -182,9 +192,9 @@ def _hidden_states(model: Model, tokens: NDArray[np.int32]) -> tuple[NDArray[np.
     return states.reshape(-1, N_EMBD), targets
 
 
-def _fit_output(h: NDArray[np.float32], y: NDArray[np.int32], l2: float = 1e-4,
-                iterations: int = 60) -> tuple[NDArray[np.float32], float]:
-    """Multinomial logistic regression without bias by L-BFGS; returns (W, mean NLL)."""
+def _fit_output(h: NDArray[np.float32], y: NDArray[np.int32], w0: NDArray[np.float32],
+                l2: float = 1e-3) -> tuple[NDArray[np.float32], float]:
+    """Multinomial logistic regression without bias by L-BFGS from ``w0``; returns (W, NLL)."""
     n = len(y)
     onehot_rows = np.arange(n)
 
@@ -200,8 +210,8 @@ def _fit_output(h: NDArray[np.float32], y: NDArray[np.int32], l2: float = 1e-4,
         grad = (g.T @ h) / n + 2 * l2 * w
         return nll + l2 * float(np.sum(w * w)), grad.astype(np.float64).reshape(-1)
 
-    res = minimize(loss, np.zeros(N_VOCAB * N_EMBD), jac=True, method="L-BFGS-B",
-                   options={"maxiter": iterations})
+    res = minimize(loss, w0.astype(np.float64).reshape(-1), jac=True, method="L-BFGS-B",
+                   options={"maxiter": FIT_ITERATIONS})
     w = res.x.reshape(N_VOCAB, N_EMBD).astype(np.float32)
     z = h @ w.T
     z -= z.max(axis=1, keepdims=True)
@@ -229,14 +239,14 @@ def build_demo_model(
         model = backend.load(stage, options)
         tokens = model.tokenize(text.encode("utf-8"))
         model.close()
-        embd = _bigram_embeddings(tokens, rng)
+        embd, w0 = _bigram_embeddings(tokens, rng)
         layers_rng_state = rng.bit_generator.state
         write_gguf(stage, meta, _tensors(embd, zeros, rng))
         model = backend.load(stage, options)
         h, y = _hidden_states(model, tokens)
         model.close()
         log(f"hidden states: {len(y)} positions ({time.perf_counter() - t0:.1f}s)")
-        w, nll = _fit_output(h, y)
+        w, nll = _fit_output(h, y, w0)
         log(f"output layer fitted: train NLL {nll:.3f} ({time.perf_counter() - t0:.1f}s)")
         rng.bit_generator.state = layers_rng_state  # the same layer weights as the staged model
         write_gguf(dest, meta, _tensors(embd, w, rng))

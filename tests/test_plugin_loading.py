@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def test_loading_the_plugin_does_not_import_llama_cpp() -> None:
+    code = (
+        "import sys, pytest_quantcheck.plugin, pytest_quantcheck.engine, pytest_quantcheck.cli;"
+        "print('llama_cpp' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_plugin_is_registered_and_reports_its_cache(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_ok():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["quantcheck: *, cache *"])
+    result.assert_outcomes(passed=1)
