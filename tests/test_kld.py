@@ -29,7 +29,7 @@ def pair(seed: int = 0, n: int = 300, vocab: int = 120, noise: float = 0.3):
 
 def test_kld_is_exact_when_top_k_covers_the_vocabulary() -> None:
     ref, q, t = pair()
-    cmp = compare_tokens(reference_rows(ref, t, k=120), q, t)
+    cmp = compare_tokens(reference_rows(ref, t, tail_mass=0.0, max_tokens=120), q, t)
     # float32 logits arithmetic (as llama.cpp) against a float64 reference
     np.testing.assert_allclose(cmp.kld, full_kld(ref, q), rtol=1e-5, atol=1e-7)
 
@@ -38,16 +38,16 @@ def test_kld_is_exact_when_top_k_covers_the_vocabulary() -> None:
 def test_top_k_kld_is_a_lower_bound_that_tightens_with_k(k: int) -> None:
     ref, q, t = pair()
     exact = full_kld(ref, q)
-    approx = compare_tokens(reference_rows(ref, t, k), q, t).kld
+    approx = compare_tokens(reference_rows(ref, t, 0.0, max_tokens=k), q, t).kld
     assert np.all(approx >= -1e-12)
     assert np.all(approx <= exact + 1e-9)
-    wider = compare_tokens(reference_rows(ref, t, k * 2), q, t).kld
+    wider = compare_tokens(reference_rows(ref, t, 0.0, max_tokens=k * 2), q, t).kld
     assert wider.mean() >= approx.mean() - 1e-12
 
 
 def test_model_against_itself_is_exactly_zero() -> None:
     ref, _, t = pair()
-    res = summarize([compare_tokens(reference_rows(ref, t, 16), ref, t)], 16, 120)
+    res = summarize([compare_tokens(reference_rows(ref, t, 1e-3, 16), ref, t)], 120)
     assert res.kld.value == 0.0 and res.kld_max == 0.0
     assert res.same_top.value == 1.0
     assert res.ln_ppl_ratio.value == 0.0 and res.ln_ppl_ratio.err == 0.0
@@ -63,9 +63,10 @@ def mean_and_uncertainty(x: np.ndarray) -> tuple[float, float]:
 
 def test_summary_statistics_follow_llama_perplexity_definitions() -> None:
     ref, q, t = pair(seed=5, noise=0.8)
-    chunks = [compare_tokens(reference_rows(ref[i:i + 100], t[i:i + 100], 120),
+    chunks = [compare_tokens(reference_rows(ref[i:i + 100], t[i:i + 100], 0.0, 120),
                              q[i:i + 100], t[i:i + 100]) for i in (0, 100, 200)]
-    res = summarize(chunks, 120, 120)
+    res = summarize(chunks, 120)
+    assert res.exact and res.ref_tail_mass == 0.0
     kld = full_kld(ref, q)
     assert res.kld.value == pytest.approx(kld.mean(), rel=1e-6)
     assert res.kld.err == pytest.approx(mean_and_uncertainty(kld)[1], rel=1e-5)
@@ -97,3 +98,21 @@ def test_summary_statistics_follow_llama_perplexity_definitions() -> None:
     assert res.same_top.err == pytest.approx(math.sqrt(same * (1 - same) / 299))
     assert res.chunk_kld.shape == (3,)
     assert res.chunk_same_top.sum() == round(same * 300)
+
+
+@pytest.mark.parametrize("tail_mass", [1e-1, 1e-3, 1e-6])
+def test_kept_tokens_are_the_fewest_that_cover_all_but_the_tail_mass(tail_mass: float) -> None:
+    ref, q, t = pair(seed=9)
+    rows = reference_rows(ref, t, tail_mass=tail_mass, max_tokens=120)
+    p = np.exp(ref.astype(np.float64) - ref.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    sorted_p = -np.sort(-p, axis=1)
+    need = (np.cumsum(sorted_p, axis=1) < 1 - tail_mass).sum(1) + 1
+    # float32 logits: a token whose cumulative mass sits at the threshold may fall either side
+    assert np.all(np.abs(np.diff(rows.offsets) - np.minimum(need, 120)) <= 1)
+    # the tail is summed from float32 exp terms (as llama.cpp's softmax): ~1e-7 absolute rounding
+    assert np.all(np.exp(rows.tail_logp) <= tail_mass + 2e-7)
+    assert np.array_equal(rows.top1, ref.argmax(1))
+    res = summarize([compare_tokens(rows, q, t)], 120)
+    assert res.ref_tail_mass <= tail_mass
+    assert res.kld.value <= full_kld(ref, q).mean() + 1e-9

@@ -19,43 +19,43 @@ def test_reference_is_computed_once_and_reused(tmp_path: Path, text_file: Path) 
     q = write_fake_gguf(tmp_path / "q.gguf", noise=0.5)
     backend = FakeBackend()
     engine = Engine(backend)
-    first = engine.kl_divergence(ref, q, text_file, PROTO, top_k=16)
+    first = engine.kl_divergence(ref, q, text_file, PROTO, max_tokens=16)
     loads = backend.loads
-    second = engine.kl_divergence(ref, q, text_file, PROTO, top_k=16)
+    second = engine.kl_divergence(ref, q, text_file, PROTO, max_tokens=16)
     assert backend.loads == loads + 1  # only the compared model is loaded again
     assert first.kld == second.kld and first.kld.value > 0
 
 
 def test_stored_rows_equal_freshly_computed_ones(tmp_path: Path, text_file: Path) -> None:
     ref = write_fake_gguf(tmp_path / "ref.gguf")
-    store = Engine(FakeBackend()).reference(ref, text_file, PROTO, top_k=8)
+    store = Engine(FakeBackend()).reference(ref, text_file, PROTO, 1e-4, max_tokens=8)
     model = FakeModel(ref)
     tokens = model.tokenize(read_eval_text(text_file))
     chunk = tokens[:64].copy()
     chunk[0] = model.bos_token
     logits = model.sequence_logits(chunk)[32:-1]
-    fresh = reference_rows(logits, tokens[33:64], 8)
+    fresh = reference_rows(logits, tokens[33:64], 1e-4, 8)
     stored = next(store.rows())
-    for name in ("top_ids", "top_logp", "tail_logp", "target_logp"):
+    for name in ("offsets", "ids", "logp", "tail_logp", "target_logp", "top1"):
         assert np.array_equal(getattr(stored, name), getattr(fresh, name)), name
-    assert store.meta["top_k"] == 8 and store.meta["protocol"]["n_ctx"] == 64
+    assert store.meta["max_tokens"] == 8 and store.meta["protocol"]["n_ctx"] == 64
     assert compare_tokens(stored, logits, tokens[33:64]).kld.max() == 0.0
 
 
 def test_model_against_itself_through_the_store_is_exact(tmp_path: Path, text_file: Path) -> None:
     ref = write_fake_gguf(tmp_path / "ref.gguf")
-    res = Engine(FakeBackend()).kl_divergence(ref, ref, text_file, PROTO, top_k=4)
+    res = Engine(FakeBackend()).kl_divergence(ref, ref, text_file, PROTO, max_tokens=4)
     assert (res.kld.value, res.same_top.value, res.ppl_ratio.value) == (0.0, 1.0, 1.0)
 
 
 def test_damaged_entry_is_refused_and_rebuilt(tmp_path: Path, text_file: Path) -> None:
     ref = write_fake_gguf(tmp_path / "ref.gguf")
     engine = Engine(FakeBackend())
-    store = engine.reference(ref, text_file, PROTO, top_k=8)
-    (store.path / "top_logp.npy").write_bytes(b"garbage")
+    store = engine.reference(ref, text_file, PROTO, max_tokens=8)
+    (store.path / "logp.bin").write_bytes(b"garbage")
     with pytest.raises(ReferenceStoreError, match="damaged"):
         open_reference(store.path)
-    again = engine.reference(ref, text_file, PROTO, top_k=8)
+    again = engine.reference(ref, text_file, PROTO, max_tokens=8)
     assert again.path == store.path and open_reference(again.path).n_chunks == store.n_chunks
 
 

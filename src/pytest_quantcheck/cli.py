@@ -21,7 +21,8 @@ from pytest_quantcheck.gguf_file import GGUFError
 from pytest_quantcheck.imatrix import ImatrixError
 from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
-from pytest_quantcheck.refstore import DEFAULT_TOP_K, ReferenceStoreError
+from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS
+from pytest_quantcheck.refstore import ReferenceStoreError
 from pytest_quantcheck.variants import FILE_TYPES, VariantError, quantize
 
 _USER_ERRORS = (BackendError, CacheError, EvalTextError, GGUFError, ImatrixError,
@@ -42,6 +43,16 @@ def _non_negative(text: str) -> int:
     value = int(text) if text.lstrip("-").isdigit() else -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {value}")
     return value
 
 
@@ -87,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                        " --kl-divergence")
     k.add_argument("ref", type=Path, help="reference model (usually the base)")
     k.add_argument("model", type=Path)
-    k.add_argument("--top-k", type=_positive, default=DEFAULT_TOP_K,
-                   help=f"reference tokens kept per position (default: {DEFAULT_TOP_K})")
+    k.add_argument("--tail-mass", type=_probability, default=DEFAULT_TAIL_MASS,
+                   help="reference probability that may go uncovered by kept tokens"
+                   f" (default: {DEFAULT_TAIL_MASS:g})")
+    k.add_argument("--max-tokens", type=_positive, default=DEFAULT_MAX_TOKENS,
+                   help=f"most reference tokens kept per position (default: {DEFAULT_MAX_TOKENS})")
     _eval_args(k)
 
     d = sub.add_parser("demo-model", help="print the built-in demo model's path (builds it once)")
@@ -121,8 +135,9 @@ def _pm(e: Any, scale: float = 1.0, digits: int = 6) -> str:
 
 
 def _print_kld(res: KLDResult, seconds: float) -> None:
-    exact = "exact" if res.exact else f"top {res.top_k} of {res.n_vocab} tokens + remainder"
-    print(f"scored {res.n_tokens} tokens in {res.n_chunks} chunks; KLD over {exact}")
+    cover = "the whole vocabulary" if res.exact else (
+        f"kept tokens + remainder; uncovered reference mass {res.ref_tail_mass:.2e}")
+    print(f"scored {res.n_tokens} tokens in {res.n_chunks} chunks; KLD over {cover}")
     print(f"Mean PPL(Q)                   : {_pm(res.ppl)}")
     print(f"Mean PPL(base)                : {_pm(res.ppl_ref)}")
     print(f"Cor(ln(PPL(Q)), ln(PPL(base))): {100 * res.ln_ppl_cor:6.2f}%")
@@ -199,7 +214,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             _print_perplexity(args.model, ppl, seconds)
         return 0
-    kld = engine.kl_divergence(args.ref, args.model, args.file, proto, args.top_k)
+    kld = engine.kl_divergence(args.ref, args.model, args.file, proto, args.tail_mass,
+                               args.max_tokens)
     seconds = time.perf_counter() - t0
     if args.json:
         _dump({"ref": str(args.ref), "model": str(args.model), "text": str(args.file),

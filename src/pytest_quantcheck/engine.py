@@ -22,10 +22,9 @@ from pytest_quantcheck.evaluation import (
     read_eval_text,
     tokens_digest,
 )
-from pytest_quantcheck.metrics.kld import KLDResult
+from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
 from pytest_quantcheck.refstore import (
-    DEFAULT_TOP_K,
     ReferenceStore,
     ReferenceStoreError,
     is_valid,
@@ -61,7 +60,8 @@ class Engine:
 
     def reference(
         self, ref_path: Path, text_path: Path, proto: ScoringProtocol,
-        top_k: int = DEFAULT_TOP_K, progress: Progress | None = None,
+        tail_mass: float = DEFAULT_TAIL_MASS, max_tokens: int = DEFAULT_MAX_TOKENS,
+        progress: Progress | None = None,
     ) -> ReferenceStore:
         """The reference's log-probabilities on this text, from the cache or computed now."""
         check_gguf_path(ref_path)
@@ -69,7 +69,7 @@ class Engine:
         root = self.cache_dir or cache.cache_root()
         ref_sha = cache.file_sha256(ref_path, root=root)
         text_sha = hashlib.sha256(text).hexdigest()
-        key = cache.key_digest(ref_sha, text_sha, proto.describe(), proto.n_chunks, top_k,
+        key = cache.key_digest(ref_sha, text_sha, proto.describe(), proto.n_chunks, tail_mass, max_tokens,
                                self.backend.version)
         final = root / "reference" / f"{ref_path.stem}-{key[:20]}"
 
@@ -81,7 +81,8 @@ class Engine:
                 meta = {"model_sha256": ref_sha, "text_sha256": text_sha,
                         "tokens_sha256": tokens_digest(tokens[: n_chunks * proto.n_ctx]),
                         "backend": self.backend.version}
-                write_reference(tmp, model, tokens, proto, n_chunks, top_k, meta, progress)
+                write_reference(tmp, model, tokens, proto, n_chunks, meta, tail_mass, max_tokens,
+                                progress)
             finally:
                 model.close()
 
@@ -90,9 +91,10 @@ class Engine:
 
     def kl_divergence(
         self, ref_path: Path, model_path: Path, text_path: Path, proto: ScoringProtocol,
-        top_k: int = DEFAULT_TOP_K, progress: Progress | None = None,
+        tail_mass: float = DEFAULT_TAIL_MASS, max_tokens: int = DEFAULT_MAX_TOKENS,
+        progress: Progress | None = None,
     ) -> KLDResult:
-        store = self.reference(ref_path, text_path, proto, top_k, progress)
+        store = self.reference(ref_path, text_path, proto, tail_mass, max_tokens, progress)
         check_gguf_path(model_path)
         text = read_eval_text(text_path)
         model = self.backend.load(model_path, self.options)
@@ -106,8 +108,8 @@ class Engine:
                     f"{model_path}: tokenizes {text_path} differently from the reference"
                     f" {ref_path}; KL divergence needs models that share a vocabulary"
                 )
-            return kl_divergence(model, tokens, proto, store.rows(), top_k=store.top_k,
-                                 n_chunks=n_chunks, progress=progress)
+            return kl_divergence(model, tokens, proto, store.rows(), n_chunks=n_chunks,
+                                 progress=progress)
         finally:
             model.close()
 

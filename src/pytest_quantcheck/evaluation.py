@@ -151,7 +151,6 @@ def kl_divergence(
     proto: ScoringProtocol,
     reference: Iterator[ReferenceRows],
     *,
-    top_k: int,
     n_chunks: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> KLDResult:
@@ -160,4 +159,4 @@ def kl_divergence(
     for group in scored_groups(model, tokens, proto, n_chunks, progress):
         for targets, logits in zip(group.targets, group.logits):
             comparisons.append(compare_tokens(next(reference), logits, targets))
-    return summarize(comparisons, top_k, model.n_vocab)
+    return summarize(comparisons, model.n_vocab)

@@ -4,18 +4,21 @@ An entry is a directory:
 
 ``meta.json``
     format name and version, the reference model's SHA-256, the evaluated tokens' SHA-256, the
-    scoring protocol, ``n_vocab``, ``top_k``, ``n_chunks`` and ``scored_per_chunk``.
-``top_ids.npy`` (int32), ``top_logp.npy`` (float64)
-    shape ``(n_chunks, scored_per_chunk, top_k)``: the reference's most probable tokens at each
-    scored position and their exact log-probabilities.
-``tail_logp.npy``, ``target_logp.npy`` (float64)
-    shape ``(n_chunks, scored_per_chunk)``: log of the mass outside the top tokens, and the exact
-    log-probability of the token that follows.
+    scoring protocol, ``n_vocab``, ``tail_mass``, ``max_tokens``, ``n_chunks``, ``scored_per_chunk``.
+``offsets.npy`` (int64, ``n_chunks * scored_per_chunk + 1``)
+    where each scored position's kept tokens start in the two flat files below.
+``ids.bin`` (int32), ``logp.bin`` (float32), little-endian, no header
+    the reference's most probable tokens at each position, until all but ``tail_mass`` of its
+    probability is covered (at most ``max_tokens``), and their log-probabilities.
+``tail_logp.npy``, ``target_logp.npy`` (float64), ``top1.npy`` (int32), shape ``(n_chunks, scored)``
+    log of the mass outside the kept tokens, the exact log-probability of the next token, and the
+    reference's most probable token.
 
-That is ``12 * top_k + 16`` bytes per scored token whatever the vocabulary: 784 KB per 1,000
-tokens at the default ``top_k = 64``, against 64 MB per 1,000 tokens for the 16-bit full-vocabulary
-file of ``llama-perplexity --kl-divergence-base`` with a 32k vocabulary. Arrays are written into
-memory-mapped files chunk by chunk, so building an entry needs no more memory than one batch.
+Size: ``8 * kept + 20`` bytes per scored token. ``kept`` depends on how sure the reference is:
+at most ``max_tokens`` (4096 by default), so at most 32.8 MB per 1,000 tokens whatever the
+vocabulary, against 64 MB per 1,000 tokens for the 16-bit full-vocabulary file of
+``llama-perplexity --kl-divergence-base`` with a 32k vocabulary; a confident model keeps far fewer.
+The files are written chunk by chunk, so building an entry needs no more memory than one batch.
 """
 
 from __future__ import annotations
@@ -31,12 +34,17 @@ from numpy.lib.format import open_memmap
 
 from pytest_quantcheck.backends import Model
 from pytest_quantcheck.evaluation import ScoringProtocol, scored_groups
-from pytest_quantcheck.metrics.kld import ReferenceRows, reference_rows
+from pytest_quantcheck.metrics.kld import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TAIL_MASS,
+    ReferenceRows,
+    reference_rows,
+)
 
 FORMAT = "pytest-quantcheck reference log-probs"
 VERSION = 1
-DEFAULT_TOP_K = 64
-_ARRAYS = ("top_ids", "top_logp", "tail_logp", "target_logp")
+_DENSE = {"tail_logp": np.float64, "target_logp": np.float64, "top1": np.int32}
+_FLAT = {"ids": np.dtype("<i4"), "logp": np.dtype("<f4")}
 
 
 class ReferenceStoreError(ValueError):
@@ -52,18 +60,23 @@ class ReferenceStore:
     def n_chunks(self) -> int:
         return int(self.meta["n_chunks"])
 
-    @property
-    def top_k(self) -> int:
-        return int(self.meta["top_k"])
-
     def rows(self) -> Iterator[ReferenceRows]:
-        arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+        """One :class:`ReferenceRows` per chunk, read lazily from the memory-mapped files."""
+        offsets = np.load(self.path / "offsets.npy", mmap_mode="r")
+        dense = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in _DENSE}
+        flat = {name: np.memmap(self.path / f"{name}.bin", dtype=dt, mode="r")
+                for name, dt in _FLAT.items()}
+        s = int(self.meta["scored_per_chunk"])
         for i in range(self.n_chunks):
+            off = np.asarray(offsets[i * s : (i + 1) * s + 1])
+            lo, hi = int(off[0]), int(off[-1])
             yield ReferenceRows(
-                top_ids=np.asarray(arrays["top_ids"][i]),
-                top_logp=np.asarray(arrays["top_logp"][i]),
-                tail_logp=np.asarray(arrays["tail_logp"][i]),
-                target_logp=np.asarray(arrays["target_logp"][i]),
+                offsets=off - lo,
+                ids=np.asarray(flat["ids"][lo:hi]),
+                logp=np.asarray(flat["logp"][lo:hi]),
+                tail_logp=np.asarray(dense["tail_logp"][i]),
+                target_logp=np.asarray(dense["target_logp"][i]),
+                top1=np.asarray(dense["top1"][i]),
             )
 
 
@@ -73,35 +86,38 @@ def write_reference(
     tokens: np.ndarray[Any, np.dtype[np.int32]],
     proto: ScoringProtocol,
     n_chunks: int,
-    top_k: int,
     meta: dict[str, Any],
+    tail_mass: float = DEFAULT_TAIL_MASS,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Evaluate the reference ``model`` and write an entry at ``dest`` (a new directory)."""
     dest.mkdir(parents=True)
-    k = min(top_k, model.n_vocab)
     n, s = n_chunks, proto.scored_per_chunk
-    out = {
-        "top_ids": open_memmap(dest / "top_ids.npy", "w+", np.int32, (n, s, k)),
-        "top_logp": open_memmap(dest / "top_logp.npy", "w+", np.float64, (n, s, k)),
-        "tail_logp": open_memmap(dest / "tail_logp.npy", "w+", np.float64, (n, s)),
-        "target_logp": open_memmap(dest / "target_logp.npy", "w+", np.float64, (n, s)),
-    }
-    for group in scored_groups(model, tokens, proto, n_chunks, progress):
-        for row, (targets, logits) in enumerate(zip(group.targets, group.logits)):
-            rows = reference_rows(logits, targets, k)
-            i = group.first_chunk + row
-            for name in _ARRAYS:
-                out[name][i] = getattr(rows, name)
-    for arr in out.values():
+    dense = {name: open_memmap(dest / f"{name}.npy", "w+", dt, (n, s))
+             for name, dt in _DENSE.items()}
+    offsets = open_memmap(dest / "offsets.npy", "w+", np.int64, (n * s + 1,))
+    offsets[0] = 0
+    with (dest / "ids.bin").open("wb") as ids_out, (dest / "logp.bin").open("wb") as logp_out:
+        for group in scored_groups(model, tokens, proto, n_chunks, progress):
+            for row, (targets, logits) in enumerate(zip(group.targets, group.logits)):
+                rows = reference_rows(logits, targets, tail_mass, max_tokens)
+                i = group.first_chunk + row
+                base = int(offsets[i * s])
+                offsets[i * s + 1 : (i + 1) * s + 1] = base + rows.offsets[1:]
+                ids_out.write(rows.ids.astype(_FLAT["ids"]).tobytes())
+                logp_out.write(rows.logp.astype(_FLAT["logp"]).tobytes())
+                for name in _DENSE:
+                    dense[name][i] = getattr(rows, name)
+    for arr in (*dense.values(), offsets):
         arr.flush()
-    del out
     record = {
         **meta,
         "format": FORMAT,
         "version": VERSION,
         "n_vocab": model.n_vocab,
-        "top_k": k,
+        "tail_mass": tail_mass,
+        "max_tokens": max_tokens,
         "n_chunks": n_chunks,
         "scored_per_chunk": s,
         "protocol": proto.describe(),
@@ -118,14 +134,19 @@ def open_reference(path: Path) -> ReferenceStore:
         raise ReferenceStoreError(
             f"{path}: not a version {VERSION} reference entry; delete it to rebuild"
         )
-    for name in _ARRAYS:
-        file = path / f"{name}.npy"
-        try:
-            arr = np.load(file, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise ReferenceStoreError(f"{file}: damaged ({exc}); delete {path}") from None
-        if arr.shape[:2] != (meta["n_chunks"], meta["scored_per_chunk"]):
-            raise ReferenceStoreError(f"{file}: shape {arr.shape} does not match {path}/meta.json")
+    try:
+        shape = (meta["n_chunks"], meta["scored_per_chunk"])
+        offsets = np.load(path / "offsets.npy", mmap_mode="r")
+        if offsets.shape != (shape[0] * shape[1] + 1,):
+            raise ValueError(f"offsets.npy has shape {offsets.shape}")
+        for name in _DENSE:
+            if np.load(path / f"{name}.npy", mmap_mode="r").shape != shape:
+                raise ValueError(f"{name}.npy does not match meta.json")
+        for name, dt in _FLAT.items():
+            if (path / f"{name}.bin").stat().st_size != int(offsets[-1]) * dt.itemsize:
+                raise ValueError(f"{name}.bin has the wrong size")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReferenceStoreError(f"{path}: reference entry damaged ({exc}); delete it") from None
     return ReferenceStore(path, meta)
 
 

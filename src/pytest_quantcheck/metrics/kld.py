@@ -1,13 +1,17 @@
 """KL divergence of a model from a reference, with the statistics ``llama-perplexity
 --kl-divergence`` prints, computed without its 16-bit storage error.
 
-The reference is kept per scored token as its ``k`` most probable tokens with exact float64
-log-probabilities, the log of the probability mass left outside them, and the exact log-probability
-of the token that follows. KL divergence is then computed over ``k + 1`` outcomes (the top ``k``
-tokens and "any other token"). That is the divergence of the distributions coarsened to those
-outcomes, so it is never negative, never above the full divergence, and exactly 0 when the model is
-the reference. When ``k`` covers the vocabulary it is the full divergence. Everything else
-(PPL ratio, Δp, same top token) uses exact values.
+For each scored token the reference is kept as the smallest set of its most probable tokens that
+holds all but ``tail_mass`` of its probability (at most ``max_tokens`` of them), with their
+log-probabilities, plus the log of the mass left outside the set and the exact log-probability of
+the token that follows. KL divergence is computed over the kept tokens and one "any other token"
+outcome: the divergence of the two distributions coarsened to those outcomes. It is never
+negative, never above the full divergence, exactly 0 when the model is the reference, and the full
+divergence when the set covers the vocabulary. What it can miss is bounded by the uncovered mass,
+which every result reports (``ref_tail_mass``). PPL ratio, Δp and same-top use exact values.
+
+Kept log-probabilities are float32, as llama.cpp's logits are; the compared model's are rounded
+the same way before subtracting, so identical logits give identical terms.
 """
 
 from __future__ import annotations
@@ -23,50 +27,75 @@ from pytest_quantcheck.metrics.logprobs import log_softmax
 
 KLD_PERCENTILES = (0.999, 0.99, 0.95, 0.90, 0.10, 0.05, 0.01, 0.001)
 DP_PERCENTILES = (0.999, 0.99, 0.95, 0.90, 0.75, 0.25, 0.10, 0.05, 0.01, 0.001)
+DEFAULT_TAIL_MASS = 1e-4
+DEFAULT_MAX_TOKENS = 4096
 
 
 @dataclass(frozen=True)
 class ReferenceRows:
-    """What the reference model contributes for ``n`` scored tokens."""
+    """What the reference model contributes for ``n`` scored tokens, rows stored CSR-style."""
 
-    top_ids: NDArray[np.int32]  # (n, k), most probable first; ties by lower token id
-    top_logp: NDArray[np.float64]  # (n, k)
-    tail_logp: NDArray[np.float64]  # (n,), log of the mass outside top_ids; -inf if none
+    offsets: NDArray[np.int64]  # (n + 1,): row i's kept tokens are ids[offsets[i]:offsets[i+1]]
+    ids: NDArray[np.int32]  # most probable first; ties by lower token id
+    logp: NDArray[np.float32]
+    tail_logp: NDArray[np.float64]  # (n,), log of the mass outside the kept tokens; -inf if none
     target_logp: NDArray[np.float64]  # (n,), log p(next token)
+    top1: NDArray[np.int32]  # (n,), the reference's most probable token
+
+    def row_index(self) -> NDArray[np.int64]:
+        return np.repeat(np.arange(len(self.tail_logp)), np.diff(self.offsets))
 
 
-def _top_k(logp: NDArray[np.float64], k: int) -> NDArray[np.int32]:
+def _sorted_candidates(logp: NDArray[np.float64], max_tokens: int) -> NDArray[np.int64]:
     n, n_vocab = logp.shape
-    if k >= n_vocab:
+    if max_tokens >= n_vocab:
         cand = np.broadcast_to(np.arange(n_vocab), (n, n_vocab))
     else:
-        cand = np.argpartition(-logp, k - 1, axis=1)[:, :k]
-        # argpartition may cut a tie at the k-th value arbitrarily; which tied token is kept
-        # does not change any statistic, but ordering must be deterministic for top-1.
+        cand = np.argpartition(-logp, max_tokens - 1, axis=1)[:, :max_tokens]
     vals = np.take_along_axis(logp, cand, axis=1)
     order = np.lexsort((cand, -vals), axis=1)  # by probability, then by lower id
-    return np.take_along_axis(cand, order, axis=1).astype(np.int32)
+    return np.take_along_axis(cand, order, axis=1)
 
 
-def _tail_logp(exp_shifted: NDArray[np.float32], top_ids: NDArray[np.int32]) -> NDArray[np.float64]:
+def _tail_logp(exp_shifted: NDArray[np.float32], rows: NDArray[np.int64],
+               ids: NDArray[np.int32]) -> NDArray[np.float64]:
     total = exp_shifted.sum(axis=1, dtype=np.float64)
-    top = np.take_along_axis(exp_shifted, top_ids, axis=1).sum(axis=1, dtype=np.float64)
-    rest = np.maximum(total - top, 0.0)
+    kept = np.bincount(rows, weights=exp_shifted[rows, ids].astype(np.float64),
+                       minlength=len(total))
+    rest = np.maximum(total - kept, 0.0)
+    # A row that keeps the whole vocabulary has no tail, whatever the rounding of two sums says.
+    rest[np.bincount(rows, minlength=len(total)) >= exp_shifted.shape[1]] = 0.0
     with np.errstate(divide="ignore"):
         return np.log(rest) - np.log(total)
 
 
 def reference_rows(
-    logits: NDArray[np.float32], targets: NDArray[np.int32], k: int
+    logits: NDArray[np.float32],
+    targets: NDArray[np.int32],
+    tail_mass: float = DEFAULT_TAIL_MASS,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> ReferenceRows:
     """Summarize the reference's logits (shape ``(n, n_vocab)``) for later comparisons."""
     logp, exp_shifted = log_softmax(logits)
-    ids = _top_k(logp, k)
+    cand = _sorted_candidates(logp, max_tokens)
+    cand_logp = np.take_along_axis(logp, cand, axis=1)
+    covered = np.cumsum(np.exp(cand_logp), axis=1)
+    # Keep tokens until the covered mass reaches 1 - tail_mass (the token that crosses included).
+    counts = np.minimum((covered < 1.0 - tail_mass).sum(axis=1) + 1, cand.shape[1])
+    if tail_mass <= 0.0:
+        counts[:] = cand.shape[1]  # the sum of rounded terms may reach 1 before the last token
+    mask = np.arange(cand.shape[1])[None, :] < counts[:, None]
+    ids = cand[mask].astype(np.int32)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    rows = np.repeat(np.arange(len(counts)), counts)
     return ReferenceRows(
-        top_ids=ids,
-        top_logp=np.take_along_axis(logp, ids, axis=1),
-        tail_logp=_tail_logp(exp_shifted, ids),
+        offsets=offsets,
+        ids=ids,
+        logp=cand_logp[mask].astype(np.float32),
+        tail_logp=_tail_logp(exp_shifted, rows, ids),
         target_logp=logp[np.arange(len(targets)), targets],
+        top1=cand[:, 0].astype(np.int32),
     )
 
 
@@ -77,6 +106,7 @@ class TokenComparison:
     nll_ref: NDArray[np.float64]
     p_diff: NDArray[np.float64]  # p_model(next) - p_ref(next)
     same_top: NDArray[np.bool_]
+    ref_tail_mass: NDArray[np.float64]  # reference mass outside the kept tokens
 
 
 def compare_tokens(
@@ -84,22 +114,24 @@ def compare_tokens(
 ) -> TokenComparison:
     """Per-token divergence of the model whose ``logits`` are given from the reference."""
     logq, exp_shifted = log_softmax(logits)
-    rows = np.arange(len(targets))
-    q_top = np.take_along_axis(logq, ref.top_ids, axis=1)
-    p_top = np.exp(ref.top_logp)
-    kld = (p_top * (ref.top_logp - q_top)).sum(axis=1)
+    n = len(targets)
+    rows = ref.row_index()
+    q_kept = logq[rows, ref.ids].astype(np.float32)
+    terms = np.exp(ref.logp.astype(np.float64)) * (ref.logp - q_kept).astype(np.float64)
+    kld = np.bincount(rows, weights=terms, minlength=n)
     p_tail = np.exp(ref.tail_logp)
-    q_tail_logp = _tail_logp(exp_shifted, ref.top_ids)
     has_tail = p_tail > 0
+    q_tail_logp = _tail_logp(exp_shifted, rows, ref.ids)
     kld[has_tail] += p_tail[has_tail] * (ref.tail_logp[has_tail] - q_tail_logp[has_tail])
-    nll = -logq[rows, targets]
+    nll = -logq[np.arange(n), targets]
     nll_ref = -ref.target_logp
     return TokenComparison(
         kld=kld,
         nll=nll,
         nll_ref=nll_ref,
         p_diff=np.exp(-nll) - np.exp(-nll_ref),
-        same_top=np.argmax(logits, axis=1) == ref.top_ids[:, 0],
+        same_top=np.argmax(logits, axis=1) == ref.top1,
+        ref_tail_mass=p_tail,
     )
 
 
@@ -136,8 +168,8 @@ def _percentile(sorted_values: NDArray[np.float64], fraction: float) -> float:
 class KLDResult:
     n_tokens: int
     n_chunks: int
-    top_k: int  # reference tokens kept per position; >= n_vocab means exact
     n_vocab: int
+    ref_tail_mass: float  # mean reference mass outside the kept tokens; 0 means exact
     ppl: Estimate
     ppl_ref: Estimate
     ln_ppl_cor: float
@@ -163,7 +195,7 @@ class KLDResult:
 
     @property
     def exact(self) -> bool:
-        return self.top_k >= self.n_vocab
+        return self.ref_tail_mass == 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -180,7 +212,7 @@ class KLDResult:
         return out
 
 
-def summarize(chunks: list[TokenComparison], top_k: int, n_vocab: int) -> KLDResult:
+def summarize(chunks: list[TokenComparison], n_vocab: int) -> KLDResult:
     """The statistics of ``llama-perplexity --kl-divergence`` over all chunks."""
     if not chunks:
         raise ValueError("no chunks to summarize")
@@ -209,8 +241,8 @@ def summarize(chunks: list[TokenComparison], top_k: int, n_vocab: int) -> KLDRes
     return KLDResult(
         n_tokens=n,
         n_chunks=len(chunks),
-        top_k=top_k,
         n_vocab=n_vocab,
+        ref_tail_mass=float(np.concatenate([c.ref_tail_mass for c in chunks]).mean()),
         ppl=ppl,
         ppl_ref=ppl_ref,
         ln_ppl_cor=cov / denom if denom > 0 else float("nan"),
