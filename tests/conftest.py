@@ -26,3 +26,23 @@ def text_file(tmp_path: Path) -> Path:
     path = tmp_path / "eval.txt"
     path.write_text(" ".join(rng.choice(words, size=900)) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "real-cache"
+
+
+@pytest.fixture(scope="session")
+def demo_model(real_cache: Path) -> Path:
+    """The built-in demo model, built once per test session."""
+    from pytest_quantcheck.demo.model import demo_model_path
+
+    return demo_model_path(cache_dir=real_cache)
+
+
+@pytest.fixture(scope="session")
+def demo_text() -> Path:
+    from pytest_quantcheck.demo.model import data_path
+
+    return data_path("eval.txt")

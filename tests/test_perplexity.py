@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import FakeModel, write_fake_gguf
 
 from pytest_quantcheck.evaluation import (
     EvalTextError,
@@ -14,6 +13,8 @@ from pytest_quantcheck.evaluation import (
     read_eval_text,
 )
 from pytest_quantcheck.metrics.perplexity import perplexity_from_nll
+
+from fakes import FakeModel, write_fake_gguf
 
 
 def naive_perplexity(model: FakeModel, text: bytes, n_ctx: int) -> tuple[float, float, int]:

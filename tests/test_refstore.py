@@ -4,12 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import FakeBackend, FakeModel, write_fake_gguf
 
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol, read_eval_text
 from pytest_quantcheck.metrics.kld import compare_tokens, reference_rows
 from pytest_quantcheck.refstore import ReferenceStoreError, open_reference
+
+from fakes import FakeBackend, FakeModel, write_fake_gguf
 
 PROTO = ScoringProtocol(n_ctx=64, n_batch=128)
 

@@ -4,9 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-from fakes import FakeBackend, write_fake_gguf
 
 from pytest_quantcheck.variants import FILE_TYPES, VariantError, file_type, from_path, quantize
+
+from fakes import FakeBackend, write_fake_gguf
 
 
 def test_unknown_type_lists_the_valid_ones() -> None:

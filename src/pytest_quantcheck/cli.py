@@ -19,9 +19,8 @@ from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol
 from pytest_quantcheck.gguf_file import GGUFError
 from pytest_quantcheck.imatrix import ImatrixError
-from pytest_quantcheck.metrics.kld import KLDResult
+from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
-from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS
 from pytest_quantcheck.refstore import ReferenceStoreError
 from pytest_quantcheck.variants import FILE_TYPES, VariantError, quantize
 

@@ -140,7 +140,7 @@ def perplexity(
     n_chunks = check_length(tokens, proto, source)
     nll = np.empty((n_chunks, proto.scored_per_chunk), dtype=np.float64)
     for group in scored_groups(model, tokens, proto, n_chunks, progress):
-        for row, (targets, logits) in enumerate(zip(group.targets, group.logits)):
+        for row, (targets, logits) in enumerate(zip(group.targets, group.logits, strict=True)):
             nll[group.first_chunk + row] = -target_logprobs(logits, targets)
     return perplexity_from_nll(nll, proto.n_ctx)
 
@@ -157,6 +157,6 @@ def kl_divergence(
     """Compare ``model`` chunk by chunk with reference rows (one :class:`ReferenceRows` a chunk)."""
     comparisons = []
     for group in scored_groups(model, tokens, proto, n_chunks, progress):
-        for targets, logits in zip(group.targets, group.logits):
+        for targets, logits in zip(group.targets, group.logits, strict=True):
             comparisons.append(compare_tokens(next(reference), logits, targets))
     return summarize(comparisons, model.n_vocab)

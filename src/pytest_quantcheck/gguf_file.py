@@ -35,7 +35,7 @@ _ARRAY_DTYPE = {
 
 # ggml tensor types this module reads or writes as arrays
 GGML_F32, GGML_F16 = 0, 1
-_TENSOR_DTYPE = {GGML_F32: np.dtype("<f4"), GGML_F16: np.dtype("<f2")}
+_TENSOR_DTYPE: dict[int, np.dtype[Any]] = {GGML_F32: np.dtype("<f4"), GGML_F16: np.dtype("<f2")}
 
 _MAX_STRING = 1 << 24
 _MAX_COUNT = 1 << 32
@@ -71,7 +71,7 @@ class GGUFContents:
         start = self.data_offset + info.offset
         if start + count * dtype.itemsize > self.path.stat().st_size:
             raise GGUFError(f"{self.path}: tensor {name} runs past the end of the file")
-        arr = np.fromfile(self.path, dtype=dtype, count=count, offset=start)
+        arr: NDArray[Any] = np.fromfile(self.path, dtype=dtype, count=count, offset=start)
         return arr.reshape(tuple(reversed(info.shape)))
 
 

@@ -76,9 +76,9 @@ def _load_legacy(path: Path) -> dict[str, NDArray[np.float32]]:
         name = data[pos : pos + name_len].decode()
         pos += name_len
         ncall, nval = take("<ii")
-        if not 0 < nval or pos + 4 * nval > len(data):
+        if not nval > 0 or pos + 4 * nval > len(data):
             raise ValueError(f"entry {name} runs past the end")
         values = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
         pos += 4 * nval
-        out[name] = values / ncall if ncall > 0 else values
+        out[name] = (values / ncall).astype(np.float32) if ncall > 0 else values
     return out

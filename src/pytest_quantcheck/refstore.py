@@ -100,7 +100,7 @@ def write_reference(
     offsets[0] = 0
     with (dest / "ids.bin").open("wb") as ids_out, (dest / "logp.bin").open("wb") as logp_out:
         for group in scored_groups(model, tokens, proto, n_chunks, progress):
-            for row, (targets, logits) in enumerate(zip(group.targets, group.logits)):
+            for row, (targets, logits) in enumerate(zip(group.targets, group.logits, strict=True)):
                 rows = reference_rows(logits, targets, tail_mass, max_tokens)
                 i = group.first_chunk + row
                 base = int(offsets[i * s])

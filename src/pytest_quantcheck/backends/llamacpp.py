@@ -106,7 +106,7 @@ class LlamaCppContext:
         rc = lc.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise BackendError(f"{self.model.path}: llama_decode failed with code {rc}")
-        return int(want.sum()) * k
+        return int(want.sum() * k)
 
     def _check(self, chunks: NDArray[np.int32]) -> tuple[int, int]:
         if chunks.ndim != 2 or chunks.shape[1] != self.n_ctx or not 1 <= chunks.shape[0] <= self.n_seq:

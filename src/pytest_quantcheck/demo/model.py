@@ -107,8 +107,8 @@ def _bigram_embeddings(tokens: NDArray[np.int32], rng: np.random.Generator) -> t
     vectors, as output rows, make the model a low-rank bigram model: the fit starts there.
     """
     v = N_VOCAB
-    counts = np.bincount(tokens[:-1].astype(np.int64) * v + tokens[1:], minlength=v * v)
-    counts = counts.reshape(v, v).astype(np.float64) + 0.1
+    pairs = np.bincount(tokens[:-1].astype(np.int64) * v + tokens[1:], minlength=v * v)
+    counts = pairs.reshape(v, v).astype(np.float64) + 0.1
     logp = np.log(counts / counts.sum(axis=1, keepdims=True))
     logp -= logp.mean(axis=1, keepdims=True)
     u, s, vt = np.linalg.svd(logp, full_matrices=False)
@@ -126,7 +126,7 @@ def _bigram_embeddings(tokens: NDArray[np.int32], rng: np.random.Generator) -> t
 
 def _previous_token_head(
     rng: np.random.Generator, src: slice, dst: slice, gain: float
-) -> dict[str, NDArray[np.float32]]:
+) -> dict[str, NDArray[np.float64]]:
     """Attention weights whose head 0 copies ``src`` of position t-1 into ``dst`` of position t."""
     wq = 0.02 * rng.standard_normal((N_EMBD, N_EMBD))
     wk = 0.02 * rng.standard_normal((N_EMBD, N_EMBD))
@@ -144,15 +144,15 @@ def _previous_token_head(
     width = src.stop - src.start
     wv[np.arange(width), np.arange(src.start, src.stop)] = 1.0
     wo[np.arange(dst.start, dst.stop), np.arange(width)] = gain
-    return {"attn_q": wq, "attn_k": wk, "attn_v": wv, "attn_output": wo}  # type: ignore[dict-item]
+    return {"attn_q": wq, "attn_k": wk, "attn_v": wv, "attn_output": wo}
 
 
-def _ffn(rng: np.random.Generator, out: slice) -> dict[str, NDArray[np.float32]]:
+def _ffn(rng: np.random.Generator, out: slice) -> dict[str, NDArray[np.float64]]:
     gate = rng.standard_normal((N_FF, N_EMBD)) / np.sqrt(N_EMBD)
     up = rng.standard_normal((N_FF, N_EMBD)) / np.sqrt(N_EMBD)
     down = np.zeros((N_EMBD, N_FF))
     down[out] = 1.6 * rng.standard_normal((out.stop - out.start, N_FF)) / np.sqrt(N_FF)
-    return {"ffn_gate": gate, "ffn_up": up, "ffn_down": down}  # type: ignore[dict-item]
+    return {"ffn_gate": gate, "ffn_up": up, "ffn_down": down}
 
 
 def _tensors(embd: NDArray[np.float32], output: NDArray[np.float32],
@@ -160,7 +160,8 @@ def _tensors(embd: NDArray[np.float32], output: NDArray[np.float32],
     tensors: dict[str, NDArray[Any]] = {"token_embd.weight": embd}
     copies = ((CUR, PREV, 0.5), (PREV, PREV2, 0.8))
     for layer, (src, dst, gain) in enumerate(copies):
-        parts = {**_previous_token_head(rng, src, dst, gain), **_ffn(rng, FFN_OUT[layer])}
+        parts: dict[str, NDArray[np.float64]] = {**_previous_token_head(rng, src, dst, gain),
+                                                 **_ffn(rng, FFN_OUT[layer])}
         tensors[f"blk.{layer}.attn_norm.weight"] = np.ones(N_EMBD)
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
             tensors[f"blk.{layer}.{name}.weight"] = parts[name]

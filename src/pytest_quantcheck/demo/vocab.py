@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,7 +51,7 @@ def learn_vocab(text: str, size: int) -> Vocab:
     pair_count: Counter[tuple[str, str]] = Counter()
     pair_words: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
     for w, seq in seqs.items():
-        for pair in zip(seq, seq[1:]):
+        for pair in pairwise(seq):
             pair_count[pair] += words[w]
             pair_words[pair].add(w)
 
@@ -64,7 +65,7 @@ def learn_vocab(text: str, size: int) -> Vocab:
         merged.append(joined)
         for w in list(pair_words.pop(best, ())):
             seq, n = seqs[w], words[w]
-            for pair in zip(seq, seq[1:]):
+            for pair in pairwise(seq):
                 pair_count[pair] -= n
                 if pair_count[pair] <= 0:
                     del pair_count[pair]
@@ -78,7 +79,7 @@ def learn_vocab(text: str, size: int) -> Vocab:
                     out.append(seq[i])
                     i += 1
             seqs[w] = out
-            for pair in zip(out, out[1:]):
+            for pair in pairwise(out):
                 pair_count[pair] += n
                 pair_words[pair].add(w)
 

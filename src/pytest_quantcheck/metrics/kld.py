@@ -66,7 +66,8 @@ def _tail_logp(exp_shifted: NDArray[np.float32], rows: NDArray[np.int64],
     # A row that keeps the whole vocabulary has no tail, whatever the rounding of two sums says.
     rest[np.bincount(rows, minlength=len(total)) >= exp_shifted.shape[1]] = 0.0
     with np.errstate(divide="ignore"):
-        return np.log(rest) - np.log(total)
+        tail: NDArray[np.float64] = np.log(rest) - np.log(total)
+    return tail
 
 
 def reference_rows(
@@ -118,7 +119,7 @@ def compare_tokens(
     rows = ref.row_index()
     q_kept = logq[rows, ref.ids].astype(np.float32)
     terms = np.exp(ref.logp.astype(np.float64)) * (ref.logp - q_kept).astype(np.float64)
-    kld = np.bincount(rows, weights=terms, minlength=n)
+    kld: NDArray[np.float64] = np.bincount(rows, weights=terms, minlength=n).astype(np.float64)
     p_tail = np.exp(ref.tail_logp)
     has_tail = p_tail > 0
     q_tail_logp = _tail_logp(exp_shifted, rows, ref.ids)

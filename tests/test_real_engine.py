@@ -1,0 +1,118 @@
+"""The engine on the real llama.cpp backend and the built-in demo model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_quantcheck.backends import RunOptions, default_backend
+from pytest_quantcheck.engine import Engine
+from pytest_quantcheck.evaluation import ScoringProtocol, read_eval_text
+from pytest_quantcheck.gguf_file import read_gguf
+from pytest_quantcheck.variants import FILE_TYPES, VariantError, quantize
+
+pytestmark = pytest.mark.real
+PROTO = ScoringProtocol(n_ctx=256, n_batch=2048, n_chunks=24)
+
+
+def naive_llama_cpp_python_perplexity(model: Path, text: bytes, n_ctx: int, n_chunks: int) -> float:
+    """A plain llama-cpp-python loop: the high-level Llama class, one chunk at a time."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False)
+    tokens = llm.tokenize(text, add_bos=True, special=False)
+    nll = []
+    for c in range(n_chunks):
+        chunk = tokens[c * n_ctx : (c + 1) * n_ctx]
+        llm.reset()
+        llm.eval([llm.token_bos(), *chunk[1:]])
+        scores = np.asarray(llm.scores[:n_ctx], dtype=np.float64)
+        for pos in range(n_ctx // 2, n_ctx - 1):
+            row = scores[pos]
+            m = row.max()
+            nll.append(-(row[chunk[pos + 1]] - m - math.log(np.exp(row - m).sum())))
+    return math.exp(sum(nll) / len(nll))
+
+
+def test_perplexity_equals_a_plain_llama_cpp_python_loop(demo_model: Path, demo_text: Path) -> None:
+    res = Engine.default().perplexity(demo_model, demo_text, PROTO)
+    naive = naive_llama_cpp_python_perplexity(demo_model, read_eval_text(demo_text), 256, 24)
+    assert res.ppl == pytest.approx(naive, rel=1e-4)
+    assert res.n_tokens == 24 * 127
+
+
+def test_batching_does_not_change_the_numbers(demo_model: Path, demo_text: Path) -> None:
+    engine = Engine.default()
+    wide = engine.perplexity(demo_model, demo_text, PROTO)
+    narrow = engine.perplexity(demo_model, demo_text, ScoringProtocol(256, 128, n_chunks=24))
+    np.testing.assert_allclose(wide.token_nll, narrow.token_nll, rtol=1e-4, atol=1e-4)
+
+
+def test_model_against_itself_is_exact(demo_model: Path, demo_text: Path) -> None:
+    res = Engine.default().kl_divergence(demo_model, demo_model, demo_text, PROTO)
+    assert res.kld.value == 0.0 and res.kld_max == 0.0
+    assert res.same_top.value == 1.0
+    assert res.ppl_ratio.value == 1.0 and res.ln_ppl_ratio.err == 0.0
+
+
+def test_demo_model_shape_and_quality(demo_model: Path, demo_text: Path) -> None:
+    contents = read_gguf(demo_model)
+    n_vocab = len(contents.metadata["tokenizer.ggml.tokens"])
+    for info in contents.tensors.values():
+        if len(info.shape) == 2:  # every matrix row is whole K-quant blocks
+            assert info.shape[0] % 256 == 0, info.name
+    res = Engine.default().perplexity(demo_model, demo_text, ScoringProtocol(256, 2048))
+    assert res.ppl < n_vocab / 8, "held-out perplexity must be far below the vocabulary size"
+
+
+def test_q2_k_is_measurably_worse_than_q8_0(demo_model: Path, demo_text: Path,
+                                             real_cache: Path) -> None:
+    engine = Engine.default(cache_dir=real_cache)
+    backend = engine.backend
+    q8 = quantize(demo_model, "Q8_0", backend=backend, cache_dir=real_cache)
+    q2 = quantize(demo_model, "Q2_K", backend=backend, cache_dir=real_cache)
+    r8 = engine.kl_divergence(demo_model, q8.path, demo_text, PROTO)
+    r2 = engine.kl_divergence(demo_model, q2.path, demo_text, PROTO)
+    diff = r2.chunk_nll - r8.chunk_nll  # paired by chunk
+    t = diff.mean() / (diff.std(ddof=1) / math.sqrt(len(diff)))
+    assert t > 5, f"Q2_K vs Q8_0 chunk NLL t = {t:.1f}"
+    assert r2.kld.value > 10 * r8.kld.value
+    assert q2.size_bytes < q8.size_bytes
+
+
+@pytest.mark.parametrize("name", [n for n, t in FILE_TYPES.items() if not t.needs_imatrix])
+def test_every_file_type_quantizes_to_what_it_says(demo_model: Path, real_cache: Path,
+                                                   name: str) -> None:
+    variant = quantize(demo_model, name, backend=default_backend(), cache_dir=real_cache)
+    assert read_gguf(variant.path).metadata["general.file_type"] == FILE_TYPES[name].ftype
+
+
+def test_imatrix_types_build_with_an_importance_matrix(demo_model: Path, real_cache: Path,
+                                                       tmp_path: Path) -> None:
+    from pytest_quantcheck.gguf_file import write_gguf
+
+    contents = read_gguf(demo_model)
+    tensors = {}
+    for info in contents.tensors.values():
+        if len(info.shape) == 2 and info.name != "token_embd.weight":
+            tensors[f"{info.name}.in_sum2"] = np.full((1, info.shape[0]), 4.0, np.float32)
+            tensors[f"{info.name}.counts"] = np.full((1, 1), 2.0, np.float32)
+    imatrix = tmp_path / "imatrix.gguf"
+    write_gguf(imatrix, {"imatrix.chunk_count": 1, "imatrix.chunk_size": 256}, tensors)
+    with pytest.raises(VariantError, match="importance matrix"):
+        quantize(demo_model, "IQ2_XS", backend=default_backend(), cache_dir=real_cache)
+    variant = quantize(demo_model, "IQ2_XS", backend=default_backend(), imatrix=imatrix,
+                       cache_dir=real_cache)
+    assert read_gguf(variant.path).metadata["general.file_type"] == FILE_TYPES["IQ2_XS"].ftype
+
+
+def test_a_file_llama_cpp_refuses_is_a_clear_error(tmp_path: Path) -> None:
+    from pytest_quantcheck.backends import BackendError
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 16)
+    with pytest.raises(BackendError, match="could not load"):
+        default_backend().load(bad, RunOptions())
