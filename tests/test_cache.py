@@ -88,3 +88,11 @@ def test_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("QUANTCHECK_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", "/c")
     assert cache.cache_root() == Path("/c/pytest-quantcheck")
+
+
+def test_physical_cores_is_a_sane_default() -> None:
+    from pytest_quantcheck.backends import RunOptions, physical_cores
+
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+    assert RunOptions().threads() == physical_cores()
+    assert RunOptions(n_threads=3).threads() == 3

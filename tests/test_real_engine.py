@@ -116,3 +116,32 @@ def test_a_file_llama_cpp_refuses_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 16)
     with pytest.raises(BackendError, match="could not load"):
         default_backend().load(bad, RunOptions())
+
+
+def test_run_options_reach_llama_cpp(monkeypatch: pytest.MonkeyPatch, demo_model: Path) -> None:
+    """GPU offload and threads are passed through (checked on a CPU machine with a fake loader)."""
+    import llama_cpp
+
+    from pytest_quantcheck.backends import BackendError
+
+    seen = {}
+
+    def fake_load(path: bytes, params: object) -> None:
+        seen["n_gpu_layers"] = params.n_gpu_layers  # type: ignore[attr-defined]
+        return None
+
+    monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", fake_load)
+    with pytest.raises(BackendError, match="could not load"):
+        default_backend().load(demo_model, RunOptions(n_gpu_layers=7))
+    assert seen == {"n_gpu_layers": 7}
+
+
+def test_llama_cpp_log_is_silent_unless_asked(capfd: pytest.CaptureFixture[str],
+                                              demo_model: Path) -> None:
+    backend = default_backend()
+    backend.load(demo_model, RunOptions()).close()
+    assert capfd.readouterr().err == ""
+    backend.load(demo_model, RunOptions(verbose=True)).close()
+    assert "llama_model_loader" in capfd.readouterr().err
+    backend.load(demo_model, RunOptions()).close()
+    assert capfd.readouterr().err == ""
