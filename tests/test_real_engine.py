@@ -145,3 +145,12 @@ def test_llama_cpp_log_is_silent_unless_asked(capfd: pytest.CaptureFixture[str],
     assert "llama_model_loader" in capfd.readouterr().err
     backend.load(demo_model, RunOptions()).close()
     assert capfd.readouterr().err == ""
+
+
+def test_demo_model_build_is_deterministic(demo_model: Path, tmp_path: Path) -> None:
+    from pytest_quantcheck import cache
+    from pytest_quantcheck.demo.model import build_demo_model
+
+    again = tmp_path / "again.gguf"
+    build_demo_model(again, default_backend())
+    assert cache.sha256_of(again) == cache.sha256_of(demo_model)
