@@ -21,10 +21,10 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 @pytest.fixture
 def text_file(tmp_path: Path) -> Path:
-    rng = __import__("numpy").random.default_rng(7)
-    words = ["alpha", "beta", "gamma", "delta", "quant", "check", "model", "token"]
+    from fakes import word_text
+
     path = tmp_path / "eval.txt"
-    path.write_text(" ".join(rng.choice(words, size=900)) + "\n")
+    path.write_text(word_text(900) + "\n")
     return path
 
 
@@ -46,3 +46,24 @@ def demo_text() -> Path:
     from pytest_quantcheck.demo.model import data_path
 
     return data_path("eval.txt")
+
+
+@pytest.fixture
+def qc_project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A user project on the fake backend: base.gguf, eval.txt, [tool.quantcheck] settings."""
+    from fakes import word_text, write_fake_gguf
+
+    write_fake_gguf(pytester.path / "base.gguf")
+    write_fake_gguf(pytester.path / "one_pct.gguf", noise=0.3)
+    write_fake_gguf(pytester.path / "nine_pct.gguf", noise=0.6)
+    (pytester.path / "eval.txt").write_text(word_text(1500) + "\n")
+    pytester.makepyprojecttoml(
+        '[tool.quantcheck]\nmodel = "base.gguf"\nvariants = ["Q8_0", "Q2_K"]\n'
+        'eval_text = "eval.txt"\nn_ctx = 64\nn_batch = 256\n'
+    )
+    pytester.makeconftest(
+        "from pathlib import Path\nfrom fakes import FakeBackend\n\n"
+        "def pytest_quantcheck_make_backend(config):\n"
+        "    return FakeBackend(log=Path(config.rootpath) / 'backend.log')\n"
+    )
+    return pytester

@@ -1,12 +1,15 @@
-"""A fake backend: a tiny causal "model" in NumPy, so the pure layers are tested without llama.cpp.
+"""A fake backend: a tiny causal "model" in NumPy, so everything above the backend is tested
+without llama.cpp, in milliseconds.
 
-Its logits at position t depend on the token at t and on the first token of the sequence, so
-both the chunking protocol and the BOS replacement are visible in the numbers.
+Its logits at position t are a byte-bigram model of a fixed corpus of words (so it predicts
+text of the same words well), plus a small term that depends on the first token of the sequence,
+so both the chunking protocol and the BOS replacement are visible in the numbers. Model files are
+real (tiny) GGUF files whose ``fake.noise`` says how far their weights stray from the "base";
+the fake quantizer adds more noise the fewer bits a type has.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,9 +17,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pytest_quantcheck.backends import RunOptions
+from pytest_quantcheck.gguf_file import read_gguf, write_gguf
 
 N_VOCAB = 259  # 256 bytes, BOS = 256, EOS = 257, one unused
 BOS = 256
+# ftype -> noise the fake quantizer adds; unknown types get 0.2
+# (about +0%, +1.7% and +10% perplexity for Q8_0, Q4_K_M and Q2_K)
+TYPE_NOISE = {0: 0.0, 1: 0.001, 7: 0.01, 18: 0.03, 15: 0.3, 12: 0.4, 10: 0.6}
 
 
 class FakeContext:
@@ -35,8 +42,32 @@ class FakeContext:
         pass
 
 
+WORDS = ["alpha", "beta", "gamma", "delta", "quant", "check", "model", "token"]
+
+
+def word_text(n_words: int, seed: int = 7) -> str:
+    return " ".join(np.random.default_rng(seed).choice(WORDS, size=n_words))
+
+
+_TABLE: list[NDArray[np.float32]] = []
+
+
+def _bigram_table() -> NDArray[np.float32]:
+    if not _TABLE:
+        data = np.frombuffer(word_text(20000, seed=1).encode(), dtype=np.uint8).astype(np.int64)
+        counts = np.full((N_VOCAB, N_VOCAB), 0.01)
+        np.add.at(counts, (data[:-1], data[1:]), 1.0)
+        counts[BOS, data[0]] += 1.0
+        _TABLE.append(np.log(counts / counts.sum(axis=1, keepdims=True)).astype(np.float32))
+    return _TABLE[0]
+
+
+def noise_of(path: Path) -> float:
+    return float(read_gguf(path).metadata.get("fake.noise", 0.0))
+
+
 class FakeModel:
-    def __init__(self, path: Path, scale: float = 1.0, add_bos: bool = True) -> None:
+    def __init__(self, path: Path, add_bos: bool = True) -> None:
         self.path = path
         self.n_vocab = N_VOCAB
         self.n_embd = 8
@@ -44,14 +75,12 @@ class FakeModel:
         self.add_bos = add_bos
         self.bos_token = BOS
         self.contexts_opened = 0
-        # A "quantized" fake is the same table with its weights perturbed by `scale`-seeded noise.
-        rng = np.random.default_rng(0)
-        self.table = rng.normal(0, 3, (N_VOCAB, N_VOCAB)).astype(np.float32)
-        self.first = rng.normal(0, 1, (N_VOCAB, N_VOCAB)).astype(np.float32)
-        data = path.read_bytes()[4:12] if path.exists() else b""
-        noise = float(np.frombuffer(data.ljust(8, b"\0"), dtype="<f8")[0]) if data else 0.0
+        self.table = _bigram_table().copy()
+        self.first = np.random.default_rng(0).normal(0, 0.1, (N_VOCAB, N_VOCAB)).astype(np.float32)
+        noise = noise_of(path)
         if noise:
-            self.table += np.random.default_rng(1).normal(0, noise, self.table.shape).astype(
+            seed = int(noise * 1e6) % 2**31
+            self.table += np.random.default_rng(seed).normal(0, noise, self.table.shape).astype(
                 np.float32)
 
     def sequence_logits(self, seq: NDArray[np.int32]) -> NDArray[np.float32]:
@@ -70,9 +99,12 @@ class FakeModel:
         pass
 
 
-def write_fake_gguf(path: Path, noise: float = 0.0) -> Path:
-    """A file the fake backend loads: GGUF magic, then the noise level of its weights."""
-    path.write_bytes(b"GGUF" + np.float64(noise).tobytes() + b"\0" * 32)
+def write_fake_gguf(path: Path, noise: float = 0.0, ftype: int = 0) -> Path:
+    """A small valid GGUF the fake backend loads; its size shrinks with the noise, like a quant."""
+    width = max(8, int(256 * (1 - min(noise, 0.9))))
+    write_gguf(path, {"general.architecture": "fake", "general.file_type": ftype,
+                      "fake.noise": float(noise)},
+               {"weight": np.zeros((4, width), dtype=np.float16)})
     return path
 
 
@@ -86,16 +118,17 @@ class FakeBackend:
 
     def load(self, path: Path, options: RunOptions) -> FakeModel:
         self.loads += 1
+        if self.log is not None:
+            with self.log.open("a") as f:
+                f.write(f"load {path.name}\n")
         return FakeModel(path)
 
     def quantize(self, source: Path, dest: Path, ftype: int, *, n_threads: int,
                  imatrix: Mapping[str, NDArray[np.float32]] | None = None) -> None:
         if self.log is not None:
             with self.log.open("a") as f:
-                f.write(f"{ftype}\n")
-        shutil.copyfile(source, dest)
-        with dest.open("ab") as f:
-            f.write(bytes([ftype]))
+                f.write(f"quantize {ftype}\n")
+        write_fake_gguf(dest, noise_of(source) + TYPE_NOISE.get(ftype, 0.2), ftype)
 
     def system_info(self) -> str:
         return "fake"

@@ -142,7 +142,7 @@ def perplexity(
     for group in scored_groups(model, tokens, proto, n_chunks, progress):
         for row, (targets, logits) in enumerate(zip(group.targets, group.logits, strict=True)):
             nll[group.first_chunk + row] = -target_logprobs(logits, targets)
-    return perplexity_from_nll(nll, proto.n_ctx)
+    return perplexity_from_nll(nll, proto.n_ctx, tokens_digest(tokens[: n_chunks * proto.n_ctx]))
 
 
 def kl_divergence(

@@ -1,12 +1,241 @@
-"""pytest glue. Loading it must stay cheap and must not import llama_cpp."""
+"""pytest glue: options, markers, fixtures and hooks. Thin by design; loading it must stay cheap
+and must not import llama_cpp (the backend is created when a model is first needed)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from pytest_quantcheck import __version__
-from pytest_quantcheck.cache import cache_root
+from pytest_quantcheck import __version__, checks, hookspec
+from pytest_quantcheck.backends import BackendError
+from pytest_quantcheck.baseline import BaselineError
+from pytest_quantcheck.cache import CacheError, cache_root
+from pytest_quantcheck.evaluation import EvalTextError
+from pytest_quantcheck.gguf_file import GGUFError
+from pytest_quantcheck.imatrix import ImatrixError
+from pytest_quantcheck.refstore import ReferenceStoreError
+from pytest_quantcheck.variants import VariantError
+from pytest_quantcheck.config import KEYS, ConfigError, Layer, Settings, merge, read_pyproject, read_yaml
+from pytest_quantcheck.session import QuantModel, QuantSession
+
+session_key = pytest.StashKey[QuantSession]()
+checks_key = pytest.StashKey[list[tuple[checks.Check, str]]]()
+item_checks_key = pytest.StashKey[list[checks.Check]]()
+
+_FLAGS = {key: f"--quant-{key.replace('_', '-')}" for key in KEYS if key != "baseline_dir"}
+
+
+# ---- options ---------------------------------------------------------------------------------
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspec)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("quantcheck", "quantization regression checks (pytest-quantcheck)")
+    helps = {
+        "model": "base GGUF model (default: the built-in demo model)",
+        "variants": "comma-separated variants: file types (Q8_0,Q4_K_M), 'base' or .gguf paths",
+        "reference": "what relative checks compare with (default: base)",
+        "eval_text": "evaluation text (default: the demo model's held-out text)",
+        "n_ctx": "tokens per chunk (default: 512)",
+        "n_batch": "tokens per batch (default: 2048)",
+        "chunks": "score at most this many chunks (default: all)",
+        "threads": "CPU threads (default: one per physical core)",
+        "n_gpu_layers": "layers offloaded to a GPU (default: 0)",
+        "alpha": "significance level of every check (default: 0.05)",
+        "mode": "detect: fail on significant exceedance; prove: pass only within the tolerance"
+        " with confidence (default: detect)",
+        "correction": "none or holm: correct p-values across the checks of a run (default: none)",
+        "baseline_ignore": "comma-separated baseline keys not to check",
+        "imatrix": "importance matrix for the IQ types (default: none)",
+        "verbose": "show llama.cpp's log (true/false, default: false)",
+    }
+    for key, flag in _FLAGS.items():
+        group.addoption(flag, dest=f"quant_{key}", default=None, metavar=key.upper(),
+                        help=helps[key])
+        parser.addini(f"quant_{key}", helps[key], default=None)
+    parser.addini("quant_baseline_dir", "where baselines live (default: baselines)", default=None)
+    group.addoption("--quant-baseline", dest="quant_baseline", nargs="?", const="", default=None,
+                    metavar="DIR", help="compare with stored baselines (in DIR, default: the"
+                    " configured baseline_dir)")
+    group.addoption("--quant-update-baseline", dest="quant_update_baseline", action="store_true",
+                    help="write or refresh the baselines from this run")
+
+
+def _settings(config: pytest.Config) -> Settings:
+    root = Path(config.rootpath)
+    layers = [layer for layer in (read_pyproject(root / "pyproject.toml"),
+                                  read_yaml(root / "quantcheck.yaml")) if layer]
+    ini_path = str(config.inipath) if config.inipath else "ini file"
+    ini = {key: config.getini(f"quant_{key}") for key in KEYS}
+    layers.append(Layer(ini_path, root, {k: v for k, v in ini.items() if v is not None}))
+    cli = {key: getattr(config.option, f"quant_{key}") for key in _FLAGS}
+    if config.option.quant_baseline:
+        cli["baseline_dir"] = config.option.quant_baseline
+    layers.append(Layer("command line", Path(config.invocation_params.dir),
+                        {k: v for k, v in cli.items() if v is not None}))
+    return merge(layers)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, doc in checks.MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+    try:
+        settings = _settings(config)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    mode = ("update" if config.option.quant_update_baseline
+            else "compare" if config.option.quant_baseline is not None else "off")
+
+    def make_backend() -> Any:
+        custom = config.hook.pytest_quantcheck_make_backend(config=config)
+        if custom is not None:
+            return custom
+        from pytest_quantcheck.backends import default_backend
+
+        return default_backend()
+
+    config.stash[session_key] = QuantSession(settings, make_backend, mode)
+    config.stash[checks_key] = []
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"quantcheck: {__version__}, cache {cache_root()}"
+    s = config.stash[session_key].settings
+    model = s.model or "built-in demo model"
+    return (f"quantcheck: {__version__}, model {model}, variants {', '.join(s.variants)},"
+            f" mode {s.mode}, alpha {s.alpha:g}, cache {cache_root()}")
+
+
+# ---- collection ------------------------------------------------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "quant_model" in metafunc.fixturenames:
+        variants = metafunc.config.stash[session_key].settings.variants
+        metafunc.parametrize("quant_model", variants, indirect=True, ids=list(variants),
+                             scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    collected = config.stash[checks_key]
+    for item in items:
+        found = []
+        for mark in item.iter_markers():
+            if mark.name not in checks.MARKERS:
+                continue
+            try:
+                found.append(checks.parse(mark.name, mark.args, dict(mark.kwargs)))
+            except checks.CheckArgumentError as exc:
+                raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+        if not found:
+            continue
+        if "quant_model" not in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(
+                f"{item.nodeid}: @pytest.mark.{found[0].marker} needs a model to check; add the"
+                " quant_model fixture to the test's arguments")
+        item.stash[item_checks_key] = found
+        variant = item.callspec.params["quant_model"]  # type: ignore[attr-defined]
+        collected.extend((check, variant) for check in found)
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+
+_USER_ERRORS = (BackendError, BaselineError, CacheError, EvalTextError, GGUFError, ImatrixError,
+                ReferenceStoreError, VariantError)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    result = yield  # the test's own body; if it failed, its failure stands
+    found = item.stash.get(item_checks_key, None)
+    if not found:
+        return result
+    session = item.config.stash[session_key]
+    model = item.funcargs["quant_model"]  # type: ignore[attr-defined]
+    problems = []
+    skipped = []
+    for check in found:
+        if check.compares_with == "baseline" and session.baseline_mode == "off":
+            skipped.append(check.label)
+            continue
+        try:
+            outcome = session.run_check(check, model, item.config.stash[checks_key])
+        except _USER_ERRORS as exc:
+            problems.append(f"{check.label} ERROR for {model.name}: {exc}")
+            continue
+        item.user_properties.append((f"quantcheck {check.label}", outcome.message()))
+        if not outcome.passed:
+            problems.append(outcome.message())
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+    if skipped:
+        pytest.skip(f"{', '.join(skipped)}: baseline comparisons are off; run with --quant-baseline")
+    return result
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    session = config.stash[session_key]
+    if not session.outcomes:
+        return
+    tr = terminalreporter
+    tr.write_sep("=", "quantcheck summary")
+    rows = [("variant", "check", "measured", "against", "change", "p", "verdict")]
+    for o in session.outcomes:
+        rows.append((o.variant, o.check, f"{o.measured:.4g}",
+                     "" if o.compared is None else f"{o.compared:.4g}",
+                     "" if o.change is None else f"{o.change:+.2%}",
+                     "" if o.decision is None else f"{o.decision.p_value:.2g}",
+                     o.verdict.upper()))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        tr.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    qs = session.config.stash.get(session_key, None)
+    if qs is None or qs.baseline_mode != "update" or hasattr(session.config, "workerinput"):
+        return
+    path = qs.write_baselines()
+    if path is not None:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(f"quantcheck: baseline written to {path}")
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def quant_session(pytestconfig: pytest.Config) -> QuantSession:
+    """The session object: settings, models, metrics, outcomes."""
+    return pytestconfig.stash[session_key]
+
+
+@pytest.fixture(scope="session")
+def quant_model(request: pytest.FixtureRequest, quant_session: QuantSession) -> QuantModel:
+    """Each configured variant in turn (test ids are the variant names)."""
+    return quant_session.model(request.param)
+
+
+@pytest.fixture(scope="session")
+def quant_reference(quant_session: QuantSession) -> QuantModel:
+    """The model relative checks compare with (``reference`` setting; default: the base)."""
+    return quant_session.reference()
+
+
+@pytest.fixture(scope="session")
+def quant_eval_text(quant_session: QuantSession) -> Path:
+    """The evaluation text every metric is computed on."""
+    return quant_session.eval_text()
+
+
+@pytest.fixture(scope="session")
+def quantize(quant_session: QuantSession) -> Callable[[str], QuantModel]:
+    """Build an ad-hoc variant inside a test: ``quantize("Q3_K_S")`` (cached by content)."""
+    return quant_session.model

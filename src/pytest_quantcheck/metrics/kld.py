@@ -189,6 +189,7 @@ class KLDResult:
     p_diff_percentiles: dict[float, float]
     rms_p_diff: Estimate
     same_top: Estimate
+    token_kld: NDArray[np.float64] = field(repr=False)  # (n_chunks, scored per chunk)
     chunk_kld: NDArray[np.float64] = field(repr=False)  # mean KLD of each chunk
     chunk_nll: NDArray[np.float64] = field(repr=False)
     chunk_nll_ref: NDArray[np.float64] = field(repr=False)
@@ -203,6 +204,8 @@ class KLDResult:
         for name, value in self.__dict__.items():
             if isinstance(value, Estimate):
                 out[name] = value.to_dict()
+            elif name == "token_kld":
+                continue  # per-token values: too many for a report; chunk_kld summarizes them
             elif isinstance(value, np.ndarray):
                 out[name] = value.tolist()
             elif isinstance(value, dict):
@@ -265,6 +268,7 @@ def summarize(chunks: list[TokenComparison], n_vocab: int) -> KLDResult:
         p_diff_percentiles={q: _percentile(dp_sorted, q) for q in DP_PERCENTILES},
         rms_p_diff=Estimate(rms, 0.5 / rms * mse.err if rms > 0 else 0.0),
         same_top=Estimate(top, math.sqrt(top * (1.0 - top) / (n - 1)) if n > 1 else 0.0),
+        token_kld=np.stack([c.kld for c in chunks]),
         chunk_kld=np.array([c.kld.mean() for c in chunks]),
         chunk_nll=np.array([c.nll.mean() for c in chunks]),
         chunk_nll_ref=np.array([c.nll_ref.mean() for c in chunks]),

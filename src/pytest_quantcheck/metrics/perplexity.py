@@ -26,6 +26,7 @@ class PerplexityResult:
     n_ctx: int
     chunk_nll: NDArray[np.float64] = field(repr=False)  # mean NLL of each chunk
     token_nll: NDArray[np.float64] = field(repr=False)  # (n_chunks, scored per chunk)
+    tokens_sha256: str = ""  # of the evaluated tokens: what baselines compare
 
     def to_dict(self, *, tokens: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -36,13 +37,15 @@ class PerplexityResult:
             "n_chunks": self.n_chunks,
             "n_ctx": self.n_ctx,
             "chunk_nll": self.chunk_nll.tolist(),
+            "tokens_sha256": self.tokens_sha256,
         }
         if tokens:
             out["token_nll"] = self.token_nll.tolist()
         return out
 
 
-def perplexity_from_nll(token_nll: NDArray[np.float64], n_ctx: int) -> PerplexityResult:
+def perplexity_from_nll(token_nll: NDArray[np.float64], n_ctx: int,
+                        tokens_sha256: str = "") -> PerplexityResult:
     """Summarize per-token NLL of shape ``(n_chunks, scored per chunk)``."""
     if token_nll.ndim != 2 or token_nll.size < 2:
         raise ValueError("need a (chunks, tokens) array of at least two scored tokens")
@@ -61,4 +64,5 @@ def perplexity_from_nll(token_nll: NDArray[np.float64], n_ctx: int) -> Perplexit
         n_ctx=n_ctx,
         chunk_nll=token_nll.mean(axis=1),
         token_nll=token_nll,
+        tokens_sha256=tokens_sha256,
     )

@@ -1,0 +1,104 @@
+"""Baseline records: one self-describing JSON file per base model, human-diffable, committed by
+users, written only when asked (``--quant-update-baseline``).
+
+A file holds its schema version, the tool and llama.cpp versions, the keys that determine quality
+(base model SHA-256, evaluation text SHA-256, its tokens' SHA-256, n_ctx, the scoring protocol),
+and one record per variant with summaries and the per-chunk values paired tests need. Writes
+merge into the existing file under a lock and replace it atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_quantcheck import __version__, cache
+
+SCHEMA = "pytest-quantcheck baseline"
+SCHEMA_VERSION = 1
+KEY_FIELDS = ("model_sha256", "text_sha256", "tokens_sha256", "n_ctx", "protocol", "llama_cpp")
+UPDATE_FLAG = "--quant-update-baseline"
+
+
+class BaselineError(ValueError):
+    """A baseline that is missing, unreadable, or made for other inputs."""
+
+
+def file_name(model_name: str) -> str:
+    """``<model>.quantcheck.json``, with anything but letters, digits, ``-_.`` replaced."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name).lstrip(".") or "model"
+    return f"{safe}.quantcheck.json"
+
+
+@dataclass(frozen=True)
+class BaselineFile:
+    path: Path
+    keys: dict[str, Any]
+    records: dict[str, dict[str, Any]]
+
+    def record(self, variant: str, keys: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, Any]:
+        """The variant's record, after checking every key that determines quality."""
+        for name in KEY_FIELDS:
+            if name in ignore:
+                continue
+            if self.keys.get(name) != keys.get(name):
+                raise BaselineError(
+                    f"{self.path}: baseline was made with a different {name}"
+                    f" ({_short(self.keys.get(name))}, now {_short(keys.get(name))}); refresh it with"
+                    f" {UPDATE_FLAG} if the change is intended, or list {name} in baseline_ignore"
+                )
+        if variant not in self.records:
+            raise BaselineError(
+                f"{self.path}: no baseline for variant {variant}; create it with {UPDATE_FLAG}"
+            )
+        return self.records[variant]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= 24 else text[:12] + "…"
+
+
+def load(path: Path) -> BaselineFile:
+    if not path.exists():
+        raise BaselineError(f"{path}: no baseline file; create it with {UPDATE_FLAG}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BaselineError(f"{path}: unreadable baseline ({exc}); restore it from version"
+                            f" control or recreate it with {UPDATE_FLAG}") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise BaselineError(f"{path}: not a pytest-quantcheck baseline; recreate it with {UPDATE_FLAG}")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise BaselineError(f"{path}: baseline schema version {data.get('schema_version')} is not"
+                            f" {SCHEMA_VERSION}; recreate it with {UPDATE_FLAG}")
+    keys, records = data.get("keys"), data.get("records")
+    if not isinstance(keys, dict) or not isinstance(records, dict):
+        raise BaselineError(f"{path}: baseline lacks keys or records; recreate it with {UPDATE_FLAG}")
+    return BaselineFile(path, keys, records)
+
+
+def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]]) -> None:
+    """Merge ``records`` into the file at ``path`` (new keys replace old ones), atomically."""
+    cache.ensure_dir(path.parent)
+    with cache.locked(path):
+        existing: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            try:
+                old = load(path)
+                if all(old.keys.get(k) == keys.get(k) for k in KEY_FIELDS):
+                    existing = dict(old.records)  # records of other variants stay valid
+            except BaselineError:
+                pass  # a damaged or foreign file is replaced, not merged
+        existing.update(records)
+        document = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "tool": f"pytest-quantcheck {__version__}",
+            "keys": keys,
+            "records": {name: existing[name] for name in sorted(existing)},
+        }
+        cache.write_atomic(path, (json.dumps(document, indent=1) + "\n").encode())

@@ -1,0 +1,284 @@
+"""Quality checks: the markers' arguments, their evaluation, and the messages users read.
+
+No pytest here: a check is parsed from a marker's arguments (or an assertion helper's), evaluated
+against a :class:`Subject` and whatever it is compared with, and returns an :class:`Outcome` whose
+``message`` says what was measured, against what, by how much, how sure, and what to do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from pytest_quantcheck import stats
+from pytest_quantcheck.baseline import UPDATE_FLAG
+from pytest_quantcheck.metrics.kld import KLDResult
+from pytest_quantcheck.metrics.perplexity import PerplexityResult
+
+KLD_STATS = {"mean": None, "median": 0.5, "p90": 0.90, "p95": 0.95, "p99": 0.99,
+             "p99.9": 0.999, "max": 1.0}
+
+
+class CheckArgumentError(ValueError):
+    """A marker or helper called with arguments it does not take."""
+
+
+class Subject(Protocol):
+    name: str
+    size_bytes: int
+    bits_per_weight: float
+
+    def perplexity(self) -> PerplexityResult: ...
+
+    def kl_divergence(self) -> KLDResult: ...
+
+
+@dataclass(frozen=True)
+class Against:
+    """What a relative check compares with: another model's numbers, or a baseline record."""
+
+    label: str  # "F16 (reference)", "baseline baselines/x.quantcheck.json", "Q8_0"
+    chunk_nll: np.ndarray[Any, np.dtype[np.float64]]
+    is_baseline: bool = False
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(float(np.mean(self.chunk_nll)))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    check: str  # "perplexity_within(pct=3)"
+    variant: str
+    metric: str  # column of the summary table
+    verdict: str
+    measured: float
+    compared: float | None  # reference / baseline / limit value
+    change: float | None  # relative change against ``compared``
+    limit: str  # the tolerance, in words
+    decision: stats.Decision | None
+    mode: str
+    alpha: float
+    against: str = ""
+    baseline: bool = False
+    p_adjusted: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == stats.PASS
+
+    def message(self) -> str:
+        d = self.decision
+        head = f"{self.check} {self.verdict.upper()} for {self.variant}: {self.metric} {_num(self.measured)}"
+        if self.compared is not None:
+            head += f" vs {_num(self.compared)}"
+            if self.against:
+                head += f" ({self.against})"
+        if self.change is not None:
+            head += f", {self.change:+.2%}"
+        parts = [head]
+        if d is not None:
+            level = 1 - 2 * self.alpha
+            parts.append(f"{level:.0%} CI {self._interval(d)}")
+        parts.append(f"tolerance {self.limit}")
+        if d is not None:
+            p = f"p = {d.p_value:.3g}"
+            if self.p_adjusted is not None:
+                p += f" (Holm-adjusted {self.p_adjusted:.3g})"
+            parts.append(f"{d.test}, {p}, mode {self.mode}, alpha {self.alpha:g}")
+            if d.more_chunks is not None:
+                parts.append(f"about {d.more_chunks} chunks would likely decide")
+        text = "; ".join(parts)
+        if self.baseline and not self.passed:
+            text += f". If the change is intended, update the baseline with {UPDATE_FLAG}"
+        return text
+
+    def _interval(self, d: stats.Decision) -> str:
+        if self.change is not None and self.compared is not None and self.metric == "PPL":
+            return f"{math.exp(d.low) - 1:+.2%} to {math.exp(d.high) - 1:+.2%}"
+        if self.metric == "PPL":
+            return f"{math.exp(d.low):.4g} to {math.exp(d.high):.4g}"
+        if self.metric == "top-1 agreement":
+            return f"{d.low:.2%} to {d.high:.2%}"
+        return f"{_num(d.low)} to {_num(d.high)}"
+
+
+def _num(x: float) -> str:
+    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:,.0f}"
+
+
+# ---- argument parsing --------------------------------------------------------------------------
+
+
+def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CheckArgumentError(f"{name} must be a number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise CheckArgumentError(f"{name} must be {bounds}, got {value!r}")
+    return float(value)
+
+
+def _bind(marker: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+          names: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
+    if len(args) > len(names):
+        raise CheckArgumentError(f"{marker} takes at most {len(names)} positional argument(s)")
+    bound = dict(zip(names, args, strict=False))
+    for key, value in kwargs.items():
+        if key not in names:
+            raise CheckArgumentError(
+                f"{marker} got an unknown keyword {key!r}; allowed: {', '.join(names)}")
+        if key in bound:
+            raise CheckArgumentError(f"{marker} got {key!r} twice")
+        bound[key] = value
+    missing = [n for n in required if n not in bound]
+    if missing:
+        raise CheckArgumentError(f"{marker} needs {', '.join(missing)}")
+    return bound
+
+
+@dataclass(frozen=True)
+class Check:
+    """A parsed marker: ``evaluate`` it with a context that knows how to find comparisons."""
+
+    marker: str
+    args: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:g}"
+                          for k, v in self.args.items() if v is not None)
+        return f"{self.marker}({inner})"
+
+    @property
+    def compares_with(self) -> str | None:
+        """The variant name or "baseline" this check needs, if any."""
+        if self.marker == "perplexity_within":
+            return self.args.get("of")
+        return None
+
+
+def parse(marker: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Check:
+    """Validate a marker's arguments; the error names the bad keyword and the allowed ones."""
+    kwargs = dict(kwargs or {})
+    if marker == "perplexity_within":
+        b = _bind(marker, args, kwargs, ("pct", "of"), ("pct",))
+        b["pct"] = _number("pct", b["pct"], low=0.0)
+        of = b.get("of")
+        if of is not None and (not isinstance(of, str) or not of):
+            raise CheckArgumentError(f"of must be a variant name or 'baseline', got {of!r}")
+        return Check(marker, {"pct": b["pct"], "of": of})
+    if marker == "perplexity_at_most":
+        b = _bind(marker, args, kwargs, ("value",), ("value",))
+        return Check(marker, {"value": _number("value", b["value"], low=1.0)})
+    if marker == "kl_divergence_at_most":
+        b = _bind(marker, args, kwargs, ("value", "stat"), ("value",))
+        stat = b.get("stat", "mean")
+        if stat not in KLD_STATS:
+            raise CheckArgumentError(f"stat must be one of {', '.join(KLD_STATS)}, got {stat!r}")
+        return Check(marker, {"value": _number("value", b["value"], low=0.0), "stat": stat})
+    if marker == "top1_agreement_at_least":
+        b = _bind(marker, args, kwargs, ("fraction",), ("fraction",))
+        return Check(marker, {"fraction": _number("fraction", b["fraction"], low=0.0, high=1.0)})
+    if marker == "size_at_most":
+        b = _bind(marker, args, kwargs, ("bytes", "bpw"), ())
+        if ("bytes" in b) == ("bpw" in b):
+            raise CheckArgumentError("size_at_most takes exactly one of bytes= or bpw=")
+        key = "bytes" if "bytes" in b else "bpw"
+        return Check(marker, {key: _number(key, b[key], low=0.0)})
+    raise CheckArgumentError(f"unknown check {marker!r}; known: {', '.join(MARKERS)}")
+
+
+MARKERS = {
+    "perplexity_within": "perplexity_within(pct, of=None): PPL at most pct % above the reference"
+    " (of=None), another variant (of='Q8_0') or the stored baseline (of='baseline')",
+    "perplexity_at_most": "perplexity_at_most(value): perplexity at most value",
+    "kl_divergence_at_most": "kl_divergence_at_most(value, stat='mean'): KL divergence from the"
+    f" reference at most value; stat is one of {', '.join(KLD_STATS)}",
+    "top1_agreement_at_least": "top1_agreement_at_least(fraction): same top token as the"
+    " reference at least this often",
+    "size_at_most": "size_at_most(bytes=... | bpw=...): file size or bits per weight at most this",
+}
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Context:
+    """How a check finds what it compares with; supplied by the session or a helper's caller."""
+
+    alpha: float
+    mode: str
+    resolve: Callable[[Subject, str | None], Against]  # (subject, of) -> comparison
+
+
+def evaluate(check: Check, subject: Subject, ctx: Context) -> Outcome:
+    a = check.args
+    base = {"check": check.label, "variant": subject.name, "mode": ctx.mode, "alpha": ctx.alpha}
+    if check.marker == "perplexity_within":
+        other = ctx.resolve(subject, a["of"])
+        mine = subject.perplexity().chunk_nll
+        d = stats.paired_mean_at_most(mine, other.chunk_nll, math.log1p(a["pct"] / 100),
+                                      ctx.alpha, ctx.mode, "chunk mean NLL differences")
+        return Outcome(metric="PPL", verdict=d.verdict, measured=math.exp(float(np.mean(mine))),
+                       compared=other.ppl, change=math.exp(d.estimate) - 1,
+                       limit=f"+{a['pct']:g}%", decision=d, against=other.label,
+                       baseline=other.is_baseline, **base)
+    if check.marker == "perplexity_at_most":
+        res = subject.perplexity()
+        d = stats.mean_at_most(res.chunk_nll, math.log(a["value"]), ctx.alpha, ctx.mode,
+                               "chunk mean NLLs")
+        return Outcome(metric="PPL", verdict=d.verdict, measured=res.ppl, compared=a["value"],
+                       change=None, limit=f"<= {a['value']:g}", decision=d, against="limit",
+                       **base)
+    if check.marker == "kl_divergence_at_most":
+        kld = subject.kl_divergence()
+        q = KLD_STATS[a["stat"]]
+        if q is None:
+            d = stats.mean_at_most(kld.chunk_kld, a["value"], ctx.alpha, ctx.mode,
+                                   "chunk mean KLDs")
+        else:
+            d = stats.bootstrap_stat_at_most(list(kld.token_kld), q, a["value"], ctx.alpha,
+                                             ctx.mode)
+        return Outcome(metric=f"KLD {a['stat']}", verdict=d.verdict, measured=d.estimate,
+                       compared=a["value"], change=None, limit=f"<= {a['value']:g}", decision=d,
+                       against="limit", **base)
+    if check.marker == "top1_agreement_at_least":
+        kld = subject.kl_divergence()
+        per_chunk = kld.n_tokens // kld.n_chunks
+        d = stats.proportion_at_least(kld.chunk_same_top, per_chunk, a["fraction"], ctx.alpha,
+                                      ctx.mode)
+        return Outcome(metric="top-1 agreement", verdict=d.verdict, measured=d.estimate,
+                       compared=a["fraction"], change=None, limit=f">= {a['fraction']:.2%}",
+                       decision=d, against="limit", **base)
+    if "bytes" in a:
+        ok = subject.size_bytes <= a["bytes"]
+        return Outcome(metric="size", verdict=stats.PASS if ok else stats.FAIL,
+                       measured=float(subject.size_bytes), compared=a["bytes"], change=None,
+                       limit=f"<= {a['bytes']:,.0f} bytes", decision=None, against="limit", **base)
+    ok = subject.bits_per_weight <= a["bpw"]
+    return Outcome(metric="bits per weight", verdict=stats.PASS if ok else stats.FAIL,
+                   measured=subject.bits_per_weight, compared=a["bpw"], change=None,
+                   limit=f"<= {a['bpw']:g} bpw", decision=None, against="limit", **base)
+
+
+def apply_holm(outcomes: list[Outcome]) -> list[Outcome]:
+    """Holm-adjust the p-values of statistical outcomes; verdicts follow the adjusted values."""
+    tested = [i for i, o in enumerate(outcomes) if o.decision is not None]
+    adjusted = stats.holm([outcomes[i].decision.p_value for i in tested])  # type: ignore[union-attr]
+    result = list(outcomes)
+    for i, p_adj in zip(tested, adjusted, strict=True):
+        o = outcomes[i]
+        verdict = o.verdict
+        if o.mode == "detect":
+            verdict = stats.FAIL if p_adj < o.alpha else stats.PASS
+        elif o.verdict == stats.PASS and p_adj >= o.alpha:
+            verdict = stats.INCONCLUSIVE
+        result[i] = replace(o, verdict=verdict, p_adjusted=p_adj)
+    return result

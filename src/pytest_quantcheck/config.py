@@ -1,0 +1,224 @@
+"""Settings: ``[tool.quantcheck]`` in pyproject.toml, ``quantcheck.yaml``, pytest ini options and
+``--quant-*`` flags merged, in that order of precedence (later wins), and validated once into a
+frozen :class:`Settings`. Every error names the file (or flag), the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODES = ("detect", "prove")
+CORRECTIONS = ("none", "holm")
+BASELINE_KEYS = ("model_sha256", "text_sha256", "tokens_sha256", "n_ctx", "protocol", "llama_cpp")
+
+
+class ConfigError(ValueError):
+    """A bad setting; ``str()`` is the whole one-line message."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: Path | None = None  # None: the built-in demo model
+    variants: tuple[str, ...] = ("Q8_0", "Q4_K_M")
+    reference: str = "base"  # "base" (the model file), a file type name, or a .gguf path
+    eval_text: Path | None = None  # None: the demo model's held-out text
+    n_ctx: int = 512
+    n_batch: int = 2048
+    chunks: int | None = None
+    threads: int | None = None
+    n_gpu_layers: int = 0
+    alpha: float = 0.05
+    mode: str = "detect"
+    correction: str = "none"
+    baseline_dir: Path = Path("baselines")
+    baseline_ignore: tuple[str, ...] = ()
+    imatrix: Path | None = None
+    verbose: bool = False
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _int(minimum: int, even: bool = False) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {value!r}") from None
+        if number < minimum or (even and number % 2):
+            kind = "an even number" if even else "a number"
+            raise ValueError(f"expected {kind} >= {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def wrapped(value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        return parse(value)
+
+    return wrapped
+
+
+def _alpha(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {value!r}") from None
+    if not 0.0 < number <= 0.5:
+        raise ValueError(f"expected a value in (0, 0.5], got {number}")
+    return number
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}; got {value!r}")
+        return text
+
+    return parse
+
+
+def _names(allowed: tuple[str, ...] | None = None) -> Callable[[Any], tuple[str, ...]]:
+    def parse(value: Any) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError(f"expected a list of names, got {value!r}")
+        names = tuple(str(item).strip() for item in items if str(item).strip())
+        if allowed is not None:
+            bad = [n for n in names if n not in allowed]
+            if bad:
+                raise ValueError(f"unknown {', '.join(bad)}; allowed: {', '.join(allowed)}")
+        return names
+
+    return parse
+
+
+def _variants(value: Any) -> tuple[str, ...]:
+    names = _names()(value)
+    if not names:
+        raise ValueError("expected at least one variant, e.g. [\"Q8_0\", \"Q4_K_M\"]")
+    if len(set(names)) != len(names):
+        raise ValueError(f"variants repeat a name: {list(names)}")
+    return names
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+_PATH_KEYS = {"model", "eval_text", "baseline_dir", "imatrix"}
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "model": _optional(_text),
+    "variants": _variants,
+    "reference": _text,
+    "eval_text": _optional(_text),
+    "n_ctx": _int(4, even=True),
+    "n_batch": _int(1),
+    "chunks": _optional(_int(1)),
+    "threads": _optional(_int(1)),
+    "n_gpu_layers": _int(0),
+    "alpha": _alpha,
+    "mode": _choice(MODES),
+    "correction": _choice(CORRECTIONS),
+    "baseline_dir": _text,
+    "baseline_ignore": _names(BASELINE_KEYS),
+    "imatrix": _optional(_text),
+    "verbose": _bool,
+}
+KEYS = tuple(_PARSERS)
+assert set(KEYS) == {f.name for f in fields(Settings)} - {"sources"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of settings: its name (a file, or "command line"), base directory for relative
+    paths, and raw values by key."""
+
+    source: str
+    base: Path
+    values: Mapping[str, Any]
+
+
+def read_pyproject(path: Path) -> Layer | None:
+    if not path.is_file():
+        return None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "[tool.quantcheck]", f"not valid TOML ({exc})") from None
+    section = data.get("tool", {}).get("quantcheck")
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(str(path), "[tool.quantcheck]", "must be a table")
+    return Layer(f"{path} [tool.quantcheck]", path.parent, section)
+
+
+def read_yaml(path: Path) -> Layer | None:
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        problem = str(exc).replace("\n", " ")
+        raise ConfigError(str(path), "file", f"not valid YAML ({problem})") from None
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "file", "must be a mapping of keys to values")
+    return Layer(str(path), path.parent, data)
+
+
+def merge(layers: list[Layer]) -> Settings:
+    """Validate each layer's keys and values and merge them; later layers win."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for layer in layers:
+        for key, raw in layer.values.items():
+            if key not in _PARSERS:
+                raise ConfigError(layer.source, str(key), f"unknown key; allowed: {', '.join(KEYS)}")
+            try:
+                value = _PARSERS[key](raw)
+            except ValueError as exc:
+                raise ConfigError(layer.source, key, str(exc)) from None
+            if key in _PATH_KEYS and value is not None:
+                value = (layer.base / Path(value).expanduser()).resolve()
+            values[key] = value
+            sources[key] = layer.source
+    settings = replace(Settings(), **values, sources=sources)
+    if settings.n_batch > settings.n_ctx and settings.n_batch % settings.n_ctx:
+        raise ConfigError(
+            sources.get("n_batch", "defaults"), "n_batch",
+            f"{settings.n_batch} must be a multiple of n_ctx ({settings.n_ctx}) or below it")
+    return settings

@@ -1,0 +1,170 @@
+"""Statistical decisions for quality gates: pure NumPy and SciPy.
+
+Every quantity is decided from per-chunk values. Tokens of one chunk share their context, so they
+are not independent; chunks are (each is decoded from an empty cache on its own stretch of text).
+Treating tokens as independent, as the ``±`` of llama.cpp does, understates uncertainty and makes
+gates cry wolf.
+
+Two gate semantics, for a quantity that must stay at or below a limit:
+
+``detect`` (default)
+    fail only when the data show, at level ``alpha``, that the quantity exceeds the limit
+    (one-sided test of H0: value <= limit); otherwise pass.
+``prove``
+    pass only when the data show, at level ``alpha``, that the quantity is below the limit
+    (non-inferiority: H0: value >= limit); fail when an exceedance is significant; otherwise
+    inconclusive, with the number of chunks that would likely decide.
+
+The interval reported is the two-sided ``1 - 2*alpha`` interval: its ends are the one-sided bounds
+each mode tests against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats as sps
+
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: str  # PASS, FAIL or INCONCLUSIVE
+    estimate: float
+    low: float  # 1 - 2*alpha interval
+    high: float
+    p_value: float  # of the test the mode decides on
+    n: int  # chunks
+    test: str
+    more_chunks: int | None = None  # prove mode, inconclusive: chunks likely needed in all
+
+
+def _decide(excess_p: float, within_p: float, alpha: float, mode: str) -> tuple[str, float]:
+    """Verdict and the p-value reported, from the two one-sided p-values."""
+    if mode == "detect":
+        return (FAIL if excess_p < alpha else PASS), excess_p
+    if within_p < alpha:
+        return PASS, within_p
+    return (FAIL if excess_p < alpha else INCONCLUSIVE), within_p
+
+
+def mean_at_most(
+    values: NDArray[np.float64], limit: float, alpha: float, mode: str, what: str
+) -> Decision:
+    """Is the mean of independent per-chunk ``values`` at most ``limit``? One-sample t-test."""
+    x = np.asarray(values, dtype=np.float64)
+    n = x.size
+    if n < 2:
+        raise ValueError("need at least two chunks for a statistical decision")
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1))
+    se = sd / math.sqrt(n)
+    t_crit = float(sps.t.ppf(1.0 - alpha, n - 1))
+    if se == 0.0:
+        excess_p = 0.0 if mean > limit else 1.0
+        within_p = 0.0 if mean < limit else 1.0
+    else:
+        t = (mean - limit) / se
+        excess_p = float(sps.t.sf(t, n - 1))
+        within_p = float(sps.t.cdf(t, n - 1))
+    verdict, p = _decide(excess_p, within_p, alpha, mode)
+    more = None
+    if verdict == INCONCLUSIVE and mean < limit:
+        more = max(n + 1, math.ceil((t_crit * sd / (limit - mean)) ** 2))
+    return Decision(verdict, mean, mean - t_crit * se, mean + t_crit * se, p, n,
+                    f"one-sided t-test on {n} {what}", more)
+
+
+def paired_mean_at_most(
+    a: NDArray[np.float64], b: NDArray[np.float64], limit: float, alpha: float, mode: str,
+    what: str,
+) -> Decision:
+    """Is the mean of ``a - b`` (paired by chunk) at most ``limit``? Paired t-test."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.size} and {b.size} chunks")
+    d = mean_at_most(a - b, limit, alpha, mode, what)
+    return Decision(d.verdict, d.estimate, d.low, d.high, d.p_value, d.n,
+                    f"paired {d.test}", d.more_chunks)
+
+
+def proportion_at_least(
+    chunk_hits: NDArray[np.int64], per_chunk: int, limit: float, alpha: float, mode: str
+) -> Decision:
+    """Is the proportion of hits (e.g. same top token) at least ``limit``?
+
+    A score test with a Wilson interval, on an effective sample size corrected for clustering:
+    ``n_eff = N / deff`` with the design effect ``deff`` estimated from the variance of the chunk
+    proportions (tokens of one chunk agree or disagree together more often than chance).
+    """
+    hits = np.asarray(chunk_hits, dtype=np.float64)
+    m = hits.size
+    if m < 2:
+        raise ValueError("need at least two chunks for a statistical decision")
+    total = m * per_chunk
+    p_hat = float(hits.sum() / total)
+    props = hits / per_chunk
+    var_iid = p_hat * (1.0 - p_hat) / total
+    var_cluster = float(props.var(ddof=1)) / m
+    deff = max(1.0, var_cluster / var_iid) if var_iid > 0 else 1.0
+    n_eff = max(float(m), total / deff)
+    z = float(sps.norm.ppf(1.0 - alpha))
+    centre = (p_hat + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
+    half = z * math.sqrt(p_hat * (1 - p_hat) / n_eff + z * z / (4 * n_eff**2)) / (1 + z * z / n_eff)
+    if 0.0 < limit < 1.0:
+        score = (p_hat - limit) / math.sqrt(limit * (1 - limit) / n_eff)
+        short_p = float(sps.norm.cdf(score))  # evidence the proportion is below the limit
+        above_p = float(sps.norm.sf(score))
+    else:
+        short_p = 0.0 if p_hat < limit else 1.0
+        above_p = 0.0 if p_hat > limit else 1.0
+    verdict, p = _decide(short_p, above_p, alpha, mode)
+    more = None
+    if verdict == INCONCLUSIVE and p_hat > limit:
+        need_eff = (z * math.sqrt(limit * (1 - limit)) / (p_hat - limit)) ** 2
+        more = max(m + 1, math.ceil(need_eff * deff / per_chunk))
+    return Decision(verdict, p_hat, centre - half, centre + half, p, m,
+                    f"score test with Wilson interval on {total} tokens in {m} chunks"
+                    f" (design effect {deff:.2f})", more)
+
+
+def bootstrap_stat_at_most(
+    chunks: list[NDArray[np.float64]], stat: float, limit: float, alpha: float, mode: str,
+    resamples: int = 2000, seed: int = 0,
+) -> Decision:
+    """Is the ``stat`` quantile (e.g. 0.99) of per-token values at most ``limit``?
+
+    Chunk bootstrap: resample whole chunks with replacement, recompute the quantile. The p-values
+    are the bootstrap proportions on the far side of the limit.
+    """
+    m = len(chunks)
+    if m < 2:
+        raise ValueError("need at least two chunks for a statistical decision")
+    data = np.stack([np.asarray(c, dtype=np.float64) for c in chunks])
+    estimate = float(np.quantile(data, stat))
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, m, size=(resamples, m))
+    boot = np.array([np.quantile(data[row], stat) for row in picks])
+    excess_p = float((np.sum(boot <= limit) + 1) / (resamples + 1))
+    within_p = float((np.sum(boot >= limit) + 1) / (resamples + 1))
+    verdict, p = _decide(excess_p, within_p, alpha, mode)
+    low, high = (float(v) for v in np.quantile(boot, [alpha, 1.0 - alpha]))
+    return Decision(verdict, estimate, low, high, p, m,
+                    f"chunk bootstrap ({resamples} resamples of {m} chunks)")
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

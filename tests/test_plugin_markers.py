@@ -1,0 +1,193 @@
+"""The quality markers, end to end through pytest, on the fake backend."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_perplexity_within_passes_one_percent_and_fails_nine(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perplexity_within(pct=3)
+        def test_quality(quant_model):
+            pass
+        """
+    )
+    result = qc_project.runpytest("--quant-variants", "one_pct.gguf,nine_pct.gguf")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*test_quality?nine_pct.gguf?*",
+        "*perplexity_within(pct=3) FAIL for nine_pct: PPL * vs * (base (reference)), +*%; 90% CI"
+        " +*% to +*%; tolerance +3%; paired one-sided t-test on * chunk mean NLL differences,"
+        " p = *, mode detect, alpha 0.05",
+    ])
+    assert "one_pct: PPL" not in result.stdout.str()
+
+
+def test_variants_are_the_test_ids_and_metrics_run_once(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perplexity_within(pct=50)
+        @pytest.mark.perplexity_at_most(100)
+        def test_a(quant_model):
+            assert quant_model.size_bytes > 0
+
+        @pytest.mark.perplexity_within(pct=50)
+        def test_b(quant_model):
+            pass
+        """
+    )
+    result = qc_project.runpytest("-v")
+    out = result.stdout.str()
+    for test_id in ("test_a[Q8_0] PASSED", "test_a[Q2_K] PASSED", "test_b[Q2_K] PASSED"):
+        assert test_id in out
+    loads = [x for x in (qc_project.path / "backend.log").read_text().splitlines()
+             if x.startswith("load")]
+    # base, Q8_0 and Q2_K are each evaluated once, however many checks ask
+    assert len(loads) == len(set(loads)) == 3
+
+
+def test_compare_with_another_variant(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perplexity_within(pct=1, of="Q8_0")
+        def test_vs_q8(quant_model):
+            pass
+        """
+    )
+    result = qc_project.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*FAIL for Q2_K: PPL * vs * (Q8_0)*"])
+
+
+def test_kl_divergence_and_top1_markers(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.kl_divergence_at_most(0.01)
+        @pytest.mark.kl_divergence_at_most(0.5, stat="p99")
+        @pytest.mark.top1_agreement_at_least(0.9)
+        def test_close(quant_model):
+            pass
+        """
+    )
+    result = qc_project.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert "kl_divergence_at_most(value=0.01, stat='mean') FAIL for Q2_K: KLD mean" in out
+    assert "chunk mean KLDs" in out
+    assert "top1_agreement_at_least(fraction=0.9) FAIL for Q2_K" in out
+    assert "Wilson interval" in out
+
+
+def test_size_marker(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.size_at_most(bytes=1200)
+        def test_small(quant_model):
+            pass
+
+        @pytest.mark.size_at_most(bpw=20)
+        def test_bpw(quant_model):
+            assert quant_model.bits_per_weight > 0
+        """
+    )
+    result = qc_project.runpytest()
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*size_at_most(bytes=1200) FAIL for Q8_0: size * vs 1200*"])
+
+
+def test_prove_mode_can_be_inconclusive(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perplexity_within(pct=4)
+        def test_q(quant_model):
+            pass
+        """
+    )
+    result = qc_project.runpytest("--quant-mode", "prove", "--quant-variants", "one_pct.gguf",
+                                  "--quant-chunks", "8")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*INCONCLUSIVE for one_pct*mode prove*chunks would likely decide*"])
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("perplexity_within(pc=3)", "perplexity_within got an unknown keyword 'pc'; allowed: pct, of"),
+        ("perplexity_within()", "perplexity_within needs pct"),
+        ("kl_divergence_at_most(0.1, stat='p42')", "stat must be one of mean, median, p90"),
+        ("top1_agreement_at_least(1.5)", "fraction must be between 0.0 and 1.0, got 1.5"),
+        ("size_at_most(bytes=1, bpw=2)", "size_at_most takes exactly one of bytes= or bpw="),
+        ("perplexity_at_most('low')", "value must be a number, got 'low'"),
+    ],
+)
+def test_bad_marker_arguments_are_usage_errors(qc_project: pytest.Pytester, marker: str,
+                                               message: str) -> None:
+    qc_project.makepyfile(f"import pytest\n\n@pytest.mark.{marker}\ndef test_x(quant_model):\n"
+                          "    pass\n")
+    result = qc_project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*test_x*{message}*"])
+
+
+def test_marker_without_a_model_is_a_clear_error(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_at_most(10)\ndef test_x():\n"
+                          "    pass\n")
+    result = qc_project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_x: @pytest.mark.perplexity_at_most needs a model to check;"
+                                 " add the quant_model fixture*"])
+
+
+def test_markers_are_registered_for_strict_markers(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_at_most(1e9)\n"
+                          "def test_x(quant_model):\n    pass\n")
+    qc_project.runpytest("--strict-markers").assert_outcomes(passed=2)
+    result = qc_project.runpytest("--markers")
+    result.stdout.fnmatch_lines(["*perplexity_within(pct, of=None)*"])
+
+
+def test_summary_table_lists_every_check(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_within(pct=3)\n"
+                          "def test_x(quant_model):\n    pass\n")
+    result = qc_project.runpytest()
+    result.stdout.fnmatch_lines([
+        "*quantcheck summary*",
+        "variant*check*measured*against*change*p*verdict*",
+        "Q8_0*perplexity_within(pct=3)*PASS*",
+        "Q2_K*perplexity_within(pct=3)*FAIL*",
+    ])
+
+
+def test_failure_has_no_plugin_frames(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_within(pct=3)\n"
+                          "def test_x(quant_model):\n    pass\n")
+    result = qc_project.runpytest("--quant-variants", "Q2_K")
+    assert "pytest_quantcheck" not in result.stdout.str().split("short test summary")[0]
+
+
+def test_fixtures_and_quantize_factory(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(
+        """
+        def test_fixtures(quant_reference, quant_eval_text, quantize):
+            assert quant_reference.name == "base"
+            assert quant_eval_text.name == "eval.txt"
+            q = quantize("Q4_K_M")
+            assert q.file_type == "Q4_K_M" and q.size_bytes < quant_reference.size_bytes
+            assert q.perplexity().ppl > quant_reference.perplexity().ppl
+            assert q.perplexity() is q.perplexity()
+        """
+    )
+    qc_project.runpytest().assert_outcomes(passed=1)
