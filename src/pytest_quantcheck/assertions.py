@@ -60,7 +60,7 @@ def assert_top1_agreement_at_least(model: Any, fraction: float, *, alpha: float 
     return _run("top1_agreement_at_least", model, {"fraction": fraction}, alpha, mode)
 
 
-def assert_size_at_most(model: Any, *, bytes: float | None = None,  # noqa: A002
+def assert_size_at_most(model: Any, *, bytes: float | None = None,
                         bpw: float | None = None) -> checks.Outcome:
     __tracebackhide__ = True
     args = {k: v for k, v in (("bytes", bytes), ("bpw", bpw)) if v is not None}

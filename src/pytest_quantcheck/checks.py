@@ -30,7 +30,9 @@ class CheckArgumentError(ValueError):
 class Subject(Protocol):
     name: str
     size_bytes: int
-    bits_per_weight: float
+
+    @property
+    def bits_per_weight(self) -> float: ...
 
     def perplexity(self) -> PerplexityResult: ...
 
@@ -220,7 +222,8 @@ class Context:
 
 def evaluate(check: Check, subject: Subject, ctx: Context) -> Outcome:
     a = check.args
-    base = {"check": check.label, "variant": subject.name, "mode": ctx.mode, "alpha": ctx.alpha}
+    base: dict[str, Any] = {"check": check.label, "variant": subject.name, "mode": ctx.mode,
+                            "alpha": ctx.alpha}
     if check.marker == "perplexity_within":
         other = ctx.resolve(subject, a["of"])
         mine = subject.perplexity().chunk_nll

@@ -13,13 +13,13 @@ from pytest_quantcheck import __version__, checks, hookspec
 from pytest_quantcheck.backends import BackendError
 from pytest_quantcheck.baseline import BaselineError
 from pytest_quantcheck.cache import CacheError, cache_root
+from pytest_quantcheck.config import KEYS, ConfigError, Layer, Settings, merge, read_pyproject, read_yaml
 from pytest_quantcheck.evaluation import EvalTextError
 from pytest_quantcheck.gguf_file import GGUFError
 from pytest_quantcheck.imatrix import ImatrixError
 from pytest_quantcheck.refstore import ReferenceStoreError
-from pytest_quantcheck.variants import VariantError
-from pytest_quantcheck.config import KEYS, ConfigError, Layer, Settings, merge, read_pyproject, read_yaml
 from pytest_quantcheck.session import QuantModel, QuantSession
+from pytest_quantcheck.variants import VariantError
 
 session_key = pytest.StashKey[QuantSession]()
 checks_key = pytest.StashKey[list[tuple[checks.Check, str]]]()

@@ -1,0 +1,66 @@
+"""Assertion helpers inside existing tests, and Holm correction across a run."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_helpers_fail_with_the_markers_message(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(
+        """
+        import pytest
+        from pytest_quantcheck.assertions import (
+            assert_kl_divergence_at_most, assert_perplexity_at_most, assert_perplexity_within,
+            assert_size_at_most, assert_top1_agreement_at_least,
+        )
+
+        def test_existing(quantize, quant_reference):
+            q8 = quantize("Q8_0")
+            outcome = assert_perplexity_within(q8, pct=1)
+            assert outcome.passed and outcome.measured > 1
+            assert_perplexity_at_most(q8, 100)
+            assert_kl_divergence_at_most(q8, 0.1)
+            assert_top1_agreement_at_least(q8, 0.5)
+            assert_size_at_most(q8, bpw=64)
+            assert_perplexity_within(quantize("Q2_K"), q8, pct=3)
+
+        def test_bad_argument(quantize):
+            assert_perplexity_within(quantize("Q8_0"), pct=-1)
+        """
+    )
+    result = qc_project.runpytest()
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "AssertionError: perplexity_within(pct=3) FAIL for Q2_K: PPL" in out
+    assert "vs " in out and "(Q8_0)" in out
+    assert "pct must be >= 0.0, got -1" in out
+    assert "site-packages" not in out.split("short test summary")[0]
+
+
+def test_holm_correction_is_applied_across_the_run(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perplexity_within(pct=3)
+        @pytest.mark.perplexity_at_most(1000)
+        def test_q(quant_model):
+            pass
+        """
+    )
+    result = qc_project.runpytest("--quant-correction", "holm")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*perplexity_within(pct=3) FAIL for Q2_K*p = *(Holm-adjusted *)*"])
+
+
+def test_holm_can_turn_borderline_failures_into_passes() -> None:
+    from pytest_quantcheck import stats
+    from pytest_quantcheck.checks import Outcome, apply_holm
+
+    def outcome(p: float) -> Outcome:
+        d = stats.Decision(stats.FAIL, 0.1, 0.0, 0.2, p, 30, "t")
+        return Outcome("c", "Q", "PPL", stats.FAIL, 1.0, 1.0, 0.0, "+1%", d, "detect", 0.05)
+
+    adjusted = apply_holm([outcome(0.03), outcome(0.04)])
+    assert [o.verdict for o in adjusted] == [stats.PASS, stats.PASS]
+    assert [o.p_adjusted for o in adjusted] == pytest.approx([0.06, 0.06])
