@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo report test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
+	cd examples/demo && ../../$(BIN)/python -m pytest --quant-baseline
+
+report: $(STAMP)
 	$(BIN)/python examples/demo_report.py
 
 test: $(STAMP)

@@ -96,3 +96,21 @@ def test_physical_cores_is_a_sane_default() -> None:
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
     assert RunOptions().threads() == physical_cores()
     assert RunOptions(n_threads=3).threads() == 3
+
+
+def test_atomic_writes_leave_readable_files_and_no_temporaries(tmp_path: Path) -> None:
+    target = tmp_path / "baseline.json"
+    cache.write_atomic(target, b"{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would, not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["baseline.json"]
+
+
+def test_locks_for_committed_folders_live_elsewhere(tmp_path: Path) -> None:
+    target = tmp_path / "repo" / "baselines" / "m.json"
+    target.parent.mkdir(parents=True)
+    with cache.locked(target, lock_dir=tmp_path / "locks"):
+        pass
+    assert list(target.parent.iterdir()) == []
+    assert len(list((tmp_path / "locks").iterdir())) == 1

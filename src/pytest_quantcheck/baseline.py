@@ -84,7 +84,7 @@ def load(path: Path) -> BaselineFile:
 def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]]) -> None:
     """Merge ``records`` into the file at ``path`` (new keys replace old ones), atomically."""
     cache.ensure_dir(path.parent)
-    with cache.locked(path):
+    with cache.locked(path, lock_dir=cache.cache_root() / "locks"):
         existing: dict[str, dict[str, Any]] = {}
         if path.exists():
             try:

@@ -83,6 +83,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide a committed file from others
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -95,9 +98,13 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock named after ``path`` (a sibling ``.lock`` file)."""
-    lock_path = path.with_name(path.name + ".lock")
+def locked(path: Path, lock_dir: Path | None = None) -> Iterator[None]:
+    """Hold an exclusive lock named after ``path``: a sibling ``.lock`` file, or a file in
+    ``lock_dir`` for paths in folders users commit (baselines)."""
+    if lock_dir is None:
+        lock_path = path.with_name(path.name + ".lock")
+    else:
+        lock_path = ensure_dir(lock_dir) / f"{key_digest(str(path.resolve()))}.lock"
     with lock_path.open("a+b") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:

@@ -265,7 +265,8 @@ def demo_model_path(
     root = cache_dir or cache.cache_root()
     train_sha = cache.sha256_of(data_path("train.txt"))
     key = cache.key_digest(BUILDER_VERSION, train_sha, backend.version)
-    final = root / "demo" / f"quantcheck-demo-{key[:16]}-f32.gguf"
+    # The key is a folder, not part of the name: baselines are named after the model file.
+    final = root / "demo" / key[:16] / "quantcheck-demo-f32.gguf"
 
     def build(tmp: Path) -> None:
         report = build_demo_model(tmp, backend, options, log)
