@@ -125,6 +125,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              scope="session")
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: only the checks that will run count
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     collected = config.stash[checks_key]
     for item in items:
@@ -206,7 +207,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     qs = session.config.stash.get(session_key, None)
-    if qs is None or qs.baseline_mode != "update" or hasattr(session.config, "workerinput"):
+    # Under pytest-xdist each worker writes the variants it evaluated; writes merge under a lock.
+    if qs is None or qs.baseline_mode != "update":
         return
     path = qs.write_baselines()
     if path is not None:

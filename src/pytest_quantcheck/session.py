@@ -4,6 +4,7 @@ checks' outcomes, and the baselines. Lives in ``config.stash``; knows nothing of
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ class QuantModel:
         self.file_type = variant.file_type
         self.size_bytes = variant.size_bytes
 
-    @property
+    @functools.cached_property
     def bits_per_weight(self) -> float:
         """Tensor data bits per weight, as llama.cpp's loader prints them."""
         try:

@@ -71,7 +71,7 @@ class BuildReport:
     train_nll: float  # mean NLL of the fitted output layer on the training positions
 
 
-def _metadata(vocab: Vocab) -> dict[str, Any]:
+def llama_metadata(vocab: Vocab) -> dict[str, Any]:
     return {
         "general.architecture": "llama",
         "general.name": "pytest-quantcheck demo",
@@ -231,7 +231,7 @@ def build_demo_model(
     rng = np.random.default_rng(20261123)
     text = data_path("train.txt").read_text(encoding="utf-8")
     vocab = learn_vocab(text, N_VOCAB)
-    meta = _metadata(vocab)
+    meta = llama_metadata(vocab)
     log(f"vocabulary: {len(vocab)} pieces ({time.perf_counter() - t0:.1f}s)")
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         stage = Path(tmp) / "stage.gguf"
