@@ -85,3 +85,20 @@ def test_baseline_ignore_accepts_only_known_keys() -> None:
         merge([Layer("x.yaml", Path("."), {"baseline_ignore": ["model_hash"]})])
     s = merge([Layer("x.yaml", Path("."), {"baseline_ignore": "llama_cpp, n_ctx"})])
     assert s.baseline_ignore == ("llama_cpp", "n_ctx")
+
+
+def test_missing_model_file_is_a_usage_error(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile("def test_x():\n    pass\n")
+    result = qc_project.runpytest("--quant-model", "missing.gguf")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: command line: model: */missing.gguf is not a file; fix the path"])
+
+
+def test_unknown_variant_fails_the_test_in_one_line(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_at_most(1e9)\n"
+                          "def test_x(quant_model):\n    pass\n")
+    result = qc_project.runpytest("--quant-variants", "Q4_K_X")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*variant 'Q4_K_X' is neither a quantization type, 'base', nor an"
+                                 " existing .gguf file; types: F32, F16*"])
+    assert "session.py" not in result.stdout.str()

@@ -83,6 +83,10 @@ def _settings(config: pytest.Config) -> Settings:
     settings = merge(layers)
     if "baseline_dir" not in settings.sources:
         settings = replace(settings, baseline_dir=root / settings.baseline_dir)
+    for key in ("model", "eval_text", "imatrix"):
+        path = getattr(settings, key)
+        if path is not None and not path.is_file():
+            raise ConfigError(settings.sources[key], key, f"{path} is not a file; fix the path")
     return settings
 
 
@@ -226,16 +230,23 @@ def quant_session(pytestconfig: pytest.Config) -> QuantSession:
     return pytestconfig.stash[session_key]
 
 
+def _model(session: QuantSession, spec: str) -> QuantModel:
+    try:
+        return session.model(spec)
+    except _USER_ERRORS as exc:  # one line naming the file and the fix, no plugin traceback
+        pytest.fail(str(exc), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def quant_model(request: pytest.FixtureRequest, quant_session: QuantSession) -> QuantModel:
     """Each configured variant in turn (test ids are the variant names)."""
-    return quant_session.model(request.param)
+    return _model(quant_session, request.param)
 
 
 @pytest.fixture(scope="session")
 def quant_reference(quant_session: QuantSession) -> QuantModel:
     """The model relative checks compare with (``reference`` setting; default: the base)."""
-    return quant_session.reference()
+    return _model(quant_session, quant_session.settings.reference)
 
 
 @pytest.fixture(scope="session")
@@ -247,4 +258,4 @@ def quant_eval_text(quant_session: QuantSession) -> Path:
 @pytest.fixture(scope="session")
 def quantize(quant_session: QuantSession) -> Callable[[str], QuantModel]:
     """Build an ad-hoc variant inside a test: ``quantize("Q3_K_S")`` (cached by content)."""
-    return quant_session.model
+    return lambda spec: _model(quant_session, spec)
