@@ -11,6 +11,7 @@ import pytest
 from pytest_quantcheck.backends import RunOptions, default_backend
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import ScoringProtocol, read_eval_text
+from pytest_quantcheck.gguf_check import validate_gguf
 from pytest_quantcheck.gguf_file import read_gguf
 from pytest_quantcheck.variants import FILE_TYPES, VariantError, quantize
 
@@ -88,6 +89,7 @@ def test_every_file_type_quantizes_to_what_it_says(demo_model: Path, real_cache:
                                                    name: str) -> None:
     variant = quantize(demo_model, name, backend=default_backend(), cache_dir=real_cache)
     assert read_gguf(variant.path).metadata["general.file_type"] == FILE_TYPES[name].ftype
+    validate_gguf(variant.path)  # our validator knows every tensor type llama.cpp writes
 
 
 def test_imatrix_types_build_with_an_importance_matrix(demo_model: Path, real_cache: Path,

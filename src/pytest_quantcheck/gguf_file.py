@@ -7,11 +7,13 @@ The writer makes the built-in demo model; the reader loads importance matrices w
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -75,23 +77,45 @@ class GGUFContents:
         return arr.reshape(tuple(reversed(info.shape)))
 
 
+@dataclass(frozen=True)
+class SkippedStrings:
+    """A string array read with ``decode_strings=False``: checked, counted, not decoded."""
+
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
 class _Reader:
-    def __init__(self, f: BinaryIO, path: Path) -> None:
-        self.f = f
+    """Parses a memory map of the file: no read ever allocates more than the file holds."""
+
+    def __init__(self, buf: mmap.mmap | bytes, path: Path, decode_strings: bool) -> None:
+        self.buf = buf
+        self.pos = 0
         self.path = path
+        self.size = len(buf)
+        self.decode_strings = decode_strings
 
     def fail(self, what: str) -> GGUFError:
         return GGUFError(f"{self.path}: {what}; the file is truncated or not a valid GGUF file")
 
     def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
+        end = self.pos + n
+        if end > self.size:
             raise self.fail("unexpected end of file")
+        data = self.buf[self.pos : end]
+        self.pos = end
         return data
 
     def scalar(self, vtype: int) -> Any:
         fmt = _SCALAR[vtype]
-        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+        width = struct.calcsize(fmt)
+        if self.pos + width > self.size:
+            raise self.fail("unexpected end of file")
+        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += width
+        return value
 
     def string(self) -> str:
         n = self.scalar(UINT64)
@@ -101,6 +125,21 @@ class _Reader:
             return self.read(n).decode("utf-8")
         except UnicodeDecodeError:
             raise self.fail("a string is not UTF-8") from None
+
+    def skip_strings(self, count: int) -> SkippedStrings:
+        # A 128k-token vocabulary is 128k strings: walk their lengths without decoding them.
+        buf, pos, size, unpack = self.buf, self.pos, self.size, struct.unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                raise self.fail("unexpected end of file")
+            (n,) = unpack("<Q", buf, pos)
+            if n > _MAX_STRING:
+                raise self.fail(f"a string claims {n} bytes")
+            pos += 8 + n
+        if pos > size:
+            raise self.fail("unexpected end of file")
+        self.pos = pos
+        return SkippedStrings(count)
 
     def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype == STRING:
@@ -115,43 +154,63 @@ class _Reader:
             if etype in _ARRAY_DTYPE:
                 dtype = np.dtype(_ARRAY_DTYPE[etype])
                 return np.frombuffer(self.read(count * dtype.itemsize), dtype=dtype).tolist()
+            if etype == STRING and not self.decode_strings:
+                return self.skip_strings(count)
             return [self.value(etype, depth + 1) for _ in range(count)]
         raise self.fail(f"unknown metadata value type {vtype}")
 
 
-def read_gguf(path: Path) -> GGUFContents:
-    """Metadata and tensor directory of a GGUF file (tensor data is read on demand)."""
+def read_gguf(path: Path, *, decode_strings: bool = True) -> GGUFContents:
+    """Metadata and tensor directory of a GGUF file (tensor data is read on demand).
+
+    ``decode_strings=False`` leaves string arrays (vocabularies, merges) undecoded, which makes
+    reading a large model's header several times faster.
+    """
     try:
         f = path.open("rb")
     except OSError as exc:
         raise GGUFError(f"{path}: cannot open ({exc.strerror})") from None
     with f:
-        r = _Reader(f, path)
-        if r.read(4) != MAGIC:
-            raise GGUFError(f"{path}: not a GGUF file (bad magic)")
-        version = r.scalar(UINT32)
-        if version not in (2, 3):
-            raise GGUFError(f"{path}: GGUF version {version} is not supported (2 or 3 expected)")
-        n_tensors = r.scalar(UINT64)
-        n_kv = r.scalar(UINT64)
-        if n_tensors > _MAX_COUNT or n_kv > _MAX_COUNT:
-            raise r.fail("tensor or metadata count is implausible")
-        metadata: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = r.string()
-            metadata[key] = r.value(r.scalar(UINT32))
-        tensors: dict[str, TensorInfo] = {}
-        for _ in range(n_tensors):
-            name = r.string()
-            n_dims = r.scalar(UINT32)
-            if n_dims > 4:
-                raise r.fail(f"tensor {name} has {n_dims} dimensions")
-            shape = tuple(r.scalar(UINT64) for _ in range(n_dims))
-            tensors[name] = TensorInfo(name, shape, r.scalar(UINT32), r.scalar(UINT64))
-        align = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
-        if align <= 0 or align & (align - 1):
-            raise r.fail(f"alignment {align} is not a power of two")
-        data_offset = -(-f.tell() // align) * align
+        size = os.fstat(f.fileno()).st_size
+        buf: mmap.mmap | bytes = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        try:
+            return _parse(_Reader(buf, path, decode_strings))
+        finally:
+            if isinstance(buf, mmap.mmap):
+                buf.close()
+
+
+def _parse(r: _Reader) -> GGUFContents:
+    path = r.path
+    if r.size < 4 or r.read(4) != MAGIC:
+        raise GGUFError(f"{path}: not a GGUF file (bad magic)")
+    version = r.scalar(UINT32)
+    if version not in (2, 3):
+        raise GGUFError(f"{path}: GGUF version {version} is not supported (2 or 3 expected)")
+    n_tensors = r.scalar(UINT64)
+    n_kv = r.scalar(UINT64)
+    if n_tensors > _MAX_COUNT or n_kv > _MAX_COUNT:
+        raise r.fail("tensor or metadata count is implausible")
+    metadata: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = r.string()
+        if key in metadata:
+            raise r.fail(f"metadata key {key!r} appears twice")
+        metadata[key] = r.value(r.scalar(UINT32))
+    tensors: dict[str, TensorInfo] = {}
+    for _ in range(n_tensors):
+        name = r.string()
+        n_dims = r.scalar(UINT32)
+        if n_dims > 4:
+            raise r.fail(f"tensor {name} has {n_dims} dimensions")
+        shape = tuple(r.scalar(UINT64) for _ in range(n_dims))
+        if name in tensors:
+            raise r.fail(f"tensor {name!r} appears twice")
+        tensors[name] = TensorInfo(name, shape, r.scalar(UINT32), r.scalar(UINT64))
+    align = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(align, int) or align <= 0 or align & (align - 1):
+        raise r.fail(f"alignment {align!r} is not a power of two")
+    data_offset = -(-r.pos // align) * align
     return GGUFContents(path, version, metadata, tensors, data_offset)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pytest_quantcheck import cache
 from pytest_quantcheck.backends import Backend, physical_cores
+from pytest_quantcheck.gguf_check import check_model_file
 
 
 class VariantError(ValueError):
@@ -93,7 +94,8 @@ class Variant:
 
 
 def check_gguf_path(path: Path) -> None:
-    """A cheap first check; full structural validation happens before llama.cpp loads a file."""
+    """Everything short of loading: the file exists, is GGUF, and its header is sound
+    (:mod:`pytest_quantcheck.gguf_check`), so llama.cpp never sees a malformed file."""
     if not path.exists():
         raise VariantError(f"{path}: model file not found; pass the path of a .gguf file")
     if not path.is_file():
@@ -105,6 +107,7 @@ def check_gguf_path(path: Path) -> None:
             f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF'); convert it with"
             " llama.cpp's convert_hf_to_gguf.py"
         )
+    check_model_file(path)
 
 
 def from_path(path: Path, name: str | None = None) -> Variant:
