@@ -10,6 +10,7 @@ another tensor. Any problem is a :class:`GGUFError` naming the file and what is 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def validate_gguf(path: Path) -> GGUFContents:
             raise _fail(path, f"tensor {name} runs past the end of the file (truncated?)")
         spans.append((t.offset, end, name))
     spans.sort()
-    for (_, end, name), (start, _, nxt) in zip(spans, spans[1:], strict=False):
+    for (_, end, name), (start, _, nxt) in itertools.pairwise(spans):
         if start < end:
             raise _fail(path, f"tensors {name} and {nxt} overlap")
     return contents
