@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -68,7 +68,21 @@ class Outcome:
     against: str = ""
     baseline: bool = False
     p_adjusted: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
+    nodeid: str = ""  # the test that ran the check, and where it is defined
+    file: str = ""
+    line: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["message"] = self.message()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Outcome:
+        fields = {k: v for k, v in data.items() if k != "message"}
+        if fields.get("decision") is not None:
+            fields["decision"] = stats.Decision(**fields["decision"])
+        return cls(**fields)
 
     @property
     def passed(self) -> bool:

@@ -3,6 +3,8 @@ and must not import llama_cpp (the backend is created when a model is first need
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Generator
 from dataclasses import replace
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_quantcheck import __version__, checks, hookspec
+from pytest_quantcheck import __version__, baseline, checks, hookspec, report
 from pytest_quantcheck.backends import BackendError
 from pytest_quantcheck.baseline import BaselineError
 from pytest_quantcheck.cache import CacheError, cache_root
@@ -25,6 +27,7 @@ from pytest_quantcheck.variants import VariantError
 session_key = pytest.StashKey[QuantSession]()
 checks_key = pytest.StashKey[list[tuple[checks.Check, str]]]()
 item_checks_key = pytest.StashKey[list[checks.Check]]()
+baseline_key = pytest.StashKey[list[tuple[dict[str, Any], dict[str, Any]]]]()
 
 _FLAGS = {key: f"--quant-{key.replace('_', '-')}" for key in KEYS if key != "baseline_dir"}
 
@@ -66,6 +69,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     " configured baseline_dir)")
     group.addoption("--quant-update-baseline", dest="quant_update_baseline", action="store_true",
                     help="write or refresh the baselines from this run")
+    group.addoption("--quant-json", dest="quant_json", default=None, metavar="PATH",
+                    help="write every check's numbers as JSON to PATH")
+    group.addoption("--quant-junit", dest="quant_junit", default=None, metavar="PATH",
+                    help="write a JUnit XML report with one testcase per check to PATH")
 
 
 def _settings(config: pytest.Config) -> Settings:
@@ -90,7 +97,12 @@ def _settings(config: pytest.Config) -> Settings:
     return settings
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist, keep each variant's tests on one worker (loaded and evaluated once):
+    # items carry xdist_group marks, which the loadgroup scheduler honours.
+    if getattr(config.option, "dist", None) == "load":
+        config.option.dist = "loadgroup"
     for name, doc in checks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
     try:
@@ -110,6 +122,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.stash[session_key] = QuantSession(settings, make_backend, mode)
     config.stash[checks_key] = []
+    config.stash[baseline_key] = []
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -150,6 +163,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.stash[item_checks_key] = found
         variant = item.callspec.params["quant_model"]  # type: ignore[attr-defined]
         collected.extend((check, variant) for check in found)
+    for item in items:
+        params = getattr(item, "callspec", None)
+        if params is not None and "quant_model" in params.params:
+            item.add_marker(pytest.mark.xdist_group(f"quantcheck-{params.params['quant_model']}"))
 
 
 # ---- running ---------------------------------------------------------------------------------
@@ -174,7 +191,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
             skipped.append(check.label)
             continue
         try:
-            outcome = session.run_check(check, model, item.config.stash[checks_key])
+            where = (item.nodeid, item.location[0], (item.location[1] or 0) + 1)
+            outcome = session.run_check(check, model, item.config.stash[checks_key], where)
         except _USER_ERRORS as exc:
             problems.append(f"{check.label} ERROR for {model.name}: {exc}")
             continue
@@ -195,30 +213,61 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     session = config.stash[session_key]
     if not session.outcomes:
         return
-    tr = terminalreporter
-    tr.write_sep("=", "quantcheck summary")
-    rows = [("variant", "check", "measured", "against", "change", "p", "verdict")]
-    for o in session.outcomes:
-        rows.append((o.variant, o.check, f"{o.measured:.4g}",
-                     "" if o.compared is None else f"{o.compared:.4g}",
-                     "" if o.change is None else f"{o.change:+.2%}",
-                     "" if o.decision is None else f"{o.decision.p_value:.2g}",
-                     o.verdict.upper()))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        tr.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    terminalreporter.write_sep("=", "quantcheck summary")
+    for line in report.text_table(session.outcomes):
+        terminalreporter.write_line(line)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist controller: merge a worker's outcomes and baseline records."""
+    data = getattr(node, "workeroutput", {}).get("quantcheck")
+    if not data:
+        return
+    session = node.config.stash[session_key]
+    payload = json.loads(data)
+    session.outcomes.extend(checks.Outcome.from_dict(o) for o in payload["outcomes"])
+    if payload.get("baseline"):
+        keys, records = payload["baseline"]
+        node.config.stash[baseline_key].append((keys, records))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    qs = session.config.stash.get(session_key, None)
-    # Under pytest-xdist each worker writes the variants it evaluated; writes merge under a lock.
-    if qs is None or qs.baseline_mode != "update":
+    config = session.config
+    qs = config.stash.get(session_key, None)
+    if qs is None:
         return
-    path = qs.write_baselines()
-    if path is not None:
-        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    payload = qs.baseline_payload() if qs.baseline_mode == "update" else None
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker reports to the controller
+        config.workeroutput["quantcheck"] = json.dumps(  # type: ignore[attr-defined]
+            {"outcomes": [o.to_dict() for o in qs.outcomes], "baseline": payload}, default=str)
+        return
+    batches = config.stash.get(baseline_key, [])
+    if payload is not None:
+        batches.append(payload)
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if batches:  # written once, by the controller: records of all workers in one merge
+        keys = batches[0][0]
+        records = {name: rec for _, recs in batches for name, rec in recs.items()}
+        baseline.update(qs.baseline_path(), keys, records)
         if tr is not None:
-            tr.write_line(f"quantcheck: baseline written to {path}")
+            tr.write_line(f"quantcheck: baseline written to {qs.baseline_path()}")
+    _write_reports(config, qs)
+
+
+def _write_reports(config: pytest.Config, qs: QuantSession) -> None:
+    outcomes = qs.outcomes
+    if config.option.quant_json:
+        Path(config.option.quant_json).write_text(report.to_json(outcomes, qs.settings_summary()))
+    if config.option.quant_junit:
+        report.write_junit(Path(config.option.quant_junit), outcomes)
+    if os.environ.get("GITHUB_ACTIONS") == "true" and outcomes:
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            with open(summary, "a", encoding="utf-8") as f:
+                f.write(report.markdown(outcomes))
+        for line in report.github_annotations(outcomes):
+            print(line)
 
 
 # ---- fixtures --------------------------------------------------------------------------------

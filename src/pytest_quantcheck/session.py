@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +149,11 @@ class QuantSession:
         label = f"{other.name} (reference)" if of is None else other.name
         return Against(label, other.perplexity().chunk_nll)
 
-    def run_check(self, check: Check, model: QuantModel, all_checks: list[tuple[Check, str]]) -> Outcome:
-        """Evaluate one check; with Holm correction, all collected checks are evaluated together
-        the first time, since an adjusted p-value depends on every p-value of the run."""
+    def run_check(self, check: Check, model: QuantModel, all_checks: list[tuple[Check, str]],
+                  where: tuple[str, str, int] = ("", "", 0)) -> Outcome:
+        """Evaluate one check (``where``: the test's node id, file and line); with Holm
+        correction, all collected checks are evaluated together the first time, since an
+        adjusted p-value depends on every p-value of the run."""
         if self.settings.correction == "holm":
             if self._holm is None:
                 raw = [evaluate(c, self.model(v), self.context()) for c, v in all_checks]
@@ -160,8 +162,13 @@ class QuantSession:
             outcome = self._holm[(check.label, model.name)]
         else:
             outcome = evaluate(check, model, self.context())
+        outcome = replace(outcome, nodeid=where[0], file=where[1], line=where[2])
         self.outcomes.append(outcome)
         return outcome
+
+    def settings_summary(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v)
+                for k, v in self.settings.__dict__.items() if k != "sources"}
 
     # ---- baselines -------------------------------------------------------------------------
 
@@ -215,12 +222,10 @@ class QuantSession:
                                        "chunk_same_top": kld.chunk_same_top.tolist()}
         return record
 
-    def write_baselines(self) -> Path | None:
-        """Write records of every model this session evaluated (``--quant-update-baseline``)."""
+    def baseline_payload(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+        """Keys and records of every model this session evaluated, for the baseline file."""
         names = [name for name in self._models if name in self._ppl or name in self._kld]
         if not names:
             return None
         records = {name: self.baseline_record(self._models[name]) for name in names}
-        path = self.baseline_path()
-        baseline.update(path, self.baseline_keys(), records)
-        return path
+        return self.baseline_keys(), records

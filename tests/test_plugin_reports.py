@@ -1,0 +1,92 @@
+"""JSON, JUnit and GitHub Actions reports, and identical results under pytest-xdist."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from junitparser import JUnitXml
+
+SUITE = """
+import pytest
+
+@pytest.mark.perplexity_within(pct=3)
+@pytest.mark.kl_divergence_at_most(0.05)
+def test_gate(quant_model):
+    pass
+
+@pytest.mark.perplexity_within(pct=1, of="baseline")
+def test_baseline(quant_model):
+    pass
+"""
+
+
+@pytest.fixture
+def subprocess_project(qc_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
+    qc_project.makepyfile(SUITE)
+    return qc_project
+
+
+def test_json_and_junit_reports_carry_the_numbers(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(SUITE)
+    result = qc_project.runpytest("--quant-json", "out/q.json", "--quant-junit", "out/q.xml",
+                                  "--junitxml", "out/pytest.xml", "-W", "error::pytest.PytestWarning")
+    result.assert_outcomes(passed=1, failed=1, skipped=2)
+    data = json.loads((qc_project.path / "out" / "q.json").read_text())
+    q2 = next(c for c in data["checks"] if c["variant"] == "Q2_K" and c["check"].startswith("perp"))
+    assert q2["verdict"] == "fail" and q2["decision"]["p_value"] < 0.05 and "PPL" in q2["message"]
+    # the line of the test's first decorator: where its markers are
+    assert q2["file"] == "test_json_and_junit_reports_carry_the_numbers.py" and q2["line"] == 3
+
+    cases = [case for suite in JUnitXml.fromfile(str(qc_project.path / "out" / "q.xml"))
+             for case in suite]
+    assert len(cases) == 4  # 2 variants x 2 checks
+    failing = {c.name: c.result[0].message for c in cases if c.result}
+    assert set(failing) == {"perplexity_within(pct=3)", "kl_divergence_at_most(value=0.05, stat='mean')"}
+    assert "FAIL for Q2_K: PPL" in failing["perplexity_within(pct=3)"]
+    assert "tolerance +3%" in failing["perplexity_within(pct=3)"]
+
+    pytest_cases = [case for suite in JUnitXml.fromfile(str(qc_project.path / "out" / "pytest.xml"))
+                    for case in suite]
+    failed = next(c for c in pytest_cases if c.result and "Q2_K" in c.name and "gate" in c.name)
+    assert "perplexity_within(pct=3) FAIL for Q2_K: PPL" in failed.result[0].message
+
+
+def test_github_step_summary_and_annotations(qc_project: pytest.Pytester,
+                                             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    qc_project.makepyfile(SUITE)
+    result = qc_project.runpytest()
+    text = summary.read_text()
+    assert text.startswith("### quantcheck: 2 of 4 checks passed")  # Q2_K fails both
+    assert "| variant | check | measured | against | change | p | verdict |" in text
+    assert "| Q2_K | perplexity_within(pct=3) |" in text
+    result.stdout.fnmatch_lines(["::error file=test_github_step_summary_and_annotations.py,line=3,"
+                                 "title=quantcheck perplexity_within(pct=3) Q2_K::*FAIL for Q2_K*"])
+
+
+def _verdicts(path: Path) -> list[tuple[str, str, str]]:
+    data = json.loads(path.read_text())
+    return sorted((c["variant"], c["check"], c["verdict"]) for c in data["checks"])
+
+
+def test_same_verdicts_and_baselines_with_and_without_xdist(subprocess_project: pytest.Pytester) -> None:
+    p = subprocess_project
+    serial = p.runpytest_subprocess("--quant-json", "serial.json", "--quant-update-baseline",
+                                    "-p", "no:cacheprovider")
+    serial.assert_outcomes(passed=3, failed=1)
+    base_file = p.path / "baselines" / "base.quantcheck.json"
+    serial_baseline = json.loads(base_file.read_text())
+    base_file.unlink()
+    parallel = p.runpytest_subprocess("-n", "2", "--quant-json", "parallel.json",
+                                      "--quant-update-baseline", "-p", "no:cacheprovider")
+    parallel.assert_outcomes(passed=3, failed=1)
+    parallel.stdout.fnmatch_lines(["*quantcheck summary*"])
+    assert _verdicts(p.path / "serial.json") == _verdicts(p.path / "parallel.json")
+    assert json.loads(base_file.read_text()) == serial_baseline
+    compare = p.runpytest_subprocess("-n", "2", "--quant-baseline", "-p", "no:cacheprovider")
+    compare.assert_outcomes(passed=3, failed=1)
