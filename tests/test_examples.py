@@ -32,3 +32,25 @@ def test_engine_example_report(demo_model: Path, real_cache: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith(("Q8_0", "Q2_K"))]
     assert len(lines) == 2
+
+
+def test_existing_suite_example(demo_model: Path, real_cache: Path) -> None:
+    result = run(["-m", "pytest", "-p", "no:cacheprovider"], ROOT / "examples" / "existing_suite",
+                 real_cache)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "5 passed" in result.stdout
+
+
+def test_github_actions_gate_uses_real_options(pytester: pytest.Pytester) -> None:
+    import re
+
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / "examples" / "github-actions" / "quant-gate.yml").read_text())
+    steps = workflow["jobs"]["quant-gate"]["steps"]
+    command = next(s["run"] for s in steps if s.get("name") == "Quality gate")
+    flags = set(re.findall(r"--quant-[a-z-]+", command))
+    assert flags >= {"--quant-baseline", "--quant-junit", "--quant-json"}
+    help_text = pytester.runpytest("--help").stdout.str()
+    for flag in flags:
+        assert flag in help_text, flag

@@ -90,3 +90,26 @@ def test_same_verdicts_and_baselines_with_and_without_xdist(subprocess_project: 
     assert json.loads(base_file.read_text()) == serial_baseline
     compare = p.runpytest_subprocess("-n", "2", "--quant-baseline", "-p", "no:cacheprovider")
     compare.assert_outcomes(passed=3, failed=1)
+
+
+def test_tradeoff_plot_shows_every_variant(qc_project: pytest.Pytester) -> None:
+    pytest.importorskip("matplotlib")
+    qc_project.makepyfile(SUITE)
+    qc_project.runpytest("--quant-plot", "out/tradeoff.svg")
+    svg = (qc_project.path / "out" / "tradeoff.svg").read_text()
+    for name in ("Q8_0", "Q2_K", "base"):
+        assert f">{name}<" in svg or name in svg
+    assert "size against perplexity" in svg and "size against KL divergence" in svg
+
+
+def test_plot_needs_a_known_format(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(SUITE)
+    result = qc_project.runpytest("--quant-plot", "out/tradeoff.pdf")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--quant-plot out/tradeoff.pdf: give a .png or .svg file name*"])
+
+
+def test_markdown_report_file(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(SUITE)
+    qc_project.runpytest("--quant-markdown", "q.md")
+    assert "| Q2_K | perplexity_within(pct=3) |" in (qc_project.path / "q.md").read_text()

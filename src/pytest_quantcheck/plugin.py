@@ -28,6 +28,7 @@ session_key = pytest.StashKey[QuantSession]()
 checks_key = pytest.StashKey[list[tuple[checks.Check, str]]]()
 item_checks_key = pytest.StashKey[list[checks.Check]]()
 baseline_key = pytest.StashKey[list[tuple[dict[str, Any], dict[str, Any]]]]()
+points_key = pytest.StashKey[dict[str, dict[str, float]]]()
 
 _FLAGS = {key: f"--quant-{key.replace('_', '-')}" for key in KEYS if key != "baseline_dir"}
 
@@ -73,6 +74,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write every check's numbers as JSON to PATH")
     group.addoption("--quant-junit", dest="quant_junit", default=None, metavar="PATH",
                     help="write a JUnit XML report with one testcase per check to PATH")
+    group.addoption("--quant-markdown", dest="quant_markdown", default=None, metavar="PATH",
+                    help="write the table of checks as Markdown to PATH")
+    group.addoption("--quant-plot", dest="quant_plot", default=None, metavar="PATH",
+                    help="plot bits per weight against perplexity and KL divergence, one point"
+                    " per variant, to PATH (.png or .svg; needs matplotlib)")
 
 
 def _settings(config: pytest.Config) -> Settings:
@@ -109,6 +115,14 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = _settings(config)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    plot = config.option.quant_plot
+    if plot:
+        if Path(plot).suffix.lower() not in (".png", ".svg"):
+            raise pytest.UsageError(f"--quant-plot {plot}: give a .png or .svg file name")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise pytest.UsageError(f"--quant-plot {plot}: {report.PLOTS_HINT}") from None
     mode = ("update" if config.option.quant_update_baseline
             else "compare" if config.option.quant_baseline is not None else "off")
 
@@ -123,6 +137,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[session_key] = QuantSession(settings, make_backend, mode)
     config.stash[checks_key] = []
     config.stash[baseline_key] = []
+    config.stash[points_key] = {}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None and not hasattr(session.config, "workerinput"):
+        # Quantizing and evaluating take seconds to minutes: say what is happening.
+        session.config.stash[session_key].log = lambda msg: tr.write_line(f"quantcheck: {msg}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -227,6 +250,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     session = node.config.stash[session_key]
     payload = json.loads(data)
     session.outcomes.extend(checks.Outcome.from_dict(o) for o in payload["outcomes"])
+    node.config.stash[points_key].update(payload.get("points", {}))
     if payload.get("baseline"):
         keys, records = payload["baseline"]
         node.config.stash[baseline_key].append((keys, records))
@@ -240,7 +264,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     payload = qs.baseline_payload() if qs.baseline_mode == "update" else None
     if hasattr(config, "workerinput"):  # a pytest-xdist worker reports to the controller
         config.workeroutput["quantcheck"] = json.dumps(  # type: ignore[attr-defined]
-            {"outcomes": [o.to_dict() for o in qs.outcomes], "baseline": payload}, default=str)
+            {"outcomes": [o.to_dict() for o in qs.outcomes], "baseline": payload,
+             "points": qs.points()}, default=str)
         return
     batches = config.stash.get(baseline_key, [])
     if payload is not None:
@@ -261,6 +286,12 @@ def _write_reports(config: pytest.Config, qs: QuantSession) -> None:
         Path(config.option.quant_json).write_text(report.to_json(outcomes, qs.settings_summary()))
     if config.option.quant_junit:
         report.write_junit(Path(config.option.quant_junit), outcomes)
+    if config.option.quant_markdown:
+        Path(config.option.quant_markdown).write_text(report.markdown(outcomes))
+    points = config.stash[points_key].copy()
+    points.update(qs.points())
+    if config.option.quant_plot and points:
+        report.plot_tradeoffs(Path(config.option.quant_plot), points)
     if os.environ.get("GITHUB_ACTIONS") == "true" and outcomes:
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary:

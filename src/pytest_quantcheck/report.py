@@ -94,3 +94,34 @@ def write_junit(path: Path, outcomes: Sequence[Outcome]) -> None:
     xml.add_testsuite(suite)
     path.parent.mkdir(parents=True, exist_ok=True)
     xml.write(str(path), pretty=True)
+
+
+PLOTS_HINT = "install matplotlib for plots: pip install 'pytest-quantcheck[plots]'"
+
+
+def plot_tradeoffs(path: Path, points: dict[str, dict[str, float]]) -> None:
+    """Bits per weight against perplexity and against mean KL divergence, one labelled point per
+    variant, as practitioners draw them when choosing a quantization. PNG or SVG by suffix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_ppl, ax_kld) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, p in sorted(points.items(), key=lambda kv: kv[1]["bits_per_weight"]):
+        bpw = p["bits_per_weight"]
+        if p.get("ppl") is not None:
+            ax_ppl.scatter(bpw, p["ppl"], color="tab:blue")
+            ax_ppl.annotate(name, (bpw, p["ppl"]), textcoords="offset points", xytext=(4, 4))
+        if p.get("kld"):  # zero (the reference itself) has no place on a log scale
+            ax_kld.scatter(bpw, p["kld"], color="tab:red")
+            ax_kld.annotate(name, (bpw, p["kld"]), textcoords="offset points", xytext=(4, 4))
+    ax_ppl.set(xlabel="bits per weight", ylabel="perplexity", title="size against perplexity")
+    ax_kld.set(xlabel="bits per weight", ylabel="mean KL divergence from the reference",
+               title="size against KL divergence", yscale="log")
+    for ax in (ax_ppl, ax_kld):
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

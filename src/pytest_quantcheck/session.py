@@ -4,9 +4,11 @@ checks' outcomes, and the baselines. Lives in ``config.stash``; knows nothing of
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,7 @@ class QuantSession:
     settings: Settings
     backend_factory: Callable[[], Backend]
     baseline_mode: str = "off"  # "off", "compare" or "update"
+    log: Callable[[str], None] = lambda _message: None  # progress of long steps
     outcomes: list[Outcome] = field(default_factory=list)
     _engine: Engine | None = None
     _models: dict[str, QuantModel] = field(default_factory=dict)
@@ -87,7 +90,8 @@ class QuantSession:
             return self.settings.model
         from pytest_quantcheck.demo.model import demo_model_path
 
-        return demo_model_path(self.engine.backend, self.engine.options)
+        return demo_model_path(self.engine.backend, self.engine.options,
+                               log=lambda msg: self.log(f"demo model: {msg}"))
 
     def eval_text(self) -> Path:
         if self.settings.eval_text is not None:
@@ -104,8 +108,17 @@ class QuantSession:
     def model(self, spec: str) -> QuantModel:
         """``base``, a llama.cpp file type, or a path to a .gguf file."""
         if spec not in self._models:
-            self._models[spec] = QuantModel(self, self._variant(spec))
+            with self._step(f"preparing {spec}"):
+                self._models[spec] = QuantModel(self, self._variant(spec))
         return self._models[spec]
+
+    @contextlib.contextmanager
+    def _step(self, what: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        if seconds >= 0.5:  # cache hits stay quiet
+            self.log(f"{what}: {seconds:.1f} s")
 
     def _variant(self, spec: str) -> Variant:
         base = self.base_path()
@@ -127,14 +140,16 @@ class QuantSession:
 
     def perplexity(self, model: QuantModel) -> PerplexityResult:
         if model.name not in self._ppl:
-            self._ppl[model.name] = self.engine.perplexity(model.path, self.eval_text(),
-                                                           self.protocol)
+            with self._step(f"perplexity of {model.name}"):
+                self._ppl[model.name] = self.engine.perplexity(model.path, self.eval_text(),
+                                                               self.protocol)
         return self._ppl[model.name]
 
     def kl_divergence(self, model: QuantModel) -> KLDResult:
         if model.name not in self._kld:
-            self._kld[model.name] = self.engine.kl_divergence(
-                self.reference().path, model.path, self.eval_text(), self.protocol)
+            with self._step(f"KL divergence of {model.name} (reference log-probs cached)"):
+                self._kld[model.name] = self.engine.kl_divergence(
+                    self.reference().path, model.path, self.eval_text(), self.protocol)
         return self._kld[model.name]
 
     # ---- checks ----------------------------------------------------------------------------
@@ -165,6 +180,20 @@ class QuantSession:
         outcome = replace(outcome, nodeid=where[0], file=where[1], line=where[2])
         self.outcomes.append(outcome)
         return outcome
+
+    def points(self) -> dict[str, dict[str, float]]:
+        """Size and quality of every model evaluated so far, for the trade-off plot."""
+        out: dict[str, dict[str, float]] = {}
+        for name, model in self._models.items():
+            if name not in self._ppl and name not in self._kld:
+                continue
+            out[name] = {
+                "bits_per_weight": model.bits_per_weight,
+                "size_bytes": model.size_bytes,
+                "ppl": self._ppl[name].ppl if name in self._ppl else self._kld[name].ppl.value,
+                "kld": self._kld[name].kld.value if name in self._kld else math.nan,
+            }
+        return out
 
     def settings_summary(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v)
