@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,17 @@ def qc_project(pytester: pytest.Pytester) -> pytest.Pytester:
         "    return FakeBackend(log=Path(config.rootpath) / 'backend.log')\n"
     )
     return pytester
+
+
+@pytest.fixture(params=["serial", "xdist"])
+def run_both_ways(request: pytest.FixtureRequest,
+                  monkeypatch: pytest.MonkeyPatch) -> Callable[..., pytest.RunResult]:
+    """Run a pytester project in-process, and with ``-n 2`` (pytest-xdist) in a subprocess:
+    integration tests that use this must give the same outcomes both ways."""
+    def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
+        if request.param == "serial":
+            return project.runpytest(*args)
+        monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
+        return project.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", *args)
+
+    return run

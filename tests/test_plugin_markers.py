@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+RunBoth = Callable[..., pytest.RunResult]
 
-def test_perplexity_within_passes_one_percent_and_fails_nine(qc_project: pytest.Pytester) -> None:
+
+def test_perplexity_within_passes_one_percent_and_fails_nine(qc_project: pytest.Pytester,
+                                                             run_both_ways: RunBoth) -> None:
     qc_project.makepyfile(
         """
         import pytest
@@ -15,7 +20,7 @@ def test_perplexity_within_passes_one_percent_and_fails_nine(qc_project: pytest.
             pass
         """
     )
-    result = qc_project.runpytest("--quant-variants", "one_pct.gguf,nine_pct.gguf")
+    result = run_both_ways(qc_project, "--quant-variants", "one_pct.gguf,nine_pct.gguf")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
         "*test_quality?nine_pct.gguf?*",
@@ -66,7 +71,7 @@ def test_compare_with_another_variant(qc_project: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*FAIL for Q2_K: PPL * vs * (Q8_0)*"])
 
 
-def test_kl_divergence_and_top1_markers(qc_project: pytest.Pytester) -> None:
+def test_kl_divergence_and_top1_markers(qc_project: pytest.Pytester, run_both_ways: RunBoth) -> None:
     qc_project.makepyfile(
         """
         import pytest
@@ -78,7 +83,7 @@ def test_kl_divergence_and_top1_markers(qc_project: pytest.Pytester) -> None:
             pass
         """
     )
-    result = qc_project.runpytest()
+    result = run_both_ways(qc_project)
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     assert "kl_divergence_at_most(value=0.01, stat='mean') FAIL for Q2_K: KLD mean" in out
@@ -159,10 +164,10 @@ def test_markers_are_registered_for_strict_markers(qc_project: pytest.Pytester) 
     result.stdout.fnmatch_lines(["*perplexity_within(pct, of=None)*"])
 
 
-def test_summary_table_lists_every_check(qc_project: pytest.Pytester) -> None:
+def test_summary_table_lists_every_check(qc_project: pytest.Pytester, run_both_ways: RunBoth) -> None:
     qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_within(pct=3)\n"
                           "def test_x(quant_model):\n    pass\n")
-    result = qc_project.runpytest()
+    result = run_both_ways(qc_project)
     result.stdout.fnmatch_lines([
         "*quantcheck summary*",
         "variant*check*measured*against*change*p*verdict*",
