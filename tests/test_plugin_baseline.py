@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,53 @@ def test_update_merges_records_of_other_variants(tmp_path: pytest.TempPathFactor
 def test_file_names_cannot_escape_the_directory() -> None:
     assert file_name("../../etc/passwd") == "_.._etc_passwd.quantcheck.json"
     assert "/" not in file_name("a/b\\c")
+
+
+def test_updating_over_a_corrupt_file_keeps_it_aside(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(SUITE)
+    path = qc_project.path / "baselines" / "base.quantcheck.json"
+    path.parent.mkdir()
+    path.write_text("{ not json")
+    result = qc_project.runpytest("--quant-update-baseline")
+    result.stdout.fnmatch_lines(["*base.quantcheck.json was not a readable baseline; it was moved"
+                                 " to *base.quantcheck.json.corrupt-*"])
+    aside = list(path.parent.glob("base.quantcheck.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_text() == "{ not json"
+    assert load(path).records
+
+
+def test_sigkill_during_an_update_leaves_the_old_baseline_readable(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "m.quantcheck.json"
+    keys = {"model_sha256": "a", "text_sha256": "b", "tokens_sha256": "c", "n_ctx": 8,
+            "protocol": {}, "llama_cpp": "x"}
+    update(path, keys, {"Q8_0": {"perplexity": {"chunk_nll": [1.0]}}})
+    before = path.read_bytes()
+    writer = (
+        "import sys\nfrom pathlib import Path\nfrom pytest_quantcheck.baseline import update\n"
+        f"keys = {keys!r}\n"
+        "big = {f'V{i}': {'perplexity': {'chunk_nll': [0.5] * 5000}} for i in range(60)}\n"
+        f"update(Path({str(path)!r}), keys, big)\n"
+        "print('ready', flush=True)\n"
+        "while True:  # rewrite it again and again until killed\n"
+        f"    update(Path({str(path)!r}), keys, big)\n"
+    )
+    env = {**os.environ, "QUANTCHECK_CACHE_DIR": str(tmp_path / "cache")}
+    for delay in (0.03, 0.11, 0.27):  # points inside one rewrite (about 0.5 s with fsync)
+        proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, env=env)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        assert proc.returncode == -signal.SIGKILL
+        data = load(path)  # always a complete file, never a torn one
+        assert "Q8_0" in data.records and len(data.records) == 61
+    assert path.read_bytes() != before
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert all(name.endswith(".tmp") for name in leftovers)  # at most a temporary, never used

@@ -10,7 +10,9 @@ merge into the existing file under a lock and replace it atomically.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,9 +83,14 @@ def load(path: Path) -> BaselineFile:
     return BaselineFile(path, keys, records)
 
 
-def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]]) -> None:
-    """Merge ``records`` into the file at ``path`` (new keys replace old ones), atomically."""
+def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]]) -> Path | None:
+    """Merge ``records`` into the file at ``path`` (new keys replace old ones), atomically.
+
+    A file that cannot be read as a baseline is never overwritten silently: it is moved aside
+    first, and the path it was moved to is returned so the caller can say where it is.
+    """
     cache.ensure_dir(path.parent)
+    kept_aside = None
     with cache.locked(path, lock_dir=cache.cache_root() / "locks"):
         existing: dict[str, dict[str, Any]] = {}
         if path.exists():
@@ -92,7 +99,8 @@ def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]])
                 if all(old.keys.get(k) == keys.get(k) for k in KEY_FIELDS):
                     existing = dict(old.records)  # records of other variants stay valid
             except BaselineError:
-                pass  # a damaged or foreign file is replaced, not merged
+                kept_aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(path, kept_aside)
         existing.update(records)
         document = {
             "schema": SCHEMA,
@@ -102,3 +110,4 @@ def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]])
             "records": {name: existing[name] for name in sorted(existing)},
         }
         cache.write_atomic(path, (json.dumps(document, indent=1) + "\n").encode())
+    return kept_aside

@@ -274,8 +274,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if batches:  # written once, by the controller: records of all workers in one merge
         keys = batches[0][0]
         records = {name: rec for _, recs in batches for name, rec in recs.items()}
-        baseline.update(qs.baseline_path(), keys, records)
+        kept_aside = baseline.update(qs.baseline_path(), keys, records)
         if tr is not None:
+            if kept_aside is not None:
+                tr.write_line(f"quantcheck: {qs.baseline_path()} was not a readable baseline;"
+                              f" it was moved to {kept_aside}", red=True)
             tr.write_line(f"quantcheck: baseline written to {qs.baseline_path()}")
     _write_reports(config, qs)
 
