@@ -62,6 +62,32 @@ def _bigram_table() -> NDArray[np.float32]:
     return _TABLE[0]
 
 
+class FakeBench:
+    """Records calls; decoding "costs" nothing, so only the protocol is under test."""
+
+    def __init__(self, n_ctx: int, n_batch: int, n_ubatch: int) -> None:
+        self.n_ctx, self.n_batch, self.n_ubatch = n_ctx, n_batch, n_ubatch
+        self.calls: list[tuple[str, int]] = []
+        self.filled = 0
+
+    def clear(self) -> None:
+        self.calls.append(("clear", 0))
+        self.filled = 0
+
+    def prompt(self, tokens: NDArray[np.int32]) -> None:
+        self.calls.append(("prompt", len(tokens)))
+        self.filled += len(tokens)
+        assert self.filled <= self.n_ctx
+
+    def generate(self, tokens: NDArray[np.int32]) -> None:
+        self.calls.append(("generate", len(tokens)))
+        self.filled += len(tokens)
+        assert self.filled <= self.n_ctx
+
+    def close(self) -> None:
+        pass
+
+
 def noise_of(path: Path) -> float:
     return float(read_gguf(path).metadata.get("fake.noise", 0.0))
 
@@ -75,6 +101,7 @@ class FakeModel:
         self.add_bos = add_bos
         self.bos_token = BOS
         self.contexts_opened = 0
+        self.benches: list[FakeBench] = []
         self.table = _bigram_table().copy()
         self.first = np.random.default_rng(0).normal(0, 0.1, (N_VOCAB, N_VOCAB)).astype(np.float32)
         noise = noise_of(path)
@@ -94,6 +121,10 @@ class FakeModel:
     def open_context(self, n_ctx: int, n_seq: int, n_batch: int, *,
                      embeddings: bool = False) -> FakeContext:
         return FakeContext(self, n_ctx, n_seq, n_batch)
+
+    def open_bench(self, n_ctx: int, n_batch: int, n_ubatch: int) -> FakeBench:
+        self.benches.append(FakeBench(n_ctx, n_batch, n_ubatch))
+        return self.benches[-1]
 
     def close(self) -> None:
         pass
@@ -115,13 +146,15 @@ class FakeBackend:
         self.version = version
         self.log = log
         self.loads = 0
+        self.models: list[FakeModel] = []
 
     def load(self, path: Path, options: RunOptions) -> FakeModel:
         self.loads += 1
         if self.log is not None:
             with self.log.open("a") as f:
                 f.write(f"load {path.name}\n")
-        return FakeModel(path)
+        self.models.append(FakeModel(path))
+        return self.models[-1]
 
     def quantize(self, source: Path, dest: Path, ftype: int, *, n_threads: int,
                  imatrix: Mapping[str, NDArray[np.float32]] | None = None) -> None:

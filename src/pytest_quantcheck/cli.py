@@ -104,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"most reference tokens kept per position (default: {DEFAULT_MAX_TOKENS})")
     _eval_args(k)
 
+    b = sub.add_parser("bench", help="prompt processing and generation speed, as llama-bench")
+    b.add_argument("model", type=Path)
+    b.add_argument("-p", "--n-prompt", type=_non_negative, default=512,
+                   help="prompt tokens of the pp test, 0 to skip it (default: 512)")
+    b.add_argument("-n", "--n-gen", type=_non_negative, default=128,
+                   help="generated tokens of the tg test, 0 to skip it (default: 128)")
+    b.add_argument("-r", "--repetitions", type=_positive, default=5,
+                   help="timed repetitions of each test (default: 5)")
+    b.add_argument("-b", "--batch-size", type=_positive, default=2048,
+                   help="logical batch size (default: 2048)")
+    b.add_argument("-ub", "--ubatch-size", type=_positive, default=512,
+                   help="physical batch size (default: 512)")
+    b.add_argument("--json", action="store_true", help="print every sample as JSON")
+    _run_args(b)
+
     d = sub.add_parser("demo-model", help="print the built-in demo model's path (builds it once)")
     d.add_argument("--eval-text", action="store_true",
                    help="print the path of its held-out evaluation text instead")
@@ -202,6 +217,19 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     engine = Engine.default(_options(args))
+    if args.command == "bench":
+        results = engine.bench(args.model, args.n_prompt, args.n_gen, args.repetitions,
+                               args.batch_size, args.ubatch_size)
+        if args.json:
+            _dump({"model": str(args.model), "tests": [r.to_dict() for r in results]})
+        else:
+            size = args.model.stat().st_size / 2**20
+            print("| model | size | threads | n_batch | n_ubatch | test | t/s |")
+            print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+            for r in results:
+                print(f"| {args.model.name} | {size:.2f} MiB | {r.n_threads} | {r.n_batch} |"
+                      f" {r.n_ubatch} | {r.test} | {r.mean:.2f} ± {r.sd:.2f} |")
+        return 0
     proto = _protocol(args)
     t0 = time.perf_counter()
     if args.command == "perplexity":

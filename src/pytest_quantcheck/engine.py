@@ -7,9 +7,12 @@ fetch or build the cached reference log-probabilities.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from pytest_quantcheck import cache
 from pytest_quantcheck.backends import Backend, RunOptions, default_backend
@@ -24,6 +27,7 @@ from pytest_quantcheck.evaluation import (
 )
 from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.metrics.throughput import BenchResult
 from pytest_quantcheck.refstore import (
     ReferenceStore,
     ReferenceStoreError,
@@ -112,6 +116,47 @@ class Engine:
                                  progress=progress)
         finally:
             model.close()
+
+
+    def bench(
+        self, model_path: Path, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 5,
+        n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0,
+    ) -> list[BenchResult]:
+        """``llama-bench``'s pp and tg tests: each in a fresh context, warmed up once, then timed
+        ``repetitions`` times from an empty cache (decoding only)."""
+        check_gguf_path(model_path)
+        model = self.backend.load(model_path, self.options)
+        results = []
+        try:
+            rng = np.random.default_rng(seed)
+            tokens = rng.integers(0, model.n_vocab, size=max(n_prompt, n_gen, 1)).astype(np.int32)
+            if model.add_bos:
+                tokens[0] = model.bos_token
+            for test, n_p, n_g in (("pp", n_prompt, 0), ("tg", 0, n_gen)):
+                if n_p + n_g == 0:
+                    continue
+                ctx = model.open_bench(n_p + n_g, n_batch, n_ubatch)
+                try:
+                    if n_p:  # warm-up, as llama-bench
+                        ctx.prompt(tokens[:n_p])
+                    if n_g:
+                        ctx.generate(tokens[:1])
+                    seconds = []
+                    for _ in range(repetitions):
+                        ctx.clear()
+                        start = time.perf_counter_ns()
+                        if n_p:
+                            ctx.prompt(tokens[:n_p])
+                        if n_g:
+                            ctx.generate(tokens[:n_g])
+                        seconds.append((time.perf_counter_ns() - start) / 1e9)
+                finally:
+                    ctx.close()
+                results.append(BenchResult(f"{test}{n_p + n_g}", n_p, n_g, self.options.threads(),
+                                           n_batch, n_ubatch, np.array(seconds)))
+        finally:
+            model.close()
+        return results
 
 
 __all__ = ["Engine", "ReferenceStoreError"]

@@ -75,6 +75,26 @@ class EvalContext(Protocol):
     def close(self) -> None: ...
 
 
+class BenchContext(Protocol):
+    """A context for ``llama-bench``-style timing: one sequence, nothing but decoding."""
+
+    def clear(self) -> None:
+        """Empty the KV cache (not timed by llama-bench)."""
+        ...
+
+    def prompt(self, tokens: NDArray[np.int32]) -> None:
+        """Decode ``tokens`` from position 0 in batches of ``n_batch``, logits for the last
+        token only, then wait for the device (llama-bench's ``test_prompt``)."""
+        ...
+
+    def generate(self, tokens: NDArray[np.int32]) -> None:
+        """Decode ``tokens`` one at a time after whatever the cache holds, waiting for each
+        (llama-bench's ``test_gen``)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Model(Protocol):
     path: Path
     n_vocab: int
@@ -92,6 +112,8 @@ class Model(Protocol):
     def open_context(
         self, n_ctx: int, n_seq: int, n_batch: int, *, embeddings: bool = False
     ) -> EvalContext: ...
+
+    def open_bench(self, n_ctx: int, n_batch: int, n_ubatch: int) -> BenchContext: ...
 
     def close(self) -> None: ...
 

@@ -158,6 +158,67 @@ class LlamaCppContext:
         self.close()
 
 
+class LlamaCppBench:
+    def __init__(self, model: LlamaCppModel, n_ctx: int, n_batch: int, n_ubatch: int) -> None:
+        self._ctx = None
+        self.model = model
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_ubatch, n_batch)
+        params.n_seq_max = 1
+        params.n_threads = params.n_threads_batch = model.options.threads()
+        params.no_perf = True
+        ctx = lc.llama_init_from_model(model._model, params)
+        if not ctx:
+            raise BackendError(f"{model.path}: llama.cpp could not create a {n_ctx}-token context")
+        self._ctx = ctx
+        self.n_batch = n_batch
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._tok = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
+        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
+        self._out = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
+        np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n_batch,))[:] = 1
+        for i in range(n_batch):
+            self._batch.seq_id[i][0] = 0
+        self._next_pos = 0
+
+    def clear(self) -> None:
+        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), False)
+        self._next_pos = 0
+
+    def _decode(self, tokens: NDArray[np.int32]) -> None:
+        n = len(tokens)
+        self._tok[:n] = tokens
+        self._pos[:n] = np.arange(self._next_pos, self._next_pos + n, dtype=np.int32)
+        self._out[:n] = 0
+        self._out[n - 1] = 1
+        self._batch.n_tokens = n
+        rc = lc.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            raise BackendError(f"{self.model.path}: llama_decode failed with code {rc}")
+        self._next_pos += n
+
+    def prompt(self, tokens: NDArray[np.int32]) -> None:
+        for start in range(0, len(tokens), self.n_batch):
+            self._decode(tokens[start : start + self.n_batch])
+        lc.llama_synchronize(self._ctx)
+
+    def generate(self, tokens: NDArray[np.int32]) -> None:
+        for i in range(len(tokens)):
+            self._decode(tokens[i : i + 1])
+            lc.llama_synchronize(self._ctx)
+
+    def close(self) -> None:
+        if getattr(self, "_ctx", None):
+            lc.llama_batch_free(self._batch)
+            lc.llama_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class LlamaCppModel:
     def __init__(self, path: Path, options: RunOptions) -> None:
         self._model = None
@@ -195,6 +256,9 @@ class LlamaCppModel:
     def open_context(self, n_ctx: int, n_seq: int, n_batch: int, *,
                      embeddings: bool = False) -> LlamaCppContext:
         return LlamaCppContext(self, n_ctx, n_seq, n_batch, embeddings)
+
+    def open_bench(self, n_ctx: int, n_batch: int, n_ubatch: int) -> LlamaCppBench:
+        return LlamaCppBench(self, n_ctx, n_batch, n_ubatch)
 
     def close(self) -> None:
         if getattr(self, "_model", None):

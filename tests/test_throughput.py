@@ -1,0 +1,50 @@
+"""llama-bench's protocol: warm-up, a cleared cache per repetition, tokens/s per repetition."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_quantcheck.cli import main
+from pytest_quantcheck.engine import Engine
+from pytest_quantcheck.metrics.throughput import BenchResult
+
+from fakes import FakeBackend, write_fake_gguf
+
+
+def test_bench_follows_llama_bench(tmp_path: Path) -> None:
+    model_path = write_fake_gguf(tmp_path / "m.gguf")
+    backend = FakeBackend()
+    results = Engine(backend).bench(model_path, n_prompt=40, n_gen=7, repetitions=3,
+                                    n_batch=16, n_ubatch=8)
+    assert [r.test for r in results] == ["pp40", "tg7"]
+    pp, tg = backend.models[0].benches
+    assert (pp.n_ctx, pp.n_batch, pp.n_ubatch) == (40, 16, 8) and tg.n_ctx == 7
+    # one warm-up run, then each repetition from an empty cache
+    assert pp.calls == [("prompt", 40)] + [("clear", 0), ("prompt", 40)] * 3
+    assert tg.calls == [("generate", 1)] + [("clear", 0), ("generate", 7)] * 3
+    assert all(r.seconds.shape == (3,) and np.all(r.seconds > 0) for r in results)
+
+
+def test_statistics_are_llama_benchs() -> None:
+    r = BenchResult("pp512", 512, 0, 2, 2048, 512, np.array([0.5, 0.25, 0.2]))
+    samples = np.array([1024.0, 2048.0, 2560.0])
+    assert np.allclose(r.samples, samples)
+    assert r.mean == pytest.approx(samples.mean())
+    n = 3
+    llama_sd = np.sqrt((samples**2).sum() / (n - 1) - samples.mean() ** 2 * n / (n - 1))
+    assert r.sd == pytest.approx(llama_sd)
+
+
+@pytest.mark.real
+def test_bench_command_on_the_demo_model(capsys: pytest.CaptureFixture[str],
+                                         demo_model: Path) -> None:
+    assert main(["bench", str(demo_model), "-p", "64", "-n", "8", "-r", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [t["test"] for t in data["tests"]] == ["pp64", "tg8"]
+    assert all(t["tokens_per_s"] > 0 and len(t["samples"]) == 2 for t in data["tests"])
+    assert main(["bench", str(demo_model), "-p", "32", "-n", "0", "-r", "1"]) == 0
+    assert "| pp32 |" in capsys.readouterr().out
