@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pytest_quantcheck import baseline, cache
 from pytest_quantcheck.backends import Backend, RunOptions
 from pytest_quantcheck.checks import Against, Check, Context, Outcome, apply_holm, evaluate
@@ -230,8 +232,6 @@ class QuantSession:
             raise baseline.BaselineError(
                 f"{stored.path}: record of {subject.name} has no per-chunk NLL; recreate it with"
                 f" {baseline.UPDATE_FLAG}") from None
-        import numpy as np
-
         return Against(f"baseline {stored.path.name}", np.asarray(chunk_nll, dtype=np.float64),
                        True)
 
