@@ -42,12 +42,38 @@ def _ensure_initialized(verbose: bool) -> None:
             _initialized = True
 
 
-class LlamaCppContext:
+class _NativeContext:
+    """Owns one llama_context and one llama_batch (with NumPy views of its arrays); frees both
+    exactly once."""
+
+    _ctx: Any = None
+
+    def _open(self, model: LlamaCppModel, params: Any, n_batch: int, what: str) -> None:
+        ctx = lc.llama_init_from_model(model._model, params)
+        if not ctx:
+            raise BackendError(f"{model.path}: llama.cpp could not create a context of {what}")
+        self._ctx = ctx
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._tok = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
+        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
+        self._nseq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n_batch,))
+        self._out = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
+
+    def close(self) -> None:
+        if self._ctx:
+            lc.llama_batch_free(self._batch)
+            lc.llama_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class LlamaCppContext(_NativeContext):
     def __init__(self, model: LlamaCppModel, n_ctx: int, n_seq: int, n_batch: int,
                  embeddings: bool) -> None:
         if n_ctx < 2 or n_seq < 1 or n_batch < 1:
             raise ValueError(f"bad context shape n_ctx={n_ctx} n_seq={n_seq} n_batch={n_batch}")
-        self._ctx = None
         if n_seq > 1 and n_batch < n_seq * n_ctx:
             raise ValueError("several sequences per batch need n_batch >= n_seq * n_ctx")
         self.model = model
@@ -67,18 +93,7 @@ class LlamaCppContext:
         params.no_perf = True
         if embeddings:
             params.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
-        ctx = lc.llama_init_from_model(model._model, params)
-        if not ctx:
-            raise BackendError(
-                f"{model.path}: llama.cpp could not create a context of {n_seq} x {n_ctx} tokens;"
-                " lower n_ctx or n_batch"
-            )
-        self._ctx = ctx
-        self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
-        self._tok = np.ctypeslib.as_array(self._batch.token, shape=(self.n_batch,))
-        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(self.n_batch,))
-        self._nseq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(self.n_batch,))
-        self._out = np.ctypeslib.as_array(self._batch.logits, shape=(self.n_batch,))
+        self._open(model, params, self.n_batch, f"{n_seq} x {n_ctx} tokens; lower n_ctx or n_batch")
         self._seq_layout: tuple[int, int] | None = None
         self._gather: NDArray[np.float32] | None = None
 
@@ -148,19 +163,9 @@ class LlamaCppContext:
         emb = np.ctypeslib.as_array(lc.llama_get_embeddings(self._ctx), shape=(n_out, n_embd))
         return emb.reshape(k, n_ctx, n_embd)
 
-    def close(self) -> None:
-        if getattr(self, "_ctx", None):
-            lc.llama_batch_free(self._batch)
-            lc.llama_free(self._ctx)
-            self._ctx = None
 
-    def __del__(self) -> None:
-        self.close()
-
-
-class LlamaCppBench:
+class LlamaCppBench(_NativeContext):
     def __init__(self, model: LlamaCppModel, n_ctx: int, n_batch: int, n_ubatch: int) -> None:
-        self._ctx = None
         self.model = model
         params = lc.llama_context_default_params()
         params.n_ctx = n_ctx
@@ -169,16 +174,9 @@ class LlamaCppBench:
         params.n_seq_max = 1
         params.n_threads = params.n_threads_batch = model.options.threads()
         params.no_perf = True
-        ctx = lc.llama_init_from_model(model._model, params)
-        if not ctx:
-            raise BackendError(f"{model.path}: llama.cpp could not create a {n_ctx}-token context")
-        self._ctx = ctx
+        self._open(model, params, n_batch, f"{n_ctx} tokens")
         self.n_batch = n_batch
-        self._batch = lc.llama_batch_init(n_batch, 0, 1)
-        self._tok = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
-        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
-        self._out = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
-        np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n_batch,))[:] = 1
+        self._nseq[:] = 1
         for i in range(n_batch):
             self._batch.seq_id[i][0] = 0
         self._next_pos = 0
@@ -208,15 +206,6 @@ class LlamaCppBench:
         for i in range(len(tokens)):
             self._decode(tokens[i : i + 1])
             lc.llama_synchronize(self._ctx)
-
-    def close(self) -> None:
-        if getattr(self, "_ctx", None):
-            lc.llama_batch_free(self._batch)
-            lc.llama_free(self._ctx)
-            self._ctx = None
-
-    def __del__(self) -> None:
-        self.close()
 
 
 class LlamaCppModel:
