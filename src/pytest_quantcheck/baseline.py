@@ -89,7 +89,13 @@ def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]])
     A file that cannot be read as a baseline is never overwritten silently: it is moved aside
     first, and the path it was moved to is returned so the caller can say where it is.
     """
-    cache.ensure_dir(path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise BaselineError(f"{path.parent}: cannot write baselines here ({exc.strerror}); make the"
+                            " directory writable or point baseline_dir elsewhere") from None
     kept_aside = None
     with cache.locked(path, lock_dir=cache.cache_root() / "locks"):
         existing: dict[str, dict[str, Any]] = {}

@@ -16,13 +16,13 @@ from pytest_quantcheck import __version__
 from pytest_quantcheck.backends import BackendError, RunOptions, default_backend
 from pytest_quantcheck.cache import CacheError
 from pytest_quantcheck.engine import Engine
-from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol
+from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol, read_eval_text
 from pytest_quantcheck.gguf_file import GGUFError
 from pytest_quantcheck.imatrix import ImatrixError
 from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
 from pytest_quantcheck.refstore import ReferenceStoreError
-from pytest_quantcheck.variants import FILE_TYPES, VariantError, quantize
+from pytest_quantcheck.variants import FILE_TYPES, VariantError, check_gguf_path, file_type, quantize
 
 _USER_ERRORS = (BackendError, CacheError, EvalTextError, GGUFError, ImatrixError,
                 ReferenceStoreError, VariantError)
@@ -196,6 +196,8 @@ def _dump(obj: dict[str, Any]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "quantize":
+        file_type(args.type)  # bad names and files fail before llama.cpp is even loaded
+        check_gguf_path(args.base)
         variant = quantize(args.base, args.type, backend=default_backend(),
                            imatrix=args.imatrix, n_threads=args.threads)
         if args.output:
@@ -216,6 +218,13 @@ def _run(args: argparse.Namespace) -> int:
             print(demo_model_path(options=_options(args), log=log))
         return 0
 
+    # Inputs are checked before llama.cpp is loaded: a typo fails fast and in one line.
+    proto = _protocol(args) if args.command != "bench" else None
+    for path in (getattr(args, "ref", None), args.model):
+        if path is not None:
+            check_gguf_path(path)
+    if args.command != "bench":
+        read_eval_text(args.file)
     engine = Engine.default(_options(args))
     if args.command == "bench":
         results = engine.bench(args.model, args.n_prompt, args.n_gen, args.repetitions,
@@ -230,7 +239,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"| {args.model.name} | {size:.2f} MiB | {r.n_threads} | {r.n_batch} |"
                       f" {r.n_ubatch} | {r.test} | {r.mean:.2f} ± {r.sd:.2f} |")
         return 0
-    proto = _protocol(args)
+    assert proto is not None
     t0 = time.perf_counter()
     if args.command == "perplexity":
         ppl = engine.perplexity(args.model, args.file, proto)

@@ -274,12 +274,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if batches:  # written once, by the controller: records of all workers in one merge
         keys = batches[0][0]
         records = {name: rec for _, recs in batches for name, rec in recs.items()}
-        kept_aside = baseline.update(qs.baseline_path(), keys, records)
-        if tr is not None:
-            if kept_aside is not None:
+        try:
+            kept_aside = baseline.update(qs.baseline_path(), keys, records)
+        except BaselineError as exc:  # say so plainly and fail the run; no traceback
+            if tr is not None:
+                tr.write_line(f"quantcheck: error: {exc}", red=True)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        else:
+            if tr is not None and kept_aside is not None:
                 tr.write_line(f"quantcheck: {qs.baseline_path()} was not a readable baseline;"
                               f" it was moved to {kept_aside}", red=True)
-            tr.write_line(f"quantcheck: baseline written to {qs.baseline_path()}")
+            if tr is not None:
+                tr.write_line(f"quantcheck: baseline written to {qs.baseline_path()}")
     _write_reports(config, qs)
 
 

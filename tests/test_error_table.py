@@ -1,0 +1,162 @@
+"""Every row of the README's error table, produced for real and matched against its text."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_quantcheck.baseline import BaselineError, load
+from pytest_quantcheck.cli import main
+from pytest_quantcheck.engine import Engine
+from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol
+from pytest_quantcheck.gguf_file import write_gguf
+
+from fakes import FakeBackend, write_fake_gguf
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def table() -> dict[str, str]:
+    text = README.read_text()
+    body = text.split("<!-- error-table -->")[1].split("<!-- /error-table -->")[0]
+    rows = {}
+    for line in body.strip().splitlines()[2:]:
+        label, shown = (cell.strip() for cell in line.strip("|").split("|", 1))
+        rows[label] = shown.strip("`").replace("\\\\", "\\")
+    return rows
+
+
+def matches(pattern: str, message: str) -> bool:
+    glob = re.sub(r"<[^>]+>", "*", pattern).replace("[", "[[]")
+    return fnmatch.fnmatchcase(message, glob)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: object) -> str:
+    assert main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    return err.strip()
+
+
+def small_gguf(path: Path) -> Path:
+    write_gguf(path, {"general.architecture": "llama"},
+               {"output.weight": np.ones((3, 32), np.float32)})
+    return path
+
+
+def text(path: Path, content: str) -> Path:
+    path.write_text(content)
+    return path
+
+
+@pytest.fixture
+def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest.Pytester,
+            monkeypatch: pytest.MonkeyPatch) -> dict[str, Callable[[], str]]:
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
+    eval_text = text(tmp_path / "eval.txt", "words " * 2000)
+
+    def truncated() -> str:
+        path = small_gguf(tmp_path / "t.gguf")
+        path.write_bytes(path.read_bytes()[:30])
+        return cli(capsys, "perplexity", path, "-f", eval_text)
+
+    def hostile() -> str:
+        path = small_gguf(tmp_path / "h.gguf")
+        data = bytearray(path.read_bytes())
+        at = data.index(b"output.weight") + len(b"output.weight") + 4 + 16 + 4
+        struct.pack_into("<Q", data, at, 1 << 40)
+        path.write_bytes(bytes(data))
+        return cli(capsys, "perplexity", path, "-f", eval_text)
+
+    def pk() -> str:
+        path = tmp_path / "model.gguf"
+        path.write_bytes(b"PK\x03\x04" + b"\0" * 40)
+        return cli(capsys, "perplexity", path, "-f", eval_text)
+
+    def too_short() -> str:
+        model = write_fake_gguf(tmp_path / "fake.gguf")
+        with pytest.raises(EvalTextError) as info:
+            Engine(FakeBackend()).perplexity(model, text(tmp_path / "s.txt", "short"),
+                                             ScoringProtocol(n_ctx=512))
+        return str(info.value)
+
+    def bad_setting() -> str:
+        (pytester.path / "pyproject.toml").write_text("[tool.quantcheck]\nn_ctx = 511\n")
+        pytester.makepyfile("def test_x():\n    pass\n")
+        return pytester.runpytest_subprocess().stderr.lines[0]
+
+    def bad_marker() -> str:
+        (pytester.path / "base.gguf").write_bytes(small_gguf(tmp_path / "b.gguf").read_bytes())
+        (pytester.path / "pyproject.toml").write_text('[tool.quantcheck]\nmodel = "base.gguf"\n')
+        pytester.makepyfile("import pytest\n\n@pytest.mark.perplexity_within(pc=3)\n"
+                            "def test_x(quant_model):\n    pass\n")
+        return pytester.runpytest_subprocess().stderr.lines[0]
+
+    def corrupt_baseline() -> str:
+        path = text(tmp_path / "m.quantcheck.json", "{ not json")
+        with pytest.raises(BaselineError) as info:
+            load(path)
+        return str(info.value)
+
+    def other_protocol() -> str:
+        from pytest_quantcheck.baseline import update
+
+        keys = {"model_sha256": "a", "text_sha256": "b", "tokens_sha256": "c", "n_ctx": 256,
+                "protocol": {}, "llama_cpp": "x"}
+        path = tmp_path / "o.quantcheck.json"
+        update(path, keys, {"Q8_0": {}})
+        with pytest.raises(BaselineError) as info:
+            load(path).record("Q8_0", {**keys, "n_ctx": 512}, ())
+        return str(info.value)
+
+    def unwritable() -> str:
+        blocker = text(tmp_path / "not-a-dir", "")
+        project = pytester
+        (project.path / "base.gguf").write_bytes(write_fake_gguf(tmp_path / "f.gguf").read_bytes())
+        (project.path / "eval.txt").write_text("words " * 600)
+        (project.path / "pyproject.toml").write_text(
+            f'[tool.quantcheck]\nmodel = "base.gguf"\neval_text = "eval.txt"\nn_ctx = 64\n'
+            f'variants = ["base"]\nbaseline_dir = "{blocker}/baselines"\n')
+        project.makeconftest("from fakes import FakeBackend\n\n"
+                             "def pytest_quantcheck_make_backend(config):\n"
+                             "    return FakeBackend()\n")
+        project.makepyfile("import pytest\n\n@pytest.mark.perplexity_at_most(1e9)\n"
+                           "def test_x(quant_model):\n    pass\n")
+        result = project.runpytest_subprocess("--quant-update-baseline")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        return next(line for line in result.stdout.lines if "quantcheck: error:" in line)
+
+    return {
+        "missing model file": lambda: cli(capsys, "perplexity", tmp_path / "nope.gguf", "-f",
+                                          eval_text),
+        "not a GGUF file": pk,
+        "truncated GGUF": truncated,
+        "hostile GGUF (tensor outside the file)": hostile,
+        "unknown variant": lambda: cli(capsys, "quantize", small_gguf(tmp_path / "q.gguf"),
+                                       "Q4_K_X"),
+        "empty evaluation text": lambda: cli(capsys, "perplexity", small_gguf(tmp_path / "e.gguf"),
+                                             "-f", text(tmp_path / "empty.txt", "\n")),
+        "evaluation text too short": too_short,
+        "bad setting": bad_setting,
+        "bad marker argument": bad_marker,
+        "corrupt baseline": corrupt_baseline,
+        "baseline of another model or protocol": other_protocol,
+        "unwritable baseline directory": unwritable,
+    }
+
+
+@pytest.mark.parametrize("label", list(table()))
+def test_error_table_row(label: str, produce: dict[str, Callable[[], str]]) -> None:
+    message = produce[label]()
+    expected = table()[label]
+    assert matches(expected, message), f"\nREADME: {expected}\nactual: {message}"
+
+
+def test_every_row_has_a_scenario(produce: dict[str, Callable[[], str]]) -> None:
+    assert set(table()) == set(produce)
