@@ -262,7 +262,14 @@ class LlamaCppBackend:
     name = "llama.cpp"
     version = f"llama-cpp-python {lc.__version__}"
 
+    def __init__(self, isolate: bool = True) -> None:
+        self.isolate = isolate  # first load of each file in a child process (see probe.py)
+
     def load(self, path: Path, options: RunOptions) -> LlamaCppModel:
+        if self.isolate:
+            from pytest_quantcheck.backends.probe import probe
+
+            probe(path, self.version)
         return LlamaCppModel(path, options)
 
     def quantize(
