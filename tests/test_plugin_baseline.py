@@ -9,6 +9,18 @@ import pytest
 
 from pytest_quantcheck.baseline import BaselineError, file_name, load, update
 
+KEYS = {"model_sha256": "a", "text_sha256": "b", "tokens_sha256": "c", "n_ctx": 8,
+        "protocol": {}, "llama_cpp": "x"}
+
+
+def plant_corrupt_baseline(project: pytest.Pytester) -> Path:
+    project.makepyfile(SUITE)
+    path = project.path / "baselines" / "base.quantcheck.json"
+    path.parent.mkdir()
+    path.write_text("{ not json")
+    return path
+
+
 SUITE = """
 import pytest
 
@@ -78,10 +90,7 @@ def test_mismatched_baseline_is_refused_naming_the_key(qc_project: pytest.Pytest
 
 
 def test_corrupt_baseline_is_reported_not_overwritten(qc_project: pytest.Pytester) -> None:
-    qc_project.makepyfile(SUITE)
-    path = qc_project.path / "baselines" / "base.quantcheck.json"
-    path.parent.mkdir()
-    path.write_text("{ not json")
+    path = plant_corrupt_baseline(qc_project)
     result = qc_project.runpytest("--quant-baseline")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*base.quantcheck.json: unreadable baseline*restore it from version"
@@ -91,8 +100,7 @@ def test_corrupt_baseline_is_reported_not_overwritten(qc_project: pytest.Pyteste
 
 def test_update_merges_records_of_other_variants(tmp_path: pytest.TempPathFactory) -> None:
     path = tmp_path / "m.quantcheck.json"  # type: ignore[operator]
-    keys = {"model_sha256": "a", "text_sha256": "b", "tokens_sha256": "c", "n_ctx": 8,
-            "protocol": {}, "llama_cpp": "x"}
+    keys = KEYS
     update(path, keys, {"Q8_0": {"perplexity": {"chunk_nll": [1.0]}}})
     update(path, keys, {"Q2_K": {"perplexity": {"chunk_nll": [2.0]}}})
     assert set(load(path).records) == {"Q8_0", "Q2_K"}
@@ -108,10 +116,7 @@ def test_file_names_cannot_escape_the_directory() -> None:
 
 
 def test_updating_over_a_corrupt_file_keeps_it_aside(qc_project: pytest.Pytester) -> None:
-    qc_project.makepyfile(SUITE)
-    path = qc_project.path / "baselines" / "base.quantcheck.json"
-    path.parent.mkdir()
-    path.write_text("{ not json")
+    path = plant_corrupt_baseline(qc_project)
     result = qc_project.runpytest("--quant-update-baseline")
     result.stdout.fnmatch_lines(["*base.quantcheck.json was not a readable baseline; it was moved"
                                  " to *base.quantcheck.json.corrupt-*"])
@@ -128,8 +133,7 @@ def test_sigkill_during_an_update_leaves_the_old_baseline_readable(tmp_path: Pat
     import time
 
     path = tmp_path / "m.quantcheck.json"
-    keys = {"model_sha256": "a", "text_sha256": "b", "tokens_sha256": "c", "n_ctx": 8,
-            "protocol": {}, "llama_cpp": "x"}
+    keys = KEYS
     update(path, keys, {"Q8_0": {"perplexity": {"chunk_nll": [1.0]}}})
     before = path.read_bytes()
     writer = (
