@@ -10,6 +10,7 @@ the fake quantizer adds more noise the fewer bits a type has.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from numpy.typing import NDArray
 
 from pytest_quantcheck.backends import RunOptions
 from pytest_quantcheck.gguf_file import read_gguf, write_gguf
+from pytest_quantcheck.gpu import GpuReport
+from pytest_quantcheck.metrics.memory import MemoryUsage, MiB
 
 N_VOCAB = 259  # 256 bytes, BOS = 256, EOS = 257, one unused
 BOS = 256
@@ -63,10 +66,11 @@ def _bigram_table() -> NDArray[np.float32]:
 
 
 class FakeBench:
-    """Records calls; decoding "costs" nothing, so only the protocol is under test."""
+    """Records calls; decoding costs nothing, or sleeps as long as a model of ``fake.speed``
+    tokens/s would take, so throughput checks see a controlled speed."""
 
-    def __init__(self, n_ctx: int, n_batch: int, n_ubatch: int) -> None:
-        self.n_ctx, self.n_batch, self.n_ubatch = n_ctx, n_batch, n_ubatch
+    def __init__(self, n_ctx: int, n_batch: int, n_ubatch: int, speed: float = 0.0) -> None:
+        self.n_ctx, self.n_batch, self.n_ubatch, self.speed = n_ctx, n_batch, n_ubatch, speed
         self.calls: list[tuple[str, int]] = []
         self.filled = 0
 
@@ -74,15 +78,21 @@ class FakeBench:
         self.calls.append(("clear", 0))
         self.filled = 0
 
+    def _work(self, n: int) -> None:
+        if self.speed:
+            time.sleep(n / self.speed)
+
     def prompt(self, tokens: NDArray[np.int32]) -> None:
         self.calls.append(("prompt", len(tokens)))
         self.filled += len(tokens)
         assert self.filled <= self.n_ctx
+        self._work(len(tokens))
 
     def generate(self, tokens: NDArray[np.int32]) -> None:
         self.calls.append(("generate", len(tokens)))
         self.filled += len(tokens)
         assert self.filled <= self.n_ctx
+        self._work(len(tokens))
 
     def close(self) -> None:
         pass
@@ -90,6 +100,10 @@ class FakeBench:
 
 def noise_of(path: Path) -> float:
     return float(read_gguf(path).metadata.get("fake.noise", 0.0))
+
+
+def speed_of(path: Path) -> float:
+    return float(read_gguf(path).metadata.get("fake.speed", 0.0))
 
 
 class FakeModel:
@@ -123,18 +137,19 @@ class FakeModel:
         return FakeContext(self, n_ctx, n_seq, n_batch)
 
     def open_bench(self, n_ctx: int, n_batch: int, n_ubatch: int) -> FakeBench:
-        self.benches.append(FakeBench(n_ctx, n_batch, n_ubatch))
+        self.benches.append(FakeBench(n_ctx, n_batch, n_ubatch, speed_of(self.path)))
         return self.benches[-1]
 
     def close(self) -> None:
         pass
 
 
-def write_fake_gguf(path: Path, noise: float = 0.0, ftype: int = 0) -> Path:
-    """A small valid GGUF the fake backend loads; its size shrinks with the noise, like a quant."""
+def write_fake_gguf(path: Path, noise: float = 0.0, ftype: int = 0, speed: float = 0.0) -> Path:
+    """A small valid GGUF the fake backend loads; its size shrinks with the noise, like a quant.
+    ``speed``: tokens/s its fake benchmark runs at (0: instantly)."""
     width = max(8, int(256 * (1 - min(noise, 0.9))))
     write_gguf(path, {"general.architecture": "fake", "general.file_type": ftype,
-                      "fake.noise": float(noise)},
+                      "fake.noise": float(noise), "fake.speed": float(speed)},
                {"weight": np.zeros((4, width), dtype=np.float16)})
     return path
 
@@ -142,9 +157,11 @@ def write_fake_gguf(path: Path, noise: float = 0.0, ftype: int = 0) -> Path:
 class FakeBackend:
     name = "fake"
 
-    def __init__(self, version: str = "fake 1", log: Path | None = None) -> None:
+    def __init__(self, version: str = "fake 1", log: Path | None = None,
+                 gpu: GpuReport | None = None) -> None:
         self.version = version
         self.log = log
+        self.gpu = gpu or GpuReport(note="fake backend")
         self.loads = 0
         self.models: list[FakeModel] = []
 
@@ -161,7 +178,16 @@ class FakeBackend:
         if self.log is not None:
             with self.log.open("a") as f:
                 f.write(f"quantize {ftype}\n")
-        write_fake_gguf(dest, noise_of(source) + TYPE_NOISE.get(ftype, 0.2), ftype)
+        write_fake_gguf(dest, noise_of(source) + TYPE_NOISE.get(ftype, 0.2), ftype,
+                        speed_of(source) * (1 + TYPE_NOISE.get(ftype, 0.2)))
 
     def system_info(self) -> str:
-        return "fake"
+        return "CPU : FAKE = 1 | SIMD = 0 |"
+
+    def measure_memory(self, path: Path, options: RunOptions, n_ctx: int, n_seq: int,
+                       n_batch: int) -> MemoryUsage:
+        """40 MiB before the load; the file, its KV cache and one batch of logits after it."""
+        before = 40 * MiB
+        kv = 2 * n_ctx * n_seq * 8 * 4
+        peak = before + path.stat().st_size + kv + n_batch * N_VOCAB * 4
+        return MemoryUsage(before, peak, self.gpu)

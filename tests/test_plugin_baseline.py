@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quantcheck.baseline import BaselineError, file_name, load, update
+from pytest_quantcheck.baseline import BaselineError, file_name, load, merge_record, update
 
 KEYS = {"model_sha256": "a", "text_sha256": "b", "tokens_sha256": "c", "n_ctx": 8,
         "protocol": {}, "llama_cpp": "x"}
@@ -36,7 +36,7 @@ def test_update_then_compare_passes(qc_project: pytest.Pytester) -> None:
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["quantcheck: baseline written to *base.quantcheck.json"])
     data = json.loads((qc_project.path / "baselines" / "base.quantcheck.json").read_text())
-    assert data["schema"] == "pytest-quantcheck baseline" and data["schema_version"] == 1
+    assert data["schema"] == "pytest-quantcheck baseline" and data["schema_version"] == 2
     assert set(data["keys"]) == {"model_sha256", "text_sha256", "tokens_sha256", "n_ctx",
                                  "protocol", "llama_cpp"}
     assert set(data["records"]) == {"Q8_0", "Q2_K"}
@@ -159,3 +159,45 @@ def test_sigkill_during_an_update_leaves_the_old_baseline_readable(tmp_path: Pat
     assert path.read_bytes() != before
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert all(name.endswith(".tmp") for name in leftovers)  # at most a temporary, never used
+
+
+def test_a_version_1_baseline_is_read_and_rewritten_as_version_2(tmp_path: Path) -> None:
+    path = tmp_path / "m.quantcheck.json"
+    v1 = {"schema": "pytest-quantcheck baseline", "schema_version": 1,
+          "tool": "pytest-quantcheck 0.1.0.dev0", "keys": KEYS,
+          "records": {"Q8_0": {"perplexity": {"chunk_nll": [1.0, 1.1]}}}}
+    path.write_text(json.dumps(v1))
+    assert load(path).records["Q8_0"]["perplexity"]["chunk_nll"] == [1.0, 1.1]
+    update(path, KEYS, {"Q2_K": {"perplexity": {"chunk_nll": [2.0, 2.1]}}})
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 2 and set(data["records"]) == {"Q8_0", "Q2_K"}
+
+
+def test_a_baseline_from_a_newer_version_says_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "m.quantcheck.json"
+    path.write_text(json.dumps({"schema": "pytest-quantcheck baseline", "schema_version": 9,
+                                "keys": KEYS, "records": {}}))
+    with pytest.raises(BaselineError, match=r"schema version 9 was written by a newer"
+                                            r" pytest-quantcheck .* upgrade pytest-quantcheck"):
+        load(path)
+    with pytest.raises(BaselineError, match="unknown"):
+        path.write_text(json.dumps({"schema": "pytest-quantcheck baseline", "schema_version": 0,
+                                    "keys": KEYS, "records": {}}))
+        load(path)
+
+
+def test_records_merge_by_section_and_machine() -> None:
+    here = {"cpu": "A", "threads": 2}
+    there = {"cpu": "B", "threads": 2}
+    old = {"perplexity": {"ppl": 5.0}, "machines": [
+        {"fingerprint": here, "throughput": {"pp": {"mean": 1}, "tg": {"mean": 2}}},
+        {"fingerprint": there, "memory": {"peak_rss_mib": 9}}]}
+    # a run that measured tg and memory here, and no quality
+    new = {"size_bytes": 10, "machines": [{"fingerprint": here, "throughput": {"tg": {"mean": 3}},
+                                           "memory": {"peak_rss_mib": 7}}]}
+    merged = merge_record(old, new)
+    assert merged["perplexity"] == {"ppl": 5.0} and merged["size_bytes"] == 10
+    assert merged["machines"][0] == {"fingerprint": here, "memory": {"peak_rss_mib": 7},
+                                     "throughput": {"pp": {"mean": 1}, "tg": {"mean": 3}}}
+    assert merged["machines"][1] == old["machines"][1]
+    assert old["machines"][0]["throughput"]["tg"] == {"mean": 2}  # inputs are not modified

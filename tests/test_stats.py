@@ -41,7 +41,7 @@ def test_prove_is_inconclusive_with_too_few_chunks_and_says_how_many() -> None:
     x = rng.normal(0.02, 0.03, 6)
     d = stats.mean_at_most(x, 0.03, 0.05, "prove", "x")
     assert d.verdict == stats.INCONCLUSIVE
-    assert d.more_chunks is not None and d.more_chunks > 6
+    assert d.more_needed is not None and d.more_needed > 6
 
 
 def test_false_alarm_rate_of_same_model_comparisons_is_at_most_alpha() -> None:
@@ -105,3 +105,85 @@ def test_bootstrap_quantile_decides_both_ways() -> None:
 def test_too_few_chunks_is_refused() -> None:
     with pytest.raises(ValueError, match="at least two chunks"):
         stats.mean_at_most(np.array([1.0]), 1.0, 0.05, "detect", "x")
+
+
+# ---- throughput: two independent samples of tokens/s -------------------------------------------
+
+
+def test_welch_on_logs_matches_scipy_when_samples_are_few() -> None:
+    rng = np.random.default_rng(11)
+    x, y = np.exp(rng.normal(5.0, 0.02, 3)), np.exp(rng.normal(5.05, 0.02, 3))
+    assert stats.min_rank_p(3, 3) >= 0.05  # a rank test could never reject: Welch
+    d = stats.ratio_at_least(x, y, 0.97, 0.05, "detect")
+    want = sps.ttest_ind(np.log(x), np.log(y) + math.log(0.97), equal_var=False,
+                         alternative="less")
+    assert d.test.startswith("Welch's t-test")
+    assert d.p_value == pytest.approx(want.pvalue, rel=1e-9)
+    ci = sps.ttest_ind(np.log(x), np.log(y), equal_var=False).confidence_interval(0.90)
+    assert (d.low, d.high) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert d.estimate == pytest.approx(np.log(x).mean() - np.log(y).mean())
+
+
+def test_mann_whitney_when_samples_can_reach_significance() -> None:
+    rng = np.random.default_rng(12)
+    x, y = np.exp(rng.normal(5.0, 0.02, 5)), np.exp(rng.normal(5.2, 0.02, 6))
+    assert stats.min_rank_p(5, 6) < 0.05
+    d = stats.ratio_at_least(x, y, 0.9, 0.05, "detect")
+    want = sps.mannwhitneyu(np.log(x), np.log(y) + math.log(0.9), alternative="less",
+                            method="exact")
+    assert d.test.startswith("Mann-Whitney U test (exact)")
+    assert d.p_value == pytest.approx(want.pvalue, rel=1e-12)
+    assert d.verdict == stats.FAIL  # about 18 % slower, tolerance 10 %
+    diffs = np.log(x)[:, None] - np.log(y)[None, :]
+    assert d.estimate == pytest.approx(np.median(diffs))
+
+
+def test_exact_null_distribution_of_u_is_scipys() -> None:
+    rng = np.random.default_rng(13)
+    for n1, n2 in ((4, 4), (5, 7), (8, 3)):
+        cdf = stats._u_null_cdf(n1, n2)
+        for _ in range(5):
+            x, y = rng.normal(size=n1), rng.normal(size=n2)
+            res = sps.mannwhitneyu(x, y, alternative="less", method="exact")
+            assert cdf[int(res.statistic)] == pytest.approx(res.pvalue, rel=1e-12)
+
+
+def test_rank_interval_is_the_textbook_one_for_five_and_five() -> None:
+    # n1 = n2 = 5 at 90 %: the 5th smallest and 5th largest of the 25 pairwise differences
+    x = np.exp(np.array([1.0, 2.0, 3.0, 4.0, 5.0]) / 100)
+    y = np.exp(np.array([1.5, 2.5, 3.5, 6.0, 7.0]) / 100)
+    d = stats.ratio_at_least(x, y, 1.0, 0.05, "detect")
+    diffs = np.sort((np.log(x)[:, None] - np.log(y)[None, :]).ravel())
+    assert (d.low, d.high) == pytest.approx((diffs[4], diffs[20]))
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+def test_same_speed_false_alarms_stay_at_alpha(n: int) -> None:
+    rng = np.random.default_rng(100 + n)
+    trials = 2000
+    alarms = 0
+    covered = 0
+    for _ in range(trials):
+        x = 200 * np.exp(rng.normal(0, 0.03, n))
+        y = 200 * np.exp(rng.normal(0, 0.03, n))
+        d = stats.ratio_at_least(x, y, 1.0, 0.05, "detect")
+        alarms += d.verdict == stats.FAIL
+        covered += d.low <= 0.0
+    # at the tolerance's edge the rate is alpha at most (binomial 3-sigma allowance)
+    assert alarms / trials <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
+    assert covered / trials >= 0.95 - 3 * math.sqrt(0.05 * 0.95 / trials)
+
+
+def test_prove_mode_for_speed_says_how_many_repetitions() -> None:
+    rng = np.random.default_rng(16)  # about 1.4 % faster: inside -3 %, not provably with 4 + 4
+    x, y = np.exp(rng.normal(5.0, 0.05, 4)), np.exp(rng.normal(5.0, 0.05, 4))
+    d = stats.ratio_at_least(x, y, 0.97, 0.05, "prove")
+    assert d.verdict == stats.INCONCLUSIVE
+    assert d.unit == "repetitions" and d.more_needed is not None and d.more_needed > 4
+
+
+def test_absolute_speed_is_a_one_sample_t_test() -> None:
+    x = np.array([101.0, 99.0, 103.0, 98.0, 100.0])
+    d = stats.mean_at_least(x, 105.0, 0.05, "detect", "r")
+    assert d.p_value == pytest.approx(sps.ttest_1samp(x, 105.0, alternative="less").pvalue)
+    assert d.verdict == stats.FAIL and d.estimate == pytest.approx(100.2) and d.low < d.high

@@ -10,7 +10,7 @@ import pytest
 
 from pytest_quantcheck.cli import main
 from pytest_quantcheck.engine import Engine
-from pytest_quantcheck.metrics.throughput import BenchResult
+from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun, bytes_per_token
 
 from fakes import FakeBackend, write_fake_gguf
 
@@ -46,5 +46,41 @@ def test_bench_command_on_the_demo_model(capsys: pytest.CaptureFixture[str],
     data = json.loads(capsys.readouterr().out)
     assert [t["test"] for t in data["tests"]] == ["pp64", "tg8"]
     assert all(t["tokens_per_s"] > 0 and len(t["samples"]) == 2 for t in data["tests"])
+    assert data["fingerprint"]["threads"] > 0 and data["fingerprint"]["cpu_features"]
+    assert data["bandwidth_gb_s"] > 0.5 and data["efficiency"] > 0
+    assert data["bytes_per_token"] < demo_model.stat().st_size
     assert main(["bench", str(demo_model), "-p", "32", "-n", "0", "-r", "1"]) == 0
     assert "| pp32 |" in capsys.readouterr().out
+
+
+def test_a_stored_result_reads_back() -> None:
+    r = BenchResult("tg128", 0, 128, 4, 2048, 512, np.array([0.5, 0.64]))
+    back = BenchResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back.test == "tg128" and np.allclose(back.samples, r.samples)
+    for damaged in ({**r.to_dict(), "samples": [0, 1]}, {"test": "tg128"}):
+        with pytest.raises((KeyError, ValueError)):
+            BenchResult.from_dict(damaged)
+
+
+def test_bytes_per_token_reads_one_embedding_row() -> None:
+    from pytest_quantcheck.gguf_file import TensorInfo
+
+    q4k, f32 = 12, 0  # Q4_K: 144 bytes per 256 weights
+    tensors = {"token_embd.weight": TensorInfo("token_embd.weight", (256, 1000), q4k, 0),
+               "blk.0.ffn_up.weight": TensorInfo("blk.0.ffn_up.weight", (256, 512), q4k, 0),
+               "output_norm.weight": TensorInfo("output_norm.weight", (256,), f32, 0)}
+    with_output = {**tensors, "output.weight": TensorInfo("output.weight", (256, 1000), q4k, 0)}
+    assert bytes_per_token(with_output) == 144 + 512 * 144 + 1024 + 1000 * 144
+    # tied embeddings: the table is the output matrix too, read whole
+    assert bytes_per_token(tensors) == 1000 * 144 + 512 * 144 + 1024
+
+
+def test_efficiency_is_bytes_moved_over_bandwidth() -> None:
+    from pytest_quantcheck.machine import Fingerprint
+
+    machine = Fingerprint("cpu", (), 4, "os", "build", (), 0)
+    tg = BenchResult("tg128", 0, 128, 4, 2048, 512, np.array([1.0, 1.0]))  # 128 t/s
+    run = ThroughputRun({"tg": tg}, machine, bandwidth=20e9, bytes_per_token=100_000_000)
+    assert run.efficiency() == pytest.approx(128 * 1e8 / 20e9)
+    assert run.roofline() == "tg at 64% of the 20.0 GB/s memory bandwidth"
+    assert ThroughputRun({}, machine, 20e9, 1).efficiency() is None

@@ -3,8 +3,13 @@ users, written only when asked (``--quant-update-baseline``).
 
 A file holds its schema version, the tool and llama.cpp versions, the keys that determine quality
 (base model SHA-256, evaluation text SHA-256, its tokens' SHA-256, n_ctx, the scoring protocol),
-and one record per variant with summaries and the per-chunk values paired tests need. Writes
-merge into the existing file under a lock and replace it atomically.
+and one record per variant with summaries and the per-chunk values paired tests need. Speed and
+memory depend on the machine too: a record keeps a list of ``machines``, each a fingerprint with
+the throughput samples and memory measured there. Writes merge into the existing file under a
+lock and replace it atomically.
+
+Schema history: version 1 had no ``machines``; it is read as version 2 (its quality records are
+unchanged) and written as version 2 by the next update.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from typing import Any
 from pytest_quantcheck import __version__, cache
 
 SCHEMA = "pytest-quantcheck baseline"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KEY_FIELDS = ("model_sha256", "text_sha256", "tokens_sha256", "n_ctx", "protocol", "llama_cpp")
+SPEED_KEY_FIELDS = ("model_sha256", "llama_cpp")  # what the variant files' bytes depend on
 UPDATE_FLAG = "--quant-update-baseline"
 
 
@@ -41,9 +47,10 @@ class BaselineFile:
     keys: dict[str, Any]
     records: dict[str, dict[str, Any]]
 
-    def record(self, variant: str, keys: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, Any]:
-        """The variant's record, after checking every key that determines quality."""
-        for name in KEY_FIELDS:
+    def record(self, variant: str, keys: dict[str, Any], ignore: tuple[str, ...],
+               fields: tuple[str, ...] = KEY_FIELDS) -> dict[str, Any]:
+        """The variant's record, after checking every key (of ``fields``) that determines it."""
+        for name in fields:
             if name in ignore:
                 continue
             if self.keys.get(name) != keys.get(name):
@@ -74,13 +81,53 @@ def load(path: Path) -> BaselineFile:
                             f" control or recreate it with {UPDATE_FLAG}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise BaselineError(f"{path}: not a pytest-quantcheck baseline; recreate it with {UPDATE_FLAG}")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise BaselineError(f"{path}: baseline schema version {data.get('schema_version')} is not"
-                            f" {SCHEMA_VERSION}; recreate it with {UPDATE_FLAG}")
+    version = data.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise BaselineError(f"{path}: baseline schema version {version} was written by a newer"
+                            f" pytest-quantcheck (this one reads up to {SCHEMA_VERSION}); upgrade"
+                            " pytest-quantcheck")
+    if version not in _MIGRATIONS and version != SCHEMA_VERSION:
+        raise BaselineError(f"{path}: baseline schema version {version!r} is unknown; recreate it"
+                            f" with {UPDATE_FLAG}")
+    while version != SCHEMA_VERSION:
+        data, version = _MIGRATIONS[version](data), version + 1
     keys, records = data.get("keys"), data.get("records")
-    if not isinstance(keys, dict) or not isinstance(records, dict):
+    if not isinstance(keys, dict) or not isinstance(records, dict) or not all(
+            isinstance(r, dict) for r in records.values()):
         raise BaselineError(f"{path}: baseline lacks keys or records; recreate it with {UPDATE_FLAG}")
     return BaselineFile(path, keys, records)
+
+
+def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 -> 2: records gain ``machines``; a v1 file has none to carry over."""
+    return {**data, "schema_version": 2}
+
+
+_MIGRATIONS = {1: _from_v1}
+
+
+def _same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a.get("fingerprint") == b.get("fingerprint"))
+
+
+def merge_record(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A variant's stored record updated with a new one: sections the new one has replace the
+    old; a machine's entry is merged with the new entry of the same fingerprint (its
+    throughput tests and memory replaced one by one), other machines' entries are kept."""
+    merged = {**old, **{k: v for k, v in new.items() if k != "machines"}}
+    machines = [dict(m) for m in old.get("machines", []) if isinstance(m, dict)]
+    for entry in new.get("machines", []):
+        same = next((m for m in machines if _same_machine(m, entry)), None)
+        if same is None:
+            machines.append(entry)
+            continue
+        tests = {**same.get("throughput", {}), **entry.get("throughput", {})}
+        same.update({k: v for k, v in entry.items() if k != "throughput"})
+        if tests:
+            same["throughput"] = tests
+    if machines:
+        merged["machines"] = machines
+    return merged
 
 
 def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]]) -> Path | None:
@@ -107,7 +154,8 @@ def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]])
             except BaselineError:
                 kept_aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
                 os.replace(path, kept_aside)
-        existing.update(records)
+        for name, record in records.items():
+            existing[name] = merge_record(existing.get(name, {}), record)
         document = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,

@@ -17,7 +17,9 @@ import numpy as np
 from pytest_quantcheck import stats
 from pytest_quantcheck.baseline import UPDATE_FLAG
 from pytest_quantcheck.metrics.kld import KLDResult
+from pytest_quantcheck.metrics.memory import MemoryUsage, MiB
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
 
 KLD_STATS = {"mean": None, "median": 0.5, "p90": 0.90, "p95": 0.95, "p99": 0.99,
              "p99.9": 0.999, "max": 1.0}
@@ -25,6 +27,11 @@ KLD_STATS = {"mean": None, "median": 0.5, "p90": 0.90, "p95": 0.95, "p99": 0.99,
 
 class CheckArgumentError(ValueError):
     """A marker or helper called with arguments it does not take."""
+
+
+class CheckSkipped(Exception):
+    """A check that cannot be decided here and says why (a baseline from another machine, no
+    GPU); it is reported as skipped, never as passed or failed."""
 
 
 class Subject(Protocol):
@@ -37,6 +44,19 @@ class Subject(Protocol):
     def perplexity(self) -> PerplexityResult: ...
 
     def kl_divergence(self) -> KLDResult: ...
+
+    def throughput(self) -> ThroughputRun: ...
+
+    def memory(self) -> MemoryUsage: ...
+
+
+@dataclass(frozen=True)
+class SpeedAgainst:
+    """What a relative throughput check compares with: a result of this run or a baseline's."""
+
+    label: str
+    result: BenchResult
+    is_baseline: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,7 @@ class Outcome:
     nodeid: str = ""  # the test that ran the check, and where it is defined
     file: str = ""
     line: int = 0
+    note: str = ""  # where a speed or memory figure was measured, and how near the hardware
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -107,8 +128,10 @@ class Outcome:
             if self.p_adjusted is not None:
                 p += f" (Holm-adjusted {self.p_adjusted:.3g})"
             parts.append(f"{d.test}, {p}, mode {self.mode}, alpha {self.alpha:g}")
-            if d.more_chunks is not None:
-                parts.append(f"about {d.more_chunks} chunks would likely decide")
+            if d.more_needed is not None:
+                parts.append(f"about {d.more_needed} {d.unit} would likely decide")
+        if self.note:
+            parts.append(self.note)
         text = "; ".join(parts)
         if self.baseline and not self.passed:
             text += f". If the change is intended, update the baseline with {UPDATE_FLAG}"
@@ -121,6 +144,8 @@ class Outcome:
             return f"{math.exp(d.low):.4g} to {math.exp(d.high):.4g}"
         if self.metric == "top-1 agreement":
             return f"{d.low:.2%} to {d.high:.2%}"
+        if self.metric.endswith("t/s") and self.change is not None:
+            return f"{math.exp(d.low) - 1:+.2%} to {math.exp(d.high) - 1:+.2%}"
         return f"{_num(d.low)} to {_num(d.high)}"
 
 
@@ -174,7 +199,8 @@ class Check:
     @property
     def compares_with(self) -> str | None:
         """The variant name or "baseline" this check needs, if any."""
-        if self.marker == "perplexity_within":
+        if self.marker == "perplexity_within" or (
+                self.marker == "throughput_at_least" and self.args.get("pct") is not None):
             return self.args.get("of")
         return None
 
@@ -207,7 +233,34 @@ def parse(marker: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None
             raise CheckArgumentError("size_at_most takes exactly one of bytes= or bpw=")
         key = "bytes" if "bytes" in b else "bpw"
         return Check(marker, {key: _number(key, b[key], low=0.0)})
+    if marker == "throughput_at_least":
+        b = _bind(marker, args, kwargs, ("tokens_per_s", "pct", "of", "phase"), ())
+        if ("tokens_per_s" in b) == ("pct" in b):
+            raise CheckArgumentError("throughput_at_least takes exactly one of tokens_per_s= or pct=")
+        phase = b.get("phase", "tg")
+        if phase not in PHASES:
+            raise CheckArgumentError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+        if "tokens_per_s" in b:
+            if "of" in b:
+                raise CheckArgumentError("of= goes with pct=, not with tokens_per_s=")
+            tps = _number("tokens_per_s", b["tokens_per_s"], low=0.0)
+            return Check(marker, {"tokens_per_s": tps, "phase": phase})
+        of = b.get("of", "baseline")
+        if not isinstance(of, str) or not of:
+            raise CheckArgumentError(f"of must be a variant name or 'baseline', got {of!r}")
+        pct = _number("pct", b["pct"], low=-99.0)
+        return Check(marker, {"pct": pct, "of": of, "phase": phase})
+    if marker == "memory_at_most":
+        b = _bind(marker, args, kwargs, ("mb", "device"), ("mb",))
+        device = b.get("device", "host")
+        if device not in DEVICES:
+            raise CheckArgumentError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        return Check(marker, {"mb": _number("mb", b["mb"], low=0.0), "device": device})
     raise CheckArgumentError(f"unknown check {marker!r}; known: {', '.join(MARKERS)}")
+
+
+PHASES = ("pp", "tg")
+DEVICES = ("host", "gpu")
 
 
 MARKERS = {
@@ -219,6 +272,11 @@ MARKERS = {
     "top1_agreement_at_least": "top1_agreement_at_least(fraction): same top token as the"
     " reference at least this often",
     "size_at_most": "size_at_most(bytes=... | bpw=...): file size or bits per weight at most this",
+    "throughput_at_least": "throughput_at_least(tokens_per_s=... | pct=..., of='baseline',"
+    " phase='tg'): tokens/s of llama-bench's pp or tg test at least this, or at most -pct %"
+    " below the stored baseline (same machine) or another variant",
+    "memory_at_most": "memory_at_most(mb, device='host'): peak resident memory (or GPU memory)"
+    " of load plus evaluation at most mb MiB",
 }
 
 
@@ -232,6 +290,7 @@ class Context:
     alpha: float
     mode: str
     resolve: Callable[[Subject, str | None], Against]  # (subject, of) -> comparison
+    resolve_speed: Callable[[Subject, str, str], SpeedAgainst] | None = None  # (subject, of, phase)
 
 
 def evaluate(check: Check, subject: Subject, ctx: Context) -> Outcome:
@@ -274,6 +333,10 @@ def evaluate(check: Check, subject: Subject, ctx: Context) -> Outcome:
         return Outcome(metric="top-1 agreement", verdict=d.verdict, measured=d.estimate,
                        compared=a["fraction"], change=None, limit=f">= {a['fraction']:.2%}",
                        decision=d, against="limit", **base)
+    if check.marker == "throughput_at_least":
+        return _throughput(check, subject, ctx, base)
+    if check.marker == "memory_at_most":
+        return _memory(check, subject, base)
     if "bytes" in a:
         ok = subject.size_bytes <= a["bytes"]
         return Outcome(metric="size", verdict=stats.PASS if ok else stats.FAIL,
@@ -283,6 +346,60 @@ def evaluate(check: Check, subject: Subject, ctx: Context) -> Outcome:
     return Outcome(metric="bits per weight", verdict=stats.PASS if ok else stats.FAIL,
                    measured=subject.bits_per_weight, compared=a["bpw"], change=None,
                    limit=f"<= {a['bpw']:g} bpw", decision=None, against="limit", **base)
+
+
+def _phase_result(run: ThroughputRun, phase: str, name: str) -> BenchResult:
+    if phase not in run.tests:
+        size = "bench_prompt" if phase == "pp" else "bench_gen"
+        raise CheckSkipped(f"no {phase} test was run for {name}: {size} is 0")
+    return run.tests[phase]
+
+
+def _throughput(check: Check, subject: Subject, ctx: Context, base: dict[str, Any]) -> Outcome:
+    a = check.args
+    run = subject.throughput()
+    mine = _phase_result(run, a["phase"], subject.name)
+    where = f"measured on {run.fingerprint.summary()}"
+    note = "; ".join(n for n in (where, run.roofline() if a["phase"] == "tg" else "") if n)
+    if "tokens_per_s" in a:
+        d = stats.mean_at_least(mine.samples, a["tokens_per_s"], ctx.alpha, ctx.mode,
+                                f"{mine.test} repetitions")
+        return Outcome(metric=f"{mine.test} t/s", verdict=d.verdict, measured=mine.mean,
+                       compared=a["tokens_per_s"], change=None,
+                       limit=f">= {a['tokens_per_s']:g} t/s", decision=d, against="limit",
+                       note=note, **base)
+    if ctx.resolve_speed is None:
+        raise CheckArgumentError("this caller cannot compare throughput with another model")
+    other = ctx.resolve_speed(subject, a["of"], a["phase"])
+    if other.result.test != mine.test:
+        raise CheckSkipped(f"{other.label} has {other.result.test}, this run measures {mine.test};"
+                           " set bench_prompt / bench_gen alike to compare")
+    d = stats.ratio_at_least(mine.samples, other.result.samples, 1 + a["pct"] / 100, ctx.alpha,
+                             ctx.mode, f"{mine.test} t/s")
+    return Outcome(metric=f"{mine.test} t/s", verdict=d.verdict, measured=mine.mean,
+                   compared=other.result.mean, change=math.exp(d.estimate) - 1,
+                   limit=f"{a['pct']:+g}%", decision=d, against=other.label,
+                   baseline=other.is_baseline, note=note, **base)
+
+
+def _memory(check: Check, subject: Subject, base: dict[str, Any]) -> Outcome:
+    a = check.args
+    usage = subject.memory()
+    if a["device"] == "gpu":
+        used = usage.gpu_bytes
+        if used is None:
+            raise CheckSkipped(f"GPU memory of {subject.name} not available: {usage.gpu.note}")
+        metric = "GPU MiB"
+    else:
+        used, metric = usage.peak_bytes, "peak RSS MiB"
+    ok = used <= a["mb"] * MiB
+    note = f"{usage.describe()}, load plus one evaluation batch"
+    machine = getattr(subject, "fingerprint", None)
+    if machine is not None:
+        note += f", on {machine().summary()}"
+    return Outcome(metric=metric, verdict=stats.PASS if ok else stats.FAIL, measured=used / MiB,
+                   compared=a["mb"], change=None, limit=f"<= {a['mb']:g} MiB", decision=None,
+                   against="limit", note=note, **base)
 
 
 def apply_holm(outcomes: list[Outcome]) -> list[Outcome]:

@@ -1,4 +1,5 @@
-"""The ``quantcheck`` command: quantize, perplexity, kld, demo-model. No pytest here."""
+"""The ``quantcheck`` command: quantize, perplexity, kld, bench, memory, demo-model. No pytest
+here."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pytest_quantcheck.gguf_file import GGUFError
 from pytest_quantcheck.imatrix import ImatrixError
 from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.metrics.throughput import ThroughputRun
 from pytest_quantcheck.refstore import ReferenceStoreError
 from pytest_quantcheck.variants import FILE_TYPES, VariantError, check_gguf_path, file_type, quantize
 
@@ -119,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print every sample as JSON")
     _run_args(b)
 
+    m = sub.add_parser("memory", help="peak resident (and GPU) memory of load plus one"
+                       " evaluation batch")
+    m.add_argument("model", type=Path)
+    m.add_argument("-c", "--ctx-size", type=_positive, default=512,
+                   help="tokens per sequence (default: 512)")
+    m.add_argument("-b", "--batch-size", type=_positive, default=2048,
+                   help="tokens per batch: n_batch / n_ctx sequences side by side (default: 2048)")
+    m.add_argument("--json", action="store_true", help="print every number as JSON")
+    _run_args(m)
+
     d = sub.add_parser("demo-model", help="print the built-in demo model's path (builds it once)")
     d.add_argument("--eval-text", action="store_true",
                    help="print the path of its held-out evaluation text instead")
@@ -132,9 +144,22 @@ def _options(args: argparse.Namespace) -> RunOptions:
 
 def _protocol(args: argparse.Namespace) -> ScoringProtocol:
     try:
-        return ScoringProtocol(n_ctx=args.ctx_size, n_batch=args.batch_size, n_chunks=args.chunks)
+        return ScoringProtocol(n_ctx=args.ctx_size, n_batch=args.batch_size,
+                               n_chunks=getattr(args, "chunks", None))
     except ValueError as exc:
         raise EvalTextError(str(exc)) from None
+
+
+def _print_bench(model: Path, run: ThroughputRun) -> None:
+    size = model.stat().st_size / 2**20
+    print(f"machine: {run.fingerprint.summary()}; {' '.join(run.fingerprint.cpu_features)}")
+    print("| model | size | threads | n_batch | n_ubatch | test | t/s | roofline |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in run.tests.values():
+        eff = run.efficiency() if r.n_gen else None
+        roof = "" if eff is None else f"{eff:.0%} of {run.bandwidth / 1e9:.1f} GB/s"  # type: ignore[operator]
+        print(f"| {model.name} | {size:.2f} MiB | {r.n_threads} | {r.n_batch} |"
+              f" {r.n_ubatch} | {r.test} | {r.mean:.2f} ± {r.sd:.2f} | {roof} |")
 
 
 def _print_perplexity(model: Path, res: PerplexityResult, seconds: float) -> None:
@@ -223,21 +248,27 @@ def _run(args: argparse.Namespace) -> int:
     for path in (getattr(args, "ref", None), args.model):
         if path is not None:
             check_gguf_path(path)
-    if args.command != "bench":
+    if args.command in ("perplexity", "kld"):
         read_eval_text(args.file)
     engine = Engine.default(_options(args))
     if args.command == "bench":
-        results = engine.bench(args.model, args.n_prompt, args.n_gen, args.repetitions,
-                               args.batch_size, args.ubatch_size)
+        run = engine.throughput(args.model, args.n_prompt, args.n_gen, args.repetitions,
+                                args.batch_size, args.ubatch_size)
         if args.json:
-            _dump({"model": str(args.model), "tests": [r.to_dict() for r in results]})
+            _dump({"model": str(args.model), **run.to_dict(),
+                   "tests": [r.to_dict() for r in run.tests.values()]})
         else:
-            size = args.model.stat().st_size / 2**20
-            print("| model | size | threads | n_batch | n_ubatch | test | t/s |")
-            print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-            for r in results:
-                print(f"| {args.model.name} | {size:.2f} MiB | {r.n_threads} | {r.n_batch} |"
-                      f" {r.n_ubatch} | {r.test} | {r.mean:.2f} ± {r.sd:.2f} |")
+            _print_bench(args.model, run)
+        return 0
+    assert proto is not None
+    if args.command == "memory":
+        usage = engine.memory(args.model, proto)
+        if args.json:
+            _dump({"model": str(args.model), "protocol": proto.describe(), **usage.to_dict()})
+        else:
+            print(f"model       {args.model}")
+            print(f"workload    load, then one batch of {proto.n_seq} x {proto.n_ctx} tokens")
+            print(f"memory      {usage.describe()}")
         return 0
     assert proto is not None
     t0 = time.perf_counter()

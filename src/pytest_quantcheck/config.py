@@ -21,6 +21,7 @@ else:  # pragma: no cover
 MODES = ("detect", "prove")
 CORRECTIONS = ("none", "holm")
 BASELINE_KEYS = ("model_sha256", "text_sha256", "tokens_sha256", "n_ctx", "protocol", "llama_cpp")
+FINGERPRINT_FIELDS = ("cpu", "cpu_features", "threads", "os", "llama_cpp", "gpu", "n_gpu_layers")
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,10 @@ class Settings:
     baseline_dir: Path = Path("baselines")
     baseline_ignore: tuple[str, ...] = ()
     imatrix: Path | None = None
+    bench_prompt: int = 512  # llama-bench's pp test size; 0 skips the test
+    bench_gen: int = 128  # its tg test size
+    bench_repetitions: int = 5
+    fingerprint_ignore: tuple[str, ...] = ()
     verbose: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -154,6 +159,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "baseline_dir": _text,
     "baseline_ignore": _names(BASELINE_KEYS),
     "imatrix": _optional(_text),
+    "bench_prompt": _int(0),
+    "bench_gen": _int(0),
+    "bench_repetitions": _int(2),
+    "fingerprint_ignore": _names(FINGERPRINT_FIELDS),
     "verbose": _bool,
 }
 KEYS = tuple(_PARSERS)
@@ -217,6 +226,9 @@ def merge(layers: list[Layer]) -> Settings:
             values[key] = value
             sources[key] = layer.source
     settings = replace(Settings(), **values, sources=sources)
+    if settings.bench_prompt == 0 and settings.bench_gen == 0:
+        raise ConfigError(sources.get("bench_gen", "defaults"), "bench_gen",
+                          "bench_prompt and bench_gen are both 0; keep at least one test")
     if settings.n_batch > settings.n_ctx and settings.n_batch % settings.n_ctx:
         raise ConfigError(
             sources.get("n_batch", "defaults"), "n_batch",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pytest_quantcheck import cache
+from pytest_quantcheck import cache, gpu, machine
 from pytest_quantcheck.backends import Backend, RunOptions, default_backend
 from pytest_quantcheck.evaluation import (
     EvalTextError,
@@ -25,9 +25,12 @@ from pytest_quantcheck.evaluation import (
     read_eval_text,
     tokens_digest,
 )
+from pytest_quantcheck.gguf_file import GGUFError, read_gguf
+from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
+from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
-from pytest_quantcheck.metrics.throughput import BenchResult
+from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun, bytes_per_token
 from pytest_quantcheck.refstore import (
     ReferenceStore,
     ReferenceStoreError,
@@ -118,6 +121,13 @@ class Engine:
             model.close()
 
 
+    def memory(self, model_path: Path, proto: ScoringProtocol) -> MemoryUsage:
+        """Resident (and GPU) memory of loading the model and decoding one batch of the scoring
+        protocol's shape, measured apart from this process (see metrics/memory.py)."""
+        check_gguf_path(model_path)
+        return self.backend.measure_memory(model_path, self.options, proto.n_ctx, proto.n_seq,
+                                           min(proto.n_batch, proto.n_seq * proto.n_ctx))
+
     def bench(
         self, model_path: Path, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 5,
         n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0,
@@ -157,6 +167,28 @@ class Engine:
         finally:
             model.close()
         return results
+
+    def fingerprint(self) -> Fingerprint:
+        """The machine as throughput records identify it (see machine.py)."""
+        return machine.fingerprint(
+            system_info=self.backend.system_info(), llama_cpp=self.backend.version,
+            threads=self.options.threads(), gpu=gpu.query().names,
+            n_gpu_layers=self.options.n_gpu_layers)
+
+    def throughput(
+        self, model_path: Path, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 5,
+        n_batch: int = 2048, n_ubatch: int = 512, fingerprint: Fingerprint | None = None,
+    ) -> ThroughputRun:
+        """:meth:`bench`, with where it ran and the roofline: the memory bandwidth (probed
+        right after the timings) and the weight bytes a generated token reads."""
+        fingerprint = fingerprint or self.fingerprint()
+        results = self.bench(model_path, n_prompt, n_gen, repetitions, n_batch, n_ubatch)
+        bandwidth = machine.memory_bandwidth(self.options.threads())
+        try:
+            per_token: int | None = bytes_per_token(read_gguf(model_path, decode_strings=False).tensors)
+        except GGUFError:
+            per_token = None
+        return ThroughputRun({r.test[:2]: r for r in results}, fingerprint, bandwidth, per_token)
 
 
 __all__ = ["Engine", "ReferenceStoreError"]

@@ -58,6 +58,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "correction": "none or holm: correct p-values across the checks of a run (default: none)",
         "baseline_ignore": "comma-separated baseline keys not to check",
         "imatrix": "importance matrix for the IQ types (default: none)",
+        "bench_prompt": "prompt tokens of the pp throughput test, 0 to skip it (default: 512)",
+        "bench_gen": "generated tokens of the tg throughput test, 0 to skip it (default: 128)",
+        "bench_repetitions": "timed repetitions of each throughput test (default: 5)",
+        "fingerprint_ignore": "comma-separated machine fingerprint fields not to check when"
+        " comparing throughput or memory with a baseline",
         "verbose": "show llama.cpp's log (true/false, default: false)",
     }
     for key, flag in _FLAGS.items():
@@ -77,8 +82,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--quant-markdown", dest="quant_markdown", default=None, metavar="PATH",
                     help="write the table of checks as Markdown to PATH")
     group.addoption("--quant-plot", dest="quant_plot", default=None, metavar="PATH",
-                    help="plot bits per weight against perplexity and KL divergence, one point"
-                    " per variant, to PATH (.png or .svg; needs matplotlib)")
+                    help="plot bits per weight against perplexity, KL divergence and tokens/s,"
+                    " one point per variant, to PATH (.png or .svg; needs matplotlib)")
 
 
 def _settings(config: pytest.Config) -> Settings:
@@ -168,6 +173,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: only the checks that will run count
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     collected = config.stash[checks_key]
+    settings = config.stash[session_key].settings
     for item in items:
         found = []
         for mark in item.iter_markers():
@@ -177,6 +183,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 found.append(checks.parse(mark.name, mark.args, dict(mark.kwargs)))
             except checks.CheckArgumentError as exc:
                 raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+            phase = found[-1].args.get("phase") if found[-1].marker == "throughput_at_least" else None
+            size = {"pp": "bench_prompt", "tg": "bench_gen"}.get(phase or "")
+            if size and getattr(settings, size) == 0:
+                raise pytest.UsageError(f"{item.nodeid}: {found[-1].label} needs a {phase} test,"
+                                        f" but {size} is 0; set {size} above 0")
         if not found:
             continue
         if "quant_model" not in getattr(item, "fixturenames", ()):
@@ -211,11 +222,14 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     skipped = []
     for check in found:
         if check.compares_with == "baseline" and session.baseline_mode == "off":
-            skipped.append(check.label)
+            skipped.append(f"{check.label}: baseline comparisons are off; run with --quant-baseline")
             continue
         try:
             where = (item.nodeid, item.location[0], (item.location[1] or 0) + 1)
             outcome = session.run_check(check, model, item.config.stash[checks_key], where)
+        except checks.CheckSkipped as exc:
+            skipped.append(f"{check.label}: {exc}")
+            continue
         except _USER_ERRORS as exc:
             problems.append(f"{check.label} ERROR for {model.name}: {exc}")
             continue
@@ -225,7 +239,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
     if skipped:
-        reason = f"{', '.join(skipped)}: baseline comparisons are off; run with --quant-baseline"
+        reason = "; ".join(skipped)
         item.user_properties.append(("quantcheck skipped", reason))
         if len(skipped) == len(found):  # nothing else was checked: say so rather than pass
             pytest.skip(reason)
@@ -291,12 +305,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 def _write_reports(config: pytest.Config, qs: QuantSession) -> None:
     outcomes = qs.outcomes
-    if config.option.quant_json:
-        Path(config.option.quant_json).write_text(report.to_json(outcomes, qs.settings_summary()))
+    texts: dict[str | None, Callable[[], str]] = {
+        config.option.quant_json: lambda: report.to_json(outcomes, qs.settings_summary()),
+        config.option.quant_markdown: lambda: report.markdown(outcomes)}
+    for target, text in texts.items():
+        if target:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            Path(target).write_text(text())
     if config.option.quant_junit:
         report.write_junit(Path(config.option.quant_junit), outcomes)
-    if config.option.quant_markdown:
-        Path(config.option.quant_markdown).write_text(report.markdown(outcomes))
     points = config.stash[points_key].copy()
     points.update(qs.points())
     if config.option.quant_plot and points:

@@ -99,27 +99,40 @@ def write_junit(path: Path, outcomes: Sequence[Outcome]) -> None:
 PLOTS_HINT = "install matplotlib for plots: pip install 'pytest-quantcheck[plots]'"
 
 
+PANELS = (  # point key, axis label, title, log scale
+    ("ppl", "perplexity", "size against perplexity", False),
+    ("kld", "mean KL divergence from the reference", "size against KL divergence", True),
+    ("tg_tokens_per_s", "generation tokens/s (tg)", "size against generation speed", False),
+    ("pp_tokens_per_s", "prompt tokens/s (pp)", "size against prompt speed", False),
+)
+
+
 def plot_tradeoffs(path: Path, points: dict[str, dict[str, float]]) -> None:
-    """Bits per weight against perplexity and against mean KL divergence, one labelled point per
-    variant, as practitioners draw them when choosing a quantization. PNG or SVG by suffix."""
+    """Bits per weight against perplexity, mean KL divergence and tokens/s: one panel per
+    measured quantity, one labelled point per variant, as practitioners draw them when choosing
+    a quantization. PNG or SVG by suffix."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_ppl, ax_kld) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for name, p in sorted(points.items(), key=lambda kv: kv[1]["bits_per_weight"]):
-        bpw = p["bits_per_weight"]
-        if p.get("ppl") is not None:
-            ax_ppl.scatter(bpw, p["ppl"], color="tab:blue")
-            ax_ppl.annotate(name, (bpw, p["ppl"]), textcoords="offset points", xytext=(4, 4))
-        if p.get("kld"):  # zero (the reference itself) has no place on a log scale
-            ax_kld.scatter(bpw, p["kld"], color="tab:red")
-            ax_kld.annotate(name, (bpw, p["kld"]), textcoords="offset points", xytext=(4, 4))
-    ax_ppl.set(xlabel="bits per weight", ylabel="perplexity", title="size against perplexity")
-    ax_kld.set(xlabel="bits per weight", ylabel="mean KL divergence from the reference",
-               title="size against KL divergence", yscale="log")
-    for ax in (ax_ppl, ax_kld):
+    def value(p: dict[str, float], key: str, log: bool) -> float | None:
+        v = p.get(key)
+        # zero KLD (the reference itself) has no place on a log scale
+        return None if v is None or v != v or (log and v <= 0) else v
+
+    panels = [panel for panel in PANELS
+              if any(value(p, panel[0], panel[3]) is not None for p in points.values())]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.5),
+                             squeeze=False)
+    for ax, (key, label, title, log) in zip(axes[0], panels, strict=False):
+        for name, p in sorted(points.items(), key=lambda kv: kv[1]["bits_per_weight"]):
+            v = value(p, key, log)
+            if v is None:
+                continue
+            ax.scatter(p["bits_per_weight"], v, color="tab:blue")
+            ax.annotate(name, (p["bits_per_weight"], v), textcoords="offset points", xytext=(4, 4))
+        ax.set(xlabel="bits per weight", ylabel=label, title=title, yscale="log" if log else "linear")
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,15 +15,27 @@ from typing import Any
 
 import numpy as np
 
-from pytest_quantcheck import baseline, cache
+from pytest_quantcheck import baseline, cache, machine
 from pytest_quantcheck.backends import Backend, RunOptions
-from pytest_quantcheck.checks import Against, Check, Context, Outcome, apply_holm, evaluate
+from pytest_quantcheck.checks import (
+    Against,
+    Check,
+    CheckSkipped,
+    Context,
+    Outcome,
+    SpeedAgainst,
+    apply_holm,
+    evaluate,
+)
 from pytest_quantcheck.config import Settings
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import ScoringProtocol
 from pytest_quantcheck.gguf_file import GGUFError, read_gguf
+from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import KLDResult
+from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
 from pytest_quantcheck.variants import FILE_TYPES, Variant, VariantError, from_path, quantize
 
 BASE = "base"
@@ -60,6 +72,17 @@ class QuantModel:
         """The model relative checks compare this one with by default."""
         return self._session.reference()
 
+    def throughput(self) -> ThroughputRun:
+        """llama-bench's pp and tg tests, timed with the machine to itself."""
+        return self._session.throughput(self)
+
+    def memory(self) -> MemoryUsage:
+        """Resident (and GPU) memory of load plus one evaluation batch."""
+        return self._session.memory(self)
+
+    def fingerprint(self) -> Fingerprint:
+        return self._session.fingerprint()
+
     def __repr__(self) -> str:
         return f"QuantModel({self.name!r}, {self.path})"
 
@@ -75,7 +98,10 @@ class QuantSession:
     _models: dict[str, QuantModel] = field(default_factory=dict)
     _ppl: dict[str, PerplexityResult] = field(default_factory=dict)
     _kld: dict[str, KLDResult] = field(default_factory=dict)
-    _holm: dict[tuple[str, str], Outcome] | None = None
+    _speed: dict[str, ThroughputRun] = field(default_factory=dict)
+    _memory: dict[str, MemoryUsage] = field(default_factory=dict)
+    _fingerprint: Fingerprint | None = None
+    _holm: dict[tuple[str, str], Outcome | Exception] | None = None
 
     # ---- models ----------------------------------------------------------------------------
 
@@ -116,8 +142,10 @@ class QuantSession:
 
     @contextlib.contextmanager
     def _step(self, what: str) -> Iterator[None]:
+        """A heavy step: logged when slow, and never run beside a throughput timing."""
         start = time.perf_counter()
-        yield
+        with machine.heavy_step():
+            yield
         seconds = time.perf_counter() - start
         if seconds >= 0.5:  # cache hits stay quiet
             self.log(f"{what}: {seconds:.1f} s")
@@ -154,10 +182,41 @@ class QuantSession:
                     self.reference().path, model.path, self.eval_text(), self.protocol)
         return self._kld[model.name]
 
+    def fingerprint(self) -> Fingerprint:
+        if self._fingerprint is None:
+            self._fingerprint = self.engine.fingerprint()
+        return self._fingerprint
+
+    def throughput(self, model: QuantModel) -> ThroughputRun:
+        if model.name not in self._speed:
+            s = self.settings
+            fingerprint = self.fingerprint()
+            start = time.perf_counter()
+            with machine.timing():  # waits for heavy steps of other workers and processes
+                self._speed[model.name] = self.engine.throughput(
+                    model.path, s.bench_prompt, s.bench_gen, s.bench_repetitions,
+                    n_batch=s.n_batch, fingerprint=fingerprint)
+            self.log(f"throughput of {model.name}: {time.perf_counter() - start:.1f} s")
+        return self._speed[model.name]
+
+    def memory(self, model: QuantModel) -> MemoryUsage:
+        if model.name not in self._memory:
+            with self._step(f"memory of {model.name}"):
+                self._memory[model.name] = self.engine.memory(model.path, self.protocol)
+        return self._memory[model.name]
+
     # ---- checks ----------------------------------------------------------------------------
 
     def context(self) -> Context:
-        return Context(self.settings.alpha, self.settings.mode, self.resolve)
+        return Context(self.settings.alpha, self.settings.mode, self.resolve, self.resolve_speed)
+
+    def resolve_speed(self, subject: Any, of: str, phase: str) -> SpeedAgainst:
+        if of == "baseline":
+            return self.baseline_speed(subject, phase)
+        other = self.model(of).throughput()
+        if phase not in other.tests:
+            raise CheckSkipped(f"no {phase} test was run for {of}")
+        return SpeedAgainst(of, other.tests[phase])
 
     def resolve(self, subject: Any, of: str | None) -> Against:
         if of == "baseline":
@@ -173,28 +232,42 @@ class QuantSession:
         adjusted p-value depends on every p-value of the run."""
         if self.settings.correction == "holm":
             if self._holm is None:
-                raw = [evaluate(c, self.model(v), self.context()) for c, v in all_checks]
-                self._holm = {(c.label, v): o for (c, v), o in zip(all_checks, apply_holm(raw),
-                                                                    strict=True)}
-            outcome = self._holm[(check.label, model.name)]
+                self._holm = self._holm_outcomes(all_checks)
+            found = self._holm[(check.label, model.name)]
+            if isinstance(found, Exception):
+                raise found  # skipped or failed to evaluate: reported at this check's turn
+            outcome = found
         else:
             outcome = evaluate(check, model, self.context())
         outcome = replace(outcome, nodeid=where[0], file=where[1], line=where[2])
         self.outcomes.append(outcome)
         return outcome
 
+    def _holm_outcomes(self, all_checks: list[tuple[Check, str]]
+                       ) -> dict[tuple[str, str], Outcome | Exception]:
+        found: dict[tuple[str, str], Outcome | Exception] = {}
+        for c, v in all_checks:
+            try:
+                found[(c.label, v)] = evaluate(c, self.model(v), self.context())
+            except Exception as exc:
+                found[(c.label, v)] = exc
+        decided = [k for k, o in found.items() if isinstance(o, Outcome)]
+        adjusted = apply_holm([found[k] for k in decided])  # type: ignore[misc]
+        found.update(zip(decided, adjusted, strict=True))
+        return found
+
     def points(self) -> dict[str, dict[str, float]]:
-        """Size and quality of every model evaluated so far, for the trade-off plot."""
+        """Size, quality and speed of every model measured so far, for the trade-off plots."""
         out: dict[str, dict[str, float]] = {}
-        for name, model in self._models.items():
-            if name not in self._ppl and name not in self._kld:
-                continue
-            out[name] = {
-                "bits_per_weight": model.bits_per_weight,
-                "size_bytes": model.size_bytes,
-                "ppl": self._ppl[name].ppl if name in self._ppl else self._kld[name].ppl.value,
-                "kld": self._kld[name].kld.value if name in self._kld else math.nan,
-            }
+        for name, model in self._measured().items():
+            point = {"bits_per_weight": model.bits_per_weight, "size_bytes": model.size_bytes}
+            if name in self._ppl or name in self._kld:
+                point["ppl"] = self._ppl[name].ppl if name in self._ppl else self._kld[name].ppl.value
+            if name in self._kld:
+                point["kld"] = self._kld[name].kld.value
+            for phase, result in self._speed[name].tests.items() if name in self._speed else ():
+                point[f"{phase}_tokens_per_s"] = result.mean
+            out[name] = point
         return out
 
     def settings_summary(self) -> dict[str, Any]:
@@ -217,14 +290,17 @@ class QuantSession:
             "llama_cpp": self.engine.backend.version,
         }
 
-    def baseline_against(self, subject: Any) -> Against:
+    def _stored(self) -> baseline.BaselineFile:
         if self.baseline_mode == "off":
             raise baseline.BaselineError(
                 "comparison with the baseline is off; run pytest with --quant-baseline")
+        return baseline.load(self.baseline_path())
+
+    def baseline_against(self, subject: Any) -> Against:
         if self.baseline_mode == "update":
             # Being rewritten from this run's numbers: compare with them.
             return Against("baseline (being updated)", subject.perplexity().chunk_nll, True)
-        stored = baseline.load(self.baseline_path())
+        stored = self._stored()
         record = stored.record(subject.name, self.baseline_keys(), self.settings.baseline_ignore)
         try:
             chunk_nll = record["perplexity"]["chunk_nll"]
@@ -235,26 +311,75 @@ class QuantSession:
         return Against(f"baseline {stored.path.name}", np.asarray(chunk_nll, dtype=np.float64),
                        True)
 
+    def baseline_speed(self, subject: Any, phase: str) -> SpeedAgainst:
+        """The stored throughput of ``subject`` measured on a machine like this one; a check
+        against a baseline from another machine is skipped, with the differences as reason."""
+        if self.baseline_mode == "update":
+            return SpeedAgainst("baseline (being updated)", subject.throughput().tests[phase], True)
+        stored = self._stored()
+        keys = {"model_sha256": cache.file_sha256(self.base_path()),
+                "llama_cpp": self.engine.backend.version}
+        record = stored.record(subject.name, keys, self.settings.baseline_ignore,
+                               baseline.SPEED_KEY_FIELDS)
+        here = self.fingerprint()
+        ignore = self.settings.fingerprint_ignore
+        machines = [m for m in record.get("machines", []) if isinstance(m, dict)]
+        measured = [m for m in machines if phase in m.get("throughput", {})]
+        if not measured:
+            raise baseline.BaselineError(
+                f"{stored.path}: no {phase} throughput baseline for {subject.name}; create it with"
+                f" {baseline.UPDATE_FLAG}")
+        fingerprints = [Fingerprint.from_dict(m.get("fingerprint", {})) for m in measured]
+        for entry, fp in zip(measured, fingerprints, strict=True):
+            if not fp.differences(here, ignore):
+                try:
+                    result = BenchResult.from_dict(entry["throughput"][phase])
+                except (KeyError, TypeError, ValueError):
+                    raise baseline.BaselineError(
+                        f"{stored.path}: the {phase} throughput record of {subject.name} is"
+                        f" damaged; recreate it with {baseline.UPDATE_FLAG}") from None
+                return SpeedAgainst(f"baseline {stored.path.name}", result, True)
+        nearest = min(fingerprints, key=lambda fp: len(fp.differences(here, ignore)))
+        raise CheckSkipped(
+            f"the {phase} throughput baseline of {subject.name} was measured on another machine"
+            f" ({'; '.join(nearest.differences(here, ignore))}); compare on that machine, record"
+            f" this one with {baseline.UPDATE_FLAG}, or list the field in fingerprint_ignore")
+
     def baseline_record(self, model: QuantModel) -> dict[str, Any]:
-        ppl = self.perplexity(model)
         record: dict[str, Any] = {
             "file_type": model.file_type,
             "size_bytes": model.size_bytes,
             "bits_per_weight": model.bits_per_weight,
-            "perplexity": {"ppl": ppl.ppl, "ppl_err": ppl.ppl_err, "n_chunks": ppl.n_chunks,
-                           "chunk_nll": ppl.chunk_nll.tolist()},
         }
+        if model.name in self._ppl or model.name in self._kld:
+            ppl = self.perplexity(model)
+            record["perplexity"] = {"ppl": ppl.ppl, "ppl_err": ppl.ppl_err,
+                                    "n_chunks": ppl.n_chunks, "chunk_nll": ppl.chunk_nll.tolist()}
         if model.name in self._kld:
             kld = self._kld[model.name]
             record["kl_divergence"] = {"mean": kld.kld.value, "same_top": kld.same_top.value,
                                        "chunk_kld": kld.chunk_kld.tolist(),
                                        "chunk_same_top": kld.chunk_same_top.tolist()}
+        speed, memory = self._speed.get(model.name), self._memory.get(model.name)
+        if speed is not None or memory is not None:
+            entry: dict[str, Any] = {"fingerprint": self.fingerprint().to_dict()}
+            if speed is not None:
+                entry["throughput"] = {phase: r.to_dict() for phase, r in speed.tests.items()}
+                entry["bandwidth_gb_s"] = None if speed.bandwidth is None else speed.bandwidth / 1e9
+            if memory is not None:
+                entry["memory"] = memory.to_dict()
+            record["machines"] = [entry]
         return record
 
+    def _measured(self) -> dict[str, QuantModel]:
+        """Models with at least one measurement, by name (a path variant's name is its stem)."""
+        return {m.name: m for m in self._models.values() if any(
+            m.name in table for table in (self._ppl, self._kld, self._speed, self._memory))}
+
     def baseline_payload(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
-        """Keys and records of every model this session evaluated, for the baseline file."""
-        names = [name for name in self._models if name in self._ppl or name in self._kld]
+        """Keys and records of every model this session measured, for the baseline file."""
+        names = self._measured()
         if not names:
             return None
-        records = {name: self.baseline_record(self._models[name]) for name in names}
+        records = {name: self.baseline_record(model) for name, model in names.items()}
         return self.baseline_keys(), records

@@ -22,7 +22,7 @@ each mode tests against.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,7 +40,8 @@ class Decision:
     p_value: float  # of the test the mode decides on
     n: int  # chunks
     test: str
-    more_chunks: int | None = None  # prove mode, inconclusive: chunks likely needed in all
+    more_needed: int | None = None  # prove mode, inconclusive: samples likely needed in all
+    unit: str = "chunks"  # what ``n`` and ``more_needed`` count
 
 
 def _decide(excess_p: float, within_p: float, alpha: float, mode: str) -> tuple[str, float]:
@@ -89,8 +90,7 @@ def paired_mean_at_most(
     if a.shape != b.shape:
         raise ValueError(f"paired samples differ in length: {a.size} and {b.size} chunks")
     d = mean_at_most(a - b, limit, alpha, mode, what)
-    return Decision(d.verdict, d.estimate, d.low, d.high, d.p_value, d.n,
-                    f"paired {d.test}", d.more_chunks)
+    return replace(d, test=f"paired {d.test}")
 
 
 def proportion_at_least(
@@ -156,6 +156,110 @@ def bootstrap_stat_at_most(
     low, high = (float(v) for v in np.quantile(boot, [alpha, 1.0 - alpha]))
     return Decision(verdict, estimate, low, high, p, m,
                     f"chunk bootstrap ({resamples} resamples of {m} chunks)")
+
+
+# ---- throughput: per-repetition tokens/s samples ------------------------------------------------
+#
+# Throughput is compared on the log scale: timing noise is multiplicative, a tolerance is a ratio
+# ("at least 90 % of the baseline"), and a ratio is a shift of logs, which both the t-test and the
+# rank test handle exactly. The estimate and interval are of log(this / other).
+
+
+def mean_at_least(values: NDArray[np.float64], limit: float, alpha: float, mode: str,
+                  what: str) -> Decision:
+    """Is the mean of independent ``values`` (e.g. tokens/s per repetition) at least ``limit``?"""
+    d = mean_at_most(-np.asarray(values, dtype=np.float64), -limit, alpha, mode, what)
+    return replace(d, estimate=-d.estimate, low=-d.high, high=-d.low, unit="repetitions")
+
+
+def min_rank_p(n1: int, n2: int) -> float:
+    """The smallest one-sided p-value an exact Mann-Whitney U test of n1 and n2 samples can give."""
+    return 1.0 / math.comb(n1 + n2, n1)
+
+
+def _u_null_cdf(n1: int, n2: int) -> NDArray[np.float64]:
+    """P(U <= u) for u = 0 .. n1*n2 under H0 (no ties): the coefficients of the Gaussian
+    binomial [n1+n2 choose n1], by the recurrence on the largest observation."""
+    # counts[i][j] = number of arrangements of i x's and j y's by U
+    table: dict[tuple[int, int], NDArray[np.float64]] = {}
+    for i in range(n1 + 1):
+        for j in range(n2 + 1):
+            if i == 0 or j == 0:
+                table[i, j] = np.ones(1)
+                continue
+            # the largest value is an x (beats all j y's: U += j) or a y (adds nothing)
+            with_x = np.concatenate([np.zeros(j), table[i - 1, j]])
+            with_y = table[i, j - 1]
+            size = max(with_x.size, with_y.size)
+            table[i, j] = np.pad(with_x, (0, size - with_x.size)) + np.pad(
+                with_y, (0, size - with_y.size))
+    counts = table[n1, n2]
+    cdf: NDArray[np.float64] = np.cumsum(counts) / counts.sum()
+    return cdf
+
+
+def ratio_at_least(
+    x: NDArray[np.float64], y: NDArray[np.float64], ratio: float, alpha: float, mode: str,
+    what: str = "tokens/s",
+) -> Decision:
+    """Is the typical value of samples ``x`` at least ``ratio`` times that of samples ``y``?
+
+    Two independent samples (per-repetition tokens/s of two benchmark runs), compared on the log
+    scale with the tolerance as a shift. The Mann-Whitney U test is used when the samples are
+    large enough for it to reach significance at ``alpha`` (its smallest p-value is
+    ``1 / C(n1+n2, n1)``): it ignores the odd repetition slowed by a context switch. Otherwise,
+    Welch's t-test. Estimate and interval are of ``log(x / y)``: Hodges-Lehmann with the
+    matching order-statistic interval for the rank test, difference of means for Welch.
+    """
+    lx = np.log(np.asarray(x, dtype=np.float64))
+    ly = np.log(np.asarray(y, dtype=np.float64))
+    n1, n2 = lx.size, ly.size
+    if n1 < 2 or n2 < 2:
+        raise ValueError("need at least two repetitions on each side for a statistical decision")
+    margin = math.log(ratio)
+    shifted = ly + margin
+    samples = f"{n1} + {n2} log {what} samples"
+    if min_rank_p(n1, n2) < alpha:
+        pooled = np.concatenate([lx, shifted])
+        exact = np.unique(pooled).size == pooled.size and n1 + n2 <= 60
+        method = "exact" if exact else "asymptotic"
+        short_p = float(sps.mannwhitneyu(lx, shifted, alternative="less", method=method).pvalue)
+        within_p = float(sps.mannwhitneyu(lx, shifted, alternative="greater", method=method).pvalue)
+        diffs = np.sort((lx[:, None] - ly[None, :]).ravel())
+        estimate = float(np.median(diffs))
+        # The one-sided bounds are the k-th smallest and k-th largest pairwise differences,
+        # k - 1 the largest U with P(U <= k - 1) <= alpha.
+        if exact:
+            k = int(np.searchsorted(_u_null_cdf(n1, n2), alpha, side="right"))
+        else:
+            z = float(sps.norm.ppf(1 - alpha))
+            k = math.floor(n1 * n2 / 2 - z * math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12))
+        k = min(max(k, 1), diffs.size)
+        low, high = float(diffs[k - 1]), float(diffs[diffs.size - k])
+        test = f"Mann-Whitney U test ({method}) on {samples}"
+        sd = float(np.sqrt((lx.var(ddof=1) + ly.var(ddof=1)) / 2))
+    else:
+        vx, vy = lx.var(ddof=1) / n1, ly.var(ddof=1) / n2
+        estimate = float(lx.mean() - ly.mean())
+        se = math.sqrt(vx + vy)
+        if se == 0.0:
+            short_p = 0.0 if estimate < margin else 1.0
+            within_p = 0.0 if estimate > margin else 1.0
+            low = high = estimate
+        else:
+            df = (vx + vy) ** 2 / (vx**2 / (n1 - 1) + vy**2 / (n2 - 1))
+            t = (estimate - margin) / se
+            short_p, within_p = float(sps.t.cdf(t, df)), float(sps.t.sf(t, df))
+            t_crit = float(sps.t.ppf(1 - alpha, df))
+            low, high = estimate - t_crit * se, estimate + t_crit * se
+        test = f"Welch's t-test on {samples}"
+        sd = float(np.sqrt((lx.var(ddof=1) + ly.var(ddof=1)) / 2))
+    verdict, p = _decide(short_p, within_p, alpha, mode)
+    more = None
+    if verdict == INCONCLUSIVE and estimate > margin and sd > 0:
+        z = float(sps.norm.ppf(1 - alpha))
+        more = max(max(n1, n2) + 1, math.ceil(2 * (z * sd / (estimate - margin)) ** 2))
+    return Decision(verdict, estimate, low, high, p, min(n1, n2), test, more, "repetitions")
 
 
 def holm(p_values: list[float]) -> list[float]:

@@ -11,10 +11,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from pytest_quantcheck.metrics.memory import MemoryUsage
 
 
 class BackendError(RuntimeError):
@@ -137,6 +140,12 @@ class Backend(Protocol):
         ...
 
     def system_info(self) -> str: ...
+
+    def measure_memory(self, path: Path, options: RunOptions, n_ctx: int, n_seq: int,
+                       n_batch: int) -> MemoryUsage:
+        """Resident (and GPU) memory of loading ``path`` and decoding one batch of ``n_seq``
+        sequences of ``n_ctx`` tokens, measured apart from this process's own allocations."""
+        ...
 
 
 def default_backend() -> Backend:

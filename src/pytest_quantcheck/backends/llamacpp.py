@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pytest_quantcheck.backends import BackendError, RunOptions
+from pytest_quantcheck.metrics.memory import MemoryUsage
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -307,3 +308,13 @@ class LlamaCppBackend:
     def system_info(self) -> str:
         info: bytes = lc.llama_print_system_info()
         return info.decode(errors="replace").strip()
+
+    def measure_memory(self, path: Path, options: RunOptions, n_ctx: int, n_seq: int,
+                       n_batch: int) -> MemoryUsage:
+        from pytest_quantcheck.backends.memory import measure
+
+        if self.isolate:  # a file that crashes llama.cpp says so, rather than "measuring failed"
+            from pytest_quantcheck.backends.probe import probe
+
+            probe(path, self.version)
+        return measure(path, options, n_ctx, n_seq, n_batch)

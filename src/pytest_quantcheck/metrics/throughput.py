@@ -8,11 +8,16 @@ tokens/s sample; the summary is their mean and sample standard deviation, as lla
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from pytest_quantcheck.gguf_check import GGML_TYPE_SIZES, tensor_nbytes
+from pytest_quantcheck.gguf_file import TensorInfo
+from pytest_quantcheck.machine import Fingerprint
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,66 @@ class BenchResult:
         # llama-bench: sqrt(sum(x^2)/(n-1) - mean^2 * n/(n-1)), the sample standard deviation
         return float(self.samples.std(ddof=1)) if self.samples.size > 1 else 0.0
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchResult:
+        """From :meth:`to_dict`'s output (a baseline record); ``KeyError`` / ``ValueError`` /
+        ``TypeError`` when it is not one."""
+        samples = np.asarray(data["samples"], dtype=np.float64)
+        if samples.ndim != 1 or samples.size < 1 or not np.all(samples > 0):
+            raise ValueError("samples must be positive tokens/s values")
+        tokens = int(data["n_prompt"]) + int(data["n_gen"])
+        return cls(str(data["test"]), int(data["n_prompt"]), int(data["n_gen"]),
+                   int(data["n_threads"]), int(data["n_batch"]), int(data["n_ubatch"]),
+                   tokens / samples)
+
     def to_dict(self) -> dict[str, Any]:
         return {"test": self.test, "n_prompt": self.n_prompt, "n_gen": self.n_gen,
                 "n_threads": self.n_threads, "n_batch": self.n_batch, "n_ubatch": self.n_ubatch,
                 "tokens_per_s": self.mean, "sd": self.sd, "samples": self.samples.tolist()}
 
 
+
+
+def bytes_per_token(tensors: Mapping[str, TensorInfo]) -> int:
+    """Weight bytes a generated token reads: every tensor once, except the token embedding
+    table, of which one row is read, unless it doubles as the output matrix (no
+    ``output.weight``)."""
+    total = 0
+    for name, t in tensors.items():
+        if t.ggml_type not in GGML_TYPE_SIZES:
+            continue
+        size = tensor_nbytes(t.shape, t.ggml_type)
+        if name == "token_embd.weight" and "output.weight" in tensors:
+            size //= max(1, t.shape[-1])  # one row of n_vocab
+        total += size
+    return total
+
+
+@dataclass(frozen=True)
+class ThroughputRun:
+    """One model's pp and tg results, where they were measured, and how near the hardware."""
+
+    tests: dict[str, BenchResult]  # by phase: "pp", "tg"
+    fingerprint: Fingerprint
+    bandwidth: float | None = None  # bytes/s main memory delivers to the benchmark's threads
+    bytes_per_token: int | None = None  # weight bytes a generated token reads
+
+    def efficiency(self) -> float | None:
+        """tg tokens/s x bytes read per token / memory bandwidth: 1.0 is the hardware limit of
+        generation, which reads every weight once per token (above 1: the weights fit a cache)."""
+        tg = self.tests.get("tg")
+        if tg is None or not self.bandwidth or not self.bytes_per_token:
+            return None
+        return tg.mean * self.bytes_per_token / self.bandwidth
+
+    def roofline(self) -> str:
+        eff = self.efficiency()
+        if eff is None or self.bandwidth is None:
+            return ""
+        return f"tg at {eff:.0%} of the {self.bandwidth / 1e9:.1f} GB/s memory bandwidth"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint.to_dict(),
+                "tests": {phase: r.to_dict() for phase, r in self.tests.items()},
+                "bandwidth_gb_s": None if self.bandwidth is None else self.bandwidth / 1e9,
+                "bytes_per_token": self.bytes_per_token, "efficiency": self.efficiency()}

@@ -1,0 +1,246 @@
+"""throughput_at_least and memory_at_most, end to end through pytest, on the fake backend.
+
+Fake models sleep as long as a model of their ``fake.speed`` would take, so speeds are real
+timings of a controlled workload; the margins below are wide enough for a busy machine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+RunBoth = Callable[..., pytest.RunResult]
+
+
+@pytest.fixture
+def speed_project(qc_project: pytest.Pytester) -> pytest.Pytester:
+    from fakes import write_fake_gguf
+
+    write_fake_gguf(qc_project.path / "base.gguf", speed=2000)
+    write_fake_gguf(qc_project.path / "fast.gguf", noise=0.01, speed=2000)
+    write_fake_gguf(qc_project.path / "slow.gguf", noise=0.01, speed=500)
+    qc_project.makepyprojecttoml(
+        '[tool.quantcheck]\nmodel = "base.gguf"\nvariants = ["fast.gguf", "slow.gguf"]\n'
+        'eval_text = "eval.txt"\nn_ctx = 64\nn_batch = 256\n'
+        "bench_prompt = 64\nbench_gen = 16\nbench_repetitions = 5\n"
+    )
+    return qc_project
+
+
+def baseline_file(project: pytest.Pytester) -> Path:
+    return project.path / "baselines" / "base.quantcheck.json"
+
+
+def test_absolute_throughput_passes_and_fails(speed_project: pytest.Pytester,
+                                              run_both_ways: RunBoth) -> None:
+    speed_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.throughput_at_least(tokens_per_s=100, phase="tg")
+        @pytest.mark.throughput_at_least(tokens_per_s=1000000, phase="pp")
+        def test_speed(quant_model):
+            pass
+        """
+    )
+    result = run_both_ways(speed_project)
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "throughput_at_least(tokens_per_s=100, phase='tg') FAIL" not in out
+    result.stdout.fnmatch_lines([
+        "*throughput_at_least(tokens_per_s=1e+06, phase='pp') FAIL for slow: pp64 t/s * vs"
+        " 1,000,000 (limit); 90% CI * to *; tolerance >= 1e+06 t/s; one-sided t-test on 5 pp64"
+        " repetitions, p = *, mode detect, alpha 0.05; measured on *, 2 threads, fake 1*",
+    ])
+
+
+def test_slower_variant_fails_against_another(speed_project: pytest.Pytester,
+                                              run_both_ways: RunBoth) -> None:
+    speed_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.throughput_at_least(pct=-20, of="base")
+        def test_speed(quant_model):
+            pass
+        """
+    )
+    result = run_both_ways(speed_project)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*throughput_at_least(pct=-20, of='base', phase='tg') FAIL for slow: tg16 t/s * vs *"
+        " (base), -*%; 90% CI -*% to -*%; tolerance -20%; Mann-Whitney U test (exact) on 5 + 5"
+        " log tg16 t/s samples, p = *",
+    ])
+
+
+def test_baseline_round_trip_records_machine_and_memory(speed_project: pytest.Pytester) -> None:
+    speed_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.throughput_at_least(pct=-50)
+        @pytest.mark.throughput_at_least(pct=-50, phase="pp")
+        @pytest.mark.memory_at_most(mb=1000)
+        def test_speed(quant_model):
+            pass
+        """
+    )
+    speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)
+    data = json.loads(baseline_file(speed_project).read_text())
+    machines = data["records"]["slow"]["machines"]
+    assert len(machines) == 1
+    assert machines[0]["fingerprint"]["threads"] == 2 or machines[0]["fingerprint"]["threads"] > 0
+    assert set(machines[0]["throughput"]) == {"pp", "tg"}
+    assert len(machines[0]["throughput"]["tg"]["samples"]) == 5
+    assert machines[0]["memory"]["peak_rss_mib"] > 0
+    result = speed_project.runpytest("--quant-baseline", "-rA")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*slow*throughput_at_least(pct=-50, of='baseline',"
+                                 " phase='tg')*PASS*"])
+
+
+def test_baseline_from_another_machine_is_skipped_with_the_difference(
+        speed_project: pytest.Pytester) -> None:
+    speed_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.throughput_at_least(pct=-50)
+        def test_speed(quant_model):
+            pass
+        """
+    )
+    speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)
+    path = baseline_file(speed_project)
+    data = json.loads(path.read_text())
+    for record in data["records"].values():
+        record["machines"][0]["fingerprint"]["cpu"] = "Other CPU 9000"
+    path.write_text(json.dumps(data))
+    result = speed_project.runpytest("--quant-baseline", "-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines([
+        "*the tg throughput baseline of fast was measured on another machine (cpu Other"
+        " CPU 9000, now *); compare on that machine, record this one with"
+        " --quant-update-baseline, or list the field in fingerprint_ignore*",
+    ])
+    speed_project.runpytest("--quant-baseline", "--quant-fingerprint-ignore", "cpu",
+                            ).assert_outcomes(passed=2)
+
+
+def test_a_second_machine_is_added_not_replaced(speed_project: pytest.Pytester) -> None:
+    speed_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.throughput_at_least(pct=-50)
+        def test_speed(quant_model):
+            pass
+        """
+    )
+    speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)
+    path = baseline_file(speed_project)
+    data = json.loads(path.read_text())
+    data["records"]["slow"]["machines"][0]["fingerprint"]["cpu"] = "Other CPU 9000"
+    path.write_text(json.dumps(data))
+    speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)
+    machines = json.loads(path.read_text())["records"]["slow"]["machines"]
+    assert [m["fingerprint"]["cpu"] != "Other CPU 9000" for m in machines] == [False, True]
+
+
+def test_memory_at_most(speed_project: pytest.Pytester, run_both_ways: RunBoth) -> None:
+    speed_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.memory_at_most(mb=1000)
+        def test_fits(quant_model):
+            pass
+
+        @pytest.mark.memory_at_most(mb=0.1)
+        def test_too_small(quant_model):
+            pass
+
+        @pytest.mark.memory_at_most(mb=1000, device="gpu")
+        def test_gpu(quant_model):
+            pass
+        """
+    )
+    result = run_both_ways(speed_project, "-rs")
+    result.assert_outcomes(passed=2, failed=2, skipped=2)
+    result.stdout.fnmatch_lines([
+        "*memory_at_most(mb=0.1, device='host') FAIL for fast: peak RSS MiB * vs 0.1 (limit);"
+        " tolerance <= 0.1 MiB; peak RSS * MiB, GPU memory not available (fake backend), load plus"
+        " one evaluation batch, on *, 2 threads, fake 1*",
+        "*GPU memory of * not available: fake backend*",
+    ])
+
+
+def test_gpu_memory_from_nvml(speed_project: pytest.Pytester) -> None:
+    speed_project.makeconftest(
+        "from pathlib import Path\nfrom fakes import FakeBackend\n"
+        "from pytest_quantcheck.gpu import GpuDevice, GpuReport\n\n"
+        "def pytest_quantcheck_make_backend(config):\n"
+        "    gpu = GpuReport((GpuDevice(0, 'NVIDIA H100', 80 * 2**30, 3 * 2**30),), 700 * 2**20)\n"
+        "    return FakeBackend(gpu=gpu)\n"
+    )
+    speed_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.memory_at_most(mb=512, device="gpu")
+        def test_gpu(quant_model):
+            pass
+        """
+    )
+    result = speed_project.runpytest()
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*FAIL for fast: GPU MiB 700 vs 512 (limit); tolerance <= 512"
+                                 " MiB; peak RSS * MiB, GPU 700.0 MiB on NVIDIA H100*"])
+
+
+@pytest.mark.parametrize(("marker", "message"), [
+    ("throughput_at_least(pct=-5, tokens_per_s=3)", "takes exactly one of tokens_per_s= or pct="),
+    ("throughput_at_least(pct=-5, phase='decode')", "phase must be one of pp, tg, got 'decode'"),
+    ("throughput_at_least(tokens_per_s=3, of='base')", "of= goes with pct=, not with tokens_per_s="),
+    ("throughput_at_least(pct=-120)", "pct must be >= -99.0, got -120"),
+    ("memory_at_most(mb='lots')", "mb must be a number, got 'lots'"),
+    ("memory_at_most(mb=3, device='tpu')", "device must be one of host, gpu, got 'tpu'"),
+])
+def test_bad_arguments_are_usage_errors(speed_project: pytest.Pytester, marker: str,
+                                        message: str) -> None:
+    speed_project.makepyfile(f"import pytest\n\n@pytest.mark.{marker}\n"
+                             "def test_x(quant_model):\n    pass\n")
+    result = speed_project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*test_x*{message}*"])
+
+
+def test_a_phase_that_is_not_run_is_a_usage_error(speed_project: pytest.Pytester) -> None:
+    speed_project.makepyfile("import pytest\n\n@pytest.mark.throughput_at_least(tokens_per_s=1,"
+                             " phase='pp')\ndef test_x(quant_model):\n    pass\n")
+    result = speed_project.runpytest("--quant-bench-prompt", "0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*needs a pp test, but bench_prompt is 0; set bench_prompt"
+                                 " above 0*"])
+
+
+def test_tokens_per_s_points_reach_the_plot(speed_project: pytest.Pytester) -> None:
+    pytest.importorskip("matplotlib")
+    speed_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.throughput_at_least(tokens_per_s=1)
+        def test_speed(quant_model):
+            pass
+        """
+    )
+    speed_project.runpytest("--quant-plot", "out/speed.svg", "--quant-json", "out/r.json"
+                            ).assert_outcomes(passed=2)
+    svg = (speed_project.path / "out" / "speed.svg").read_text()
+    assert "size against generation speed" in svg and "size against prompt speed" in svg
+    assert "<!-- slow -->" in svg and "<!-- fast -->" in svg
