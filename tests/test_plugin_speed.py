@@ -244,3 +244,22 @@ def test_tokens_per_s_points_reach_the_plot(speed_project: pytest.Pytester) -> N
     svg = (speed_project.path / "out" / "speed.svg").read_text()
     assert "size against generation speed" in svg and "size against prompt speed" in svg
     assert "<!-- slow -->" in svg and "<!-- fast -->" in svg
+
+
+def test_assertion_helpers_for_speed_and_memory(speed_project: pytest.Pytester) -> None:
+    speed_project.makepyfile(
+        """
+        from pytest_quantcheck.assertions import assert_memory_at_most, assert_throughput_at_least
+
+        def test_existing(quantize, quant_reference):
+            fast, slow = quantize("fast.gguf"), quantize("slow.gguf")
+            assert assert_throughput_at_least(fast, pct=-20).passed   # vs the reference
+            assert_throughput_at_least(slow, tokens_per_s=10, phase="pp")
+            assert_memory_at_most(fast, mb=100)
+            assert_throughput_at_least(slow, fast, pct=-20)
+        """
+    )
+    result = speed_project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*AssertionError: throughput_at_least(pct=-20, of='fast',"
+                                 " phase='tg') FAIL for slow: tg16 t/s * vs * (fast), -*%*"])

@@ -1,0 +1,88 @@
+"""False alarms of the throughput gate: same model against itself, simulated and for real.
+
+    python benchmarks/throughput_false_alarms.py --model M.gguf [--runs 12] [-r 5] [-t 2]
+
+Simulation: two independent runs of ``n`` repetitions whose tokens/s scatter log-normally around
+the same speed; the gate (``stats.ratio_at_least``, Mann-Whitney U or Welch by sample size) is
+asked "at least 100 % of the other" and must fail no more than alpha of the time.
+
+Real: ``--runs`` separate ``quantcheck bench`` processes on the same model, one after another,
+as a CI job that records a baseline and a later job that checks against it would run. Every
+ordered pair of runs (a baseline and a check) is put to the gate at several tolerances, and the
+fraction that fails is printed. Repetitions of one run share that run's conditions (placement in
+memory, clock, neighbours), so run-to-run drift is not in the within-run spread: the table shows
+what tolerance a machine needs for the gate to stay quiet when nothing changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pytest_quantcheck import stats
+
+TOLERANCES = (0.0, -2.0, -5.0, -10.0)
+
+
+def simulate(n: int, trials: int, alpha: float, sd: float = 0.02) -> tuple[float, str]:
+    rng = np.random.default_rng(n)
+    fails = 0
+    test = ""
+    for _ in range(trials):
+        x, y = 100 * np.exp(rng.normal(0, sd, n)), 100 * np.exp(rng.normal(0, sd, n))
+        d = stats.ratio_at_least(x, y, 1.0, alpha, "detect")
+        fails += d.verdict == stats.FAIL
+        test = d.test.split(" on ")[0]
+    return fails / trials, test
+
+
+def bench(model: Path, repetitions: int, threads: int) -> dict[str, np.ndarray]:
+    out = subprocess.run([sys.executable, "-m", "pytest_quantcheck.cli", "bench", str(model),
+                          "-r", str(repetitions), "-t", str(threads), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    return {row["test"]: np.array(row["samples"]) for row in json.loads(out)["tests"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--runs", type=int, default=12)
+    parser.add_argument("-r", "--repetitions", type=int, default=5)
+    parser.add_argument("-t", "--threads", type=int, default=2)
+    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--trials", type=int, default=4000)
+    args = parser.parse_args()
+
+    print(f"simulated, same speed twice, tolerance 0, alpha {args.alpha}, {args.trials} trials")
+    for n in (3, 5, 10):
+        rate, test = simulate(n, args.trials, args.alpha)
+        print(f"  {n:2d} + {n:<2d} repetitions  {test:22s} false alarms {rate:.3f}")
+
+    runs = [bench(args.model, args.repetitions, args.threads) for _ in range(args.runs)]
+    pairs = list(itertools.permutations(range(args.runs), 2))
+    print(f"\nreal: {args.runs} separate runs of quantcheck bench on {args.model.name},"
+          f" {args.repetitions} repetitions, {args.threads} threads; {len(pairs)} ordered pairs")
+    for test in runs[0]:
+        means = np.array([r[test].mean() for r in runs])
+        within = np.median([r[test].std(ddof=1) / r[test].mean() for r in runs])
+        drift = means.std(ddof=1) / means.mean()
+        print(f"  {test}: run means {means.mean():.1f} t/s, run-to-run cv {drift:.2%},"
+              f" within-run cv {within:.2%}")
+        cells = []
+        for pct in TOLERANCES:
+            fails = sum(stats.ratio_at_least(runs[i][test], runs[j][test], 1 + pct / 100,
+                                             args.alpha, "detect").verdict == stats.FAIL
+                        for i, j in pairs)
+            cells.append(f"pct={pct:+g}: {fails / len(pairs):.3f}")
+        print("    false alarms  " + "  ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
