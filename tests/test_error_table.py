@@ -132,7 +132,38 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
         assert result.ret == pytest.ExitCode.TESTS_FAILED
         return next(line for line in result.stdout.lines if "quantcheck: error:" in line)
 
+    def newer_baseline() -> str:
+        path = text(tmp_path / "n.quantcheck.json",
+                    '{"schema": "pytest-quantcheck baseline", "schema_version": 3}')
+        with pytest.raises(BaselineError) as info:
+            load(path)
+        return str(info.value)
+
+    def other_machine() -> str:
+        import json
+
+        project = pytester
+        write_fake_gguf(project.path / "base.gguf")
+        (project.path / "eval.txt").write_text("words " * 600)
+        (project.path / "pyproject.toml").write_text(
+            '[tool.quantcheck]\nmodel = "base.gguf"\neval_text = "eval.txt"\nn_ctx = 64\n'
+            'variants = ["base"]\nbench_prompt = 16\nbench_gen = 4\n')
+        project.makeconftest("from fakes import FakeBackend\n\n"
+                             "def pytest_quantcheck_make_backend(config):\n"
+                             "    return FakeBackend()\n")
+        project.makepyfile("import pytest\n\n@pytest.mark.throughput_at_least(pct=-10)\n"
+                           "def test_x(quant_model):\n    pass\n")
+        project.runpytest_subprocess("--quant-update-baseline").assert_outcomes(passed=1)
+        path = project.path / "baselines" / "base.quantcheck.json"
+        data = json.loads(path.read_text())
+        data["records"]["base"]["machines"][0]["fingerprint"]["cpu"] = "Other CPU"
+        path.write_text(json.dumps(data))
+        result = project.runpytest_subprocess("--quant-baseline", "-rs")
+        return next(line for line in result.stdout.lines if line.startswith("SKIPPED"))
+
     return {
+        "baseline from a newer pytest-quantcheck": newer_baseline,
+        "throughput baseline from another machine (skipped, not failed)": other_machine,
         "missing model file": lambda: cli(capsys, "perplexity", tmp_path / "nope.gguf", "-f",
                                           eval_text),
         "not a GGUF file": pk,
