@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
+from conftest import RunBothWays
+
 RunBoth = Callable[..., pytest.RunResult]
 
 
@@ -31,7 +33,8 @@ def test_perplexity_within_passes_one_percent_and_fails_nine(qc_project: pytest.
     assert "one_pct: PPL" not in result.stdout.str()
 
 
-def test_variants_are_the_test_ids_and_metrics_run_once(qc_project: pytest.Pytester) -> None:
+def test_variants_are_the_test_ids_and_metrics_run_once(qc_project: pytest.Pytester,
+                                                        run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile(
         """
         import pytest
@@ -46,17 +49,21 @@ def test_variants_are_the_test_ids_and_metrics_run_once(qc_project: pytest.Pytes
             pass
         """
     )
-    result = qc_project.runpytest("-v")
+    result = run_both_ways(qc_project, "-rA")
+    result.assert_outcomes(passed=4)
     out = result.stdout.str()
-    for test_id in ("test_a[Q8_0] PASSED", "test_a[Q2_K] PASSED", "test_b[Q2_K] PASSED"):
-        assert test_id in out
+    for test_id in ("test_a[Q8_0]", "test_a[Q2_K]", "test_b[Q2_K]"):
+        assert f"PASSED test_variants_are_the_test_ids_and_metrics_run_once.py::{test_id}" in out
     loads = [x for x in (qc_project.path / "backend.log").read_text().splitlines()
              if x.startswith("load")]
-    # base, Q8_0 and Q2_K are each evaluated once, however many checks ask
-    assert len(loads) == len(set(loads)) == 3
+    # Q8_0 and Q2_K are each evaluated once, however many checks ask (under xdist: on the one
+    # worker that runs the variant's tests); the base once per process that compares with it
+    variant_loads = [x for x in loads if x != "load base.gguf"]
+    assert len(variant_loads) == len(set(variant_loads)) == 2
+    assert 1 <= loads.count("load base.gguf") <= (2 if run_both_ways.xdist else 1)
 
 
-def test_compare_with_another_variant(qc_project: pytest.Pytester) -> None:
+def test_compare_with_another_variant(qc_project: pytest.Pytester, run_both_ways: RunBoth) -> None:
     qc_project.makepyfile(
         """
         import pytest
@@ -66,7 +73,7 @@ def test_compare_with_another_variant(qc_project: pytest.Pytester) -> None:
             pass
         """
     )
-    result = qc_project.runpytest()
+    result = run_both_ways(qc_project)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*FAIL for Q2_K: PPL * vs * (Q8_0)*"])
 
@@ -92,7 +99,7 @@ def test_kl_divergence_and_top1_markers(qc_project: pytest.Pytester, run_both_wa
     assert "Wilson interval" in out
 
 
-def test_size_marker(qc_project: pytest.Pytester) -> None:
+def test_size_marker(qc_project: pytest.Pytester, run_both_ways: RunBoth) -> None:
     qc_project.makepyfile(
         """
         import pytest
@@ -106,12 +113,12 @@ def test_size_marker(qc_project: pytest.Pytester) -> None:
             assert quant_model.bits_per_weight > 0
         """
     )
-    result = qc_project.runpytest()
+    result = run_both_ways(qc_project)
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*size_at_most(bytes=1200) FAIL for Q8_0: size * vs 1200*"])
 
 
-def test_prove_mode_can_be_inconclusive(qc_project: pytest.Pytester) -> None:
+def test_prove_mode_can_be_inconclusive(qc_project: pytest.Pytester, run_both_ways: RunBoth) -> None:
     qc_project.makepyfile(
         """
         import pytest
@@ -121,8 +128,8 @@ def test_prove_mode_can_be_inconclusive(qc_project: pytest.Pytester) -> None:
             pass
         """
     )
-    result = qc_project.runpytest("--quant-mode", "prove", "--quant-variants", "one_pct.gguf",
-                                  "--quant-chunks", "8")
+    result = run_both_ways(qc_project, "--quant-mode", "prove", "--quant-variants", "one_pct.gguf",
+                           "--quant-chunks", "8")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*INCONCLUSIVE for one_pct*mode prove*chunks would likely decide*"])
 
@@ -140,6 +147,8 @@ def test_prove_mode_can_be_inconclusive(qc_project: pytest.Pytester) -> None:
 )
 def test_bad_marker_arguments_are_usage_errors(qc_project: pytest.Pytester, marker: str,
                                                message: str) -> None:
+    # The argument checks themselves, serially; test_a_bad_marker_argument_stops_the_run runs
+    # one of them both ways.
     qc_project.makepyfile(f"import pytest\n\n@pytest.mark.{marker}\ndef test_x(quant_model):\n"
                           "    pass\n")
     result = qc_project.runpytest()
@@ -147,20 +156,42 @@ def test_bad_marker_arguments_are_usage_errors(qc_project: pytest.Pytester, mark
     result.stderr.fnmatch_lines([f"*test_x*{message}*"])
 
 
-def test_marker_without_a_model_is_a_clear_error(qc_project: pytest.Pytester) -> None:
+XDIST_USAGE_ERROR = ("under -n 2 a UsageError raised while workers collect (plugin.py,"
+                     " pytest_collection_modifyitems) crashes xdist: INTERNALERROR, exit code 3, no"
+                     " one-line message")
+
+
+def test_a_bad_marker_argument_stops_the_run(qc_project: pytest.Pytester,
+                                             run_both_ways: RunBothWays,
+                                             request: pytest.FixtureRequest) -> None:
+    request.applymarker(pytest.mark.xfail(run_both_ways.xdist, reason=XDIST_USAGE_ERROR,
+                                          strict=True))
+    qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_within(pc=3)\n"
+                          "def test_x(quant_model):\n    pass\n")
+    result = run_both_ways(qc_project)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_x*perplexity_within got an unknown keyword 'pc'*"])
+
+
+def test_marker_without_a_model_is_a_clear_error(qc_project: pytest.Pytester,
+                                                 run_both_ways: RunBothWays,
+                                                 request: pytest.FixtureRequest) -> None:
+    request.applymarker(pytest.mark.xfail(run_both_ways.xdist, reason=XDIST_USAGE_ERROR,
+                                          strict=True))
     qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_at_most(10)\ndef test_x():\n"
                           "    pass\n")
-    result = qc_project.runpytest()
+    result = run_both_ways(qc_project)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*test_x: @pytest.mark.perplexity_at_most needs a model to check;"
                                  " add the quant_model fixture*"])
 
 
-def test_markers_are_registered_for_strict_markers(qc_project: pytest.Pytester) -> None:
+def test_markers_are_registered_for_strict_markers(qc_project: pytest.Pytester,
+                                                   run_both_ways: RunBoth) -> None:
     qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_at_most(1e9)\n"
                           "def test_x(quant_model):\n    pass\n")
-    qc_project.runpytest("--strict-markers").assert_outcomes(passed=2)
-    result = qc_project.runpytest("--markers")
+    run_both_ways(qc_project, "--strict-markers").assert_outcomes(passed=2)
+    result = qc_project.runpytest("--markers")  # pytest's own listing: no tests run, no workers
     result.stdout.fnmatch_lines(["*perplexity_within(pct, of=None)*"])
 
 
@@ -176,14 +207,15 @@ def test_summary_table_lists_every_check(qc_project: pytest.Pytester, run_both_w
     ])
 
 
-def test_failure_has_no_plugin_frames(qc_project: pytest.Pytester) -> None:
+def test_failure_has_no_plugin_frames(qc_project: pytest.Pytester, run_both_ways: RunBoth) -> None:
     qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_within(pct=3)\n"
                           "def test_x(quant_model):\n    pass\n")
-    result = qc_project.runpytest("--quant-variants", "Q2_K")
+    result = run_both_ways(qc_project, "--quant-variants", "Q2_K")
+    result.assert_outcomes(failed=1)
     assert "pytest_quantcheck" not in result.stdout.str().split("short test summary")[0]
 
 
-def test_fixtures_and_quantize_factory(qc_project: pytest.Pytester) -> None:
+def test_fixtures_and_quantize_factory(qc_project: pytest.Pytester, run_both_ways: RunBoth) -> None:
     qc_project.makepyfile(
         """
         def test_fixtures(quant_reference, quant_eval_text, quantize):
@@ -195,4 +227,59 @@ def test_fixtures_and_quantize_factory(qc_project: pytest.Pytester) -> None:
             assert q.perplexity() is q.perplexity()
         """
     )
-    qc_project.runpytest().assert_outcomes(passed=1)
+    run_both_ways(qc_project).assert_outcomes(passed=1)
+
+
+def test_a_variant_with_quality_and_kl_checks_is_decoded_once(qc_project: pytest.Pytester) -> None:
+    qc_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perplexity_within(pct=50)
+        @pytest.mark.perplexity_at_most(100)
+        @pytest.mark.kl_divergence_at_most(5)
+        @pytest.mark.top1_agreement_at_least(0.1)
+        def test_quality(quant_model):
+            pass
+        """
+    )
+    result = qc_project.runpytest("--quant-json", "r.json")
+    result.assert_outcomes(passed=2)
+    loads = [x for x in (qc_project.path / "backend.log").read_text().splitlines()
+             if x.startswith("load")]
+    # the base once (its log-probs, which give its perplexity), each variant once (its KL pass,
+    # which gives its perplexity)
+    assert len(loads) == len(set(loads)) == 3, loads
+
+
+def test_perplexity_from_the_kl_pass_equals_a_perplexity_run(qc_project: pytest.Pytester) -> None:
+    import json
+
+    qc_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perplexity_within(pct=50)
+        @pytest.mark.kl_divergence_at_most(5)
+        def test_quality(quant_model):
+            pass
+        """
+    )
+    qc_project.runpytest("--quant-json", "with_kl.json").assert_outcomes(passed=2)
+    qc_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perplexity_within(pct=50)
+        def test_quality(quant_model):
+            pass
+        """
+    )
+    qc_project.runpytest("--quant-json", "plain.json").assert_outcomes(passed=2)
+
+    def ppl_checks(name: str) -> list[tuple[float, float | None, float]]:
+        data = json.loads((qc_project.path / name).read_text())
+        return [(c["measured"], c["compared"], c["decision"]["p_value"]) for c in data["checks"]
+                if c["metric"] == "PPL"]
+
+    assert ppl_checks("with_kl.json") == ppl_checks("plain.json")

@@ -197,6 +197,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.stash[item_checks_key] = found
         variant = item.callspec.params["quant_model"]  # type: ignore[attr-defined]
         collected.extend((check, variant) for check in found)
+    config.stash[session_key].plan(collected)
     for item in items:
         params = getattr(item, "callspec", None)
         if params is not None and "quant_model" in params.params:

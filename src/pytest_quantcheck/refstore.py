@@ -40,6 +40,7 @@ from pytest_quantcheck.metrics.kld import (
     ReferenceRows,
     reference_rows,
 )
+from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
 
 FORMAT = "pytest-quantcheck reference log-probs"
 VERSION = 1
@@ -59,6 +60,14 @@ class ReferenceStore:
     @property
     def n_chunks(self) -> int:
         return int(self.meta["n_chunks"])
+
+    def perplexity(self) -> PerplexityResult:
+        """The reference's own perplexity, from its stored next-token log-probabilities: the same
+        float64 values a perplexity run computes, so the result is identical, without decoding."""
+        target_logp = np.load(self.path / "target_logp.npy")
+        return perplexity_from_nll(-np.asarray(target_logp, dtype=np.float64),
+                                   int(self.meta["protocol"]["n_ctx"]),
+                                   str(self.meta["tokens_sha256"]))
 
     def rows(self) -> Iterator[ReferenceRows]:
         """One :class:`ReferenceRows` per chunk, read lazily from the memory-mapped files."""

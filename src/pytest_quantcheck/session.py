@@ -34,11 +34,13 @@ from pytest_quantcheck.gguf_file import GGUFError, read_gguf
 from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.memory import MemoryUsage
-from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
+from pytest_quantcheck.refstore import ReferenceStore
 from pytest_quantcheck.variants import FILE_TYPES, Variant, VariantError, from_path, quantize
 
 BASE = "base"
+KLD_MARKERS = ("kl_divergence_at_most", "top1_agreement_at_least")
 
 
 class QuantModel:
@@ -101,6 +103,7 @@ class QuantSession:
     _speed: dict[str, ThroughputRun] = field(default_factory=dict)
     _memory: dict[str, MemoryUsage] = field(default_factory=dict)
     _fingerprint: Fingerprint | None = None
+    _wants_kld: set[str] = field(default_factory=set)
     _holm: dict[tuple[str, str], Outcome | Exception] | None = None
 
     # ---- models ----------------------------------------------------------------------------
@@ -168,12 +171,34 @@ class QuantSession:
     def reference(self) -> QuantModel:
         return self.model(self.settings.reference)
 
+    def plan(self, checks: list[tuple[Check, str]]) -> None:
+        """Note which variants the collected checks will compare with the reference's
+        distribution: their KL pass yields their perplexity too (the same float64 per-token
+        NLL, bit for bit), and the reference's cached log-probabilities yield its perplexity,
+        so neither is decoded twice."""
+        self._wants_kld = {v for c, v in checks if c.marker in KLD_MARKERS}
+
     def perplexity(self, model: QuantModel) -> PerplexityResult:
         if model.name not in self._ppl:
-            with self._step(f"perplexity of {model.name}"):
-                self._ppl[model.name] = self.engine.perplexity(model.path, self.eval_text(),
-                                                               self.protocol)
+            if model.name not in self._kld and model.name in self._wants_kld:
+                self.kl_divergence(model)
+            if model.name in self._kld:
+                store = self._reference_store()
+                self._ppl[model.name] = perplexity_from_nll(
+                    self._kld[model.name].token_nll, self.protocol.n_ctx,
+                    str(store.meta["tokens_sha256"]))
+            elif self._wants_kld and model.name == self.reference().name:
+                with self._step(f"perplexity of {model.name} (from its cached log-probs)"):
+                    self._ppl[model.name] = self._reference_store().perplexity()
+            else:
+                with self._step(f"perplexity of {model.name}"):
+                    self._ppl[model.name] = self.engine.perplexity(model.path, self.eval_text(),
+                                                                   self.protocol)
         return self._ppl[model.name]
+
+    def _reference_store(self) -> ReferenceStore:
+        with self._step("reference log-probs"):
+            return self.engine.reference(self.reference().path, self.eval_text(), self.protocol)
 
     def kl_divergence(self, model: QuantModel) -> KLDResult:
         if model.name not in self._kld:

@@ -190,6 +190,7 @@ class KLDResult:
     rms_p_diff: Estimate
     same_top: Estimate
     token_kld: NDArray[np.float64] = field(repr=False)  # (n_chunks, scored per chunk)
+    token_nll: NDArray[np.float64] = field(repr=False)  # the model's, same shape
     chunk_kld: NDArray[np.float64] = field(repr=False)  # mean KLD of each chunk
     chunk_nll: NDArray[np.float64] = field(repr=False)
     chunk_nll_ref: NDArray[np.float64] = field(repr=False)
@@ -204,8 +205,8 @@ class KLDResult:
         for name, value in self.__dict__.items():
             if isinstance(value, Estimate):
                 out[name] = value.to_dict()
-            elif name == "token_kld":
-                continue  # per-token values: too many for a report; chunk_kld summarizes them
+            elif name.startswith("token_"):
+                continue  # per-token values: too many for a report; chunk means summarize them
             elif isinstance(value, np.ndarray):
                 out[name] = value.tolist()
             elif isinstance(value, dict):
@@ -269,6 +270,7 @@ def summarize(chunks: list[TokenComparison], n_vocab: int) -> KLDResult:
         rms_p_diff=Estimate(rms, 0.5 / rms * mse.err if rms > 0 else 0.0),
         same_top=Estimate(top, math.sqrt(top * (1.0 - top) / (n - 1)) if n > 1 else 0.0),
         token_kld=np.stack([c.kld for c in chunks]),
+        token_nll=np.stack([c.nll for c in chunks]),
         chunk_kld=np.array([c.kld.mean() for c in chunks]),
         chunk_nll=np.array([c.nll.mean() for c in chunks]),
         chunk_nll_ref=np.array([c.nll_ref.mean() for c in chunks]),
