@@ -21,7 +21,7 @@ report: $(STAMP)
 	$(BIN)/python examples/demo_report.py
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks scripts
+	$(BIN)/ruff check src tests examples benchmarks scripts fuzz
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

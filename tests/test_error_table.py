@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import os
 import re
 import struct
 from collections.abc import Callable
@@ -11,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pytest_quantcheck import cache as cache_module
+from pytest_quantcheck import cli as cli_module
 from pytest_quantcheck.baseline import BaselineError, load
 from pytest_quantcheck.cli import main
 from pytest_quantcheck.engine import Engine
@@ -132,6 +136,28 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
         assert result.ret == pytest.ExitCode.TESTS_FAILED
         return next(line for line in result.stdout.lines if "quantcheck: error:" in line)
 
+    def cache_not_creatable() -> str:
+        blocker = text(tmp_path / "cache-file", "")
+        monkeypatch.setenv("QUANTCHECK_CACHE_DIR", str(blocker / "cache"))
+        monkeypatch.setattr(cli_module, "default_backend", FakeBackend)
+        return cli(capsys, "quantize", write_fake_gguf(tmp_path / "c.gguf"), "Q8_0")
+
+    def cache_full() -> str:
+        monkeypatch.setenv("QUANTCHECK_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.setattr(cli_module, "default_backend", FakeBackend)
+
+        def no_space(fd: int) -> None:  # where a full disk shows with delayed allocation
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(cache_module.os, "fsync", no_space)
+        return cli(capsys, "quantize", write_fake_gguf(tmp_path / "d.gguf"), "Q8_0")
+
+    def token_twice() -> str:
+        path = tmp_path / "v.gguf"
+        write_gguf(path, {"general.architecture": "llama", "tokenizer.ggml.tokens": ["a", "b", "a"]},
+                   {"output.weight": np.ones((3, 32), np.float32)})
+        return cli(capsys, "perplexity", path, "-f", eval_text)
+
     def newer_baseline() -> str:
         path = text(tmp_path / "n.quantcheck.json",
                     '{"schema": "pytest-quantcheck baseline", "schema_version": 3}')
@@ -162,6 +188,9 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
         return next(line for line in result.stdout.lines if line.startswith("SKIPPED"))
 
     return {
+        "cache directory that cannot be created": cache_not_creatable,
+        "disk full while caching a variant": cache_full,
+        "GGUF llama.cpp would abort on (a token twice)": token_twice,
         "baseline from a newer pytest-quantcheck": newer_baseline,
         "throughput baseline from another machine (skipped, not failed)": other_machine,
         "missing model file": lambda: cli(capsys, "perplexity", tmp_path / "nope.gguf", "-f",

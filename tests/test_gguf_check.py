@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,9 +15,12 @@ from pytest_quantcheck.gguf_check import validate_gguf
 from pytest_quantcheck.gguf_file import GGUFError, read_gguf, write_gguf
 
 
-def small_model(path: Path) -> Path:
-    write_gguf(path, {"general.architecture": "llama", "tokenizer.ggml.tokens": ["a", "b", "c"],
-                      "tokenizer.ggml.scores": np.zeros(3, np.float32)},
+def small_model(path: Path, **metadata: Any) -> Path:
+    """``metadata`` adds or replaces keys; dots are spelled ``__`` (``llama__block_count``)."""
+    meta = {"general.architecture": "llama", "llama.block_count": 1,
+            "tokenizer.ggml.tokens": ["a", "b", "c"], "tokenizer.ggml.scores": np.zeros(3, np.float32)}
+    meta.update({key.replace("__", "."): value for key, value in metadata.items()})
+    write_gguf(path, meta,
                {"token_embd.weight": np.ones((3, 32), np.float16),
                 "output_norm.weight": np.ones(32, np.float32),
                 "output.weight": np.ones((3, 32), np.float32)})
@@ -90,3 +94,80 @@ def test_mutated_files_validate_or_fail_cleanly(tmp_path: Path, data: st.DataObj
         validate_gguf(path)
     except GGUFError as exc:
         assert str(path) in str(exc)
+
+
+def refused(path: Path, message: str) -> None:
+    with pytest.raises(GGUFError, match=message) as info:
+        validate_gguf(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+# llama.cpp aborts the process on the files below instead of reporting an error (while loading,
+# or at the first evaluation, after the crash-isolated load has passed); fuzz/fuzz_gguf.py found
+# them in files that passed every check above.
+
+
+@pytest.mark.parametrize(
+    ("tensor", "ggml_type", "message"),
+    [
+        ("output.weight", 26, "tensor output.weight has ggml type 26 \\(I32\\), which llama.cpp"
+         " cannot compute with"),  # the same size as F32: only the type changes
+        ("token_embd.weight", 25, "ggml type 25 \\(I16\\)"),  # the same size as F16
+        ("output.weight", 9, "ggml type 9 \\(Q8_1\\)"),  # smaller: fits where F32 was
+        ("output.weight", 15, "ggml type 15 \\(Q8_K\\)"),
+        ("output_norm.weight", 1, "tensor output_norm.weight is one-dimensional with ggml type 1;"
+         " llama.cpp computes with one-dimensional tensors in F32 only"),
+        ("output_norm.weight", 30, "one-dimensional with ggml type 30"),  # BF16
+    ],
+)
+def test_tensor_types_llama_cpp_cannot_compute_with_are_refused(
+        tmp_path: Path, tensor: str, ggml_type: int, message: str) -> None:
+    path = small_model(tmp_path / "m.gguf")
+    rewrite_tensor(path, tensor, ggml_type=ggml_type)
+    refused(path, message)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        (["a", "b", "a"], "vocabulary tokens 0 and 2 are the same string 'a'"),
+        (["a", "b\0x", "b\0y"], "vocabulary tokens 1 and 2 are the same string 'b'"),  # C strings
+        (["", "[EMPTY_0]", "c"], r"vocabulary tokens 0 and 1 are the same string '\[EMPTY_0\]'"),
+    ],
+)
+def test_a_vocabulary_with_a_token_twice_is_refused(tmp_path: Path, tokens: list[str],
+                                                    message: str) -> None:
+    refused(small_model(tmp_path / "m.gguf", tokenizer__ggml__tokens=tokens), message)
+
+
+def test_distinct_tokens_and_unread_vocabularies_pass(tmp_path: Path) -> None:
+    validate_gguf(small_model(tmp_path / "a.gguf", tokenizer__ggml__tokens=["", "b\0x", "c"]))
+    validate_gguf(small_model(tmp_path / "b.gguf", tokenizer__ggml__tokens=["a", "a", "a"],
+                              tokenizer__ggml__model="no_vocab"))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"llama__block_count": 0}, "llama.block_count is 0, not 1 to 512"),
+        ({"llama__block_count": 513}, "llama.block_count is 513, not 1 to 512"),
+        ({"llama__block_count": 2**32 - 1}, "llama.block_count is 4294967295, not 1 to 512"),
+        ({"llama__block_count": 2, "llama__nextn_predict_layers": 3},
+         "llama.nextn_predict_layers is 3, more than the 2 blocks"),
+    ],
+)
+def test_a_layer_count_llama_cpp_asserts_on_is_refused(tmp_path: Path, metadata: dict[str, int],
+                                                       message: str) -> None:
+    refused(small_model(tmp_path / "m.gguf", **metadata), message)
+
+
+@pytest.mark.parametrize("eps", [-0.5, float("nan"), float("-inf"), float("inf")])
+def test_a_norm_epsilon_llama_cpp_asserts_on_is_refused(tmp_path: Path, eps: float) -> None:
+    refused(small_model(tmp_path / "m.gguf", llama__attention__layer_norm_rms_epsilon=eps),
+            f"llama.attention.layer_norm_rms_epsilon is {eps}, not a finite number >= 0")
+
+
+def test_layer_counts_in_range_pass(tmp_path: Path) -> None:
+    validate_gguf(small_model(tmp_path / "m.gguf", llama__block_count=512,
+                              llama__nextn_predict_layers=512,
+                              llama__attention__layer_norm_rms_epsilon=0.0))

@@ -8,6 +8,7 @@ reader never sees a half-written file; an exclusive lock per entry makes concurr
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -18,10 +19,41 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _HASH_BLOCK = 1 << 22
+# A build that fails while less than this is free is blamed on the full disk: llama.cpp reports
+# a failed write as a bare error code, and a full disk is by far the likeliest cause.
+_NEARLY_FULL = 1 << 20
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class CacheError(RuntimeError):
     """The cache directory cannot be used; the message says which and how to fix it."""
+
+
+def cache_error(folder: Path, doing: str, exc: OSError) -> CacheError:
+    """One line: the directory, what failed and why, and the fix."""
+    if exc.errno in _FULL:
+        reason = (exc.strerror or "no space left on device").lower()
+        fix = "free disk space or set QUANTCHECK_CACHE_DIR to a directory on another disk"
+    else:
+        blocker = _file_in_the_way(folder) if exc.errno in (errno.ENOTDIR, errno.EEXIST) else None
+        reason = f"{blocker} is a file" if blocker else (exc.strerror or str(exc)).lower()
+        fix = "set QUANTCHECK_CACHE_DIR to a writable directory"
+    return CacheError(f"{folder}: cannot {doing} ({reason}); {fix}")
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` (itself included), if it is not a directory."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def cache_root() -> Path:
@@ -37,10 +69,7 @@ def ensure_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CacheError(
-            f"{path}: cannot create cache directory ({exc.strerror}); set QUANTCHECK_CACHE_DIR"
-            " to a writable directory"
-        ) from None
+        raise cache_error(path, "create cache directory", exc) from None
     return path
 
 
@@ -105,7 +134,11 @@ def locked(path: Path, lock_dir: Path | None = None) -> Iterator[None]:
         lock_path = path.with_name(path.name + ".lock")
     else:
         lock_path = ensure_dir(lock_dir) / f"{key_digest(str(path.resolve()))}.lock"
-    with lock_path.open("a+b") as handle:
+    try:
+        handle = lock_path.open("a+b")
+    except OSError as exc:
+        raise cache_error(lock_path.parent, "create a lock file", exc) from None
+    with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -122,7 +155,8 @@ def publish(
 
     ``build(tmp)`` writes the entry (a file or a directory) at ``tmp``; it is renamed to
     ``final`` only after ``build`` returns. An existing entry that fails ``is_valid`` is removed
-    and rebuilt. Returns True when this call built the entry.
+    and rebuilt. Returns True when this call built the entry. A failed build leaves nothing
+    behind; a write error, or any failure while the disk is full, is a :class:`CacheError`.
     """
     ensure_dir(final.parent)
     with locked(final):
@@ -140,10 +174,14 @@ def publish(
             os.replace(tmp, final)
         except OSError as exc:
             _remove(tmp)
-            raise CacheError(
-                f"{final.parent}: cannot write cache entry ({exc.strerror}); free disk space or"
-                " set QUANTCHECK_CACHE_DIR to another directory"
-            ) from exc
+            raise cache_error(final.parent, "write cache entry", exc) from exc
+        except Exception as exc:
+            free = _free_bytes(final.parent)  # before the partial output is removed
+            _remove(tmp)
+            if free is not None and free < _NEARLY_FULL:
+                full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise cache_error(final.parent, "write cache entry", full) from exc
+            raise
         except BaseException:
             _remove(tmp)
             raise

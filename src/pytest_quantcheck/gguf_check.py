@@ -4,7 +4,12 @@ llama.cpp's loader trusts many header fields; a truncated download or a hostile 
 the process that loads it. This reads the header only (metadata and tensor directory, never the
 weights) and checks that every tensor has a known type, a plausible shape whose rows are whole
 blocks of that type, an aligned offset, and bytes that lie inside the file without overlapping
-another tensor. Any problem is a :class:`GGUFError` naming the file and what is wrong.
+another tensor. It also refuses what llama.cpp loads and then aborts the process on (found by
+``fuzz/fuzz_gguf.py``): tensors of a type without a CPU dot product (integers, F64, Q8_1, Q8_K),
+one-dimensional tensors (norms, biases) other than F32, and a negative or NaN norm epsilon, which
+crash the first evaluation; a layer count out of range and a vocabulary with a token twice, which
+llama.cpp asserts on while loading. Any problem is a :class:`GGUFError` naming the file and what
+is wrong.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import mmap
+import struct
 from pathlib import Path
+from typing import Any
 
-from pytest_quantcheck.gguf_file import GGUFContents, GGUFError, read_gguf
+from pytest_quantcheck.gguf_file import GGUFContents, GGUFError, SkippedStrings, read_gguf
 
 # ggml type -> (elements per block, bytes per block), as ggml defines them
 QK_K = 256
@@ -28,6 +36,12 @@ GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
 }  # fmt: skip
 MAX_NAME = 64  # GGML_MAX_NAME, terminator included
 MAX_ELEMENTS = 1 << 50
+# Types ggml stores but has no CPU dot product for (Q8_1 and Q8_K only quantize activations): a
+# weight of one of these loads, then the first evaluation segfaults or aborts in ggml-cpu.
+NO_COMPUTE_TYPES = {9: "Q8_1", 15: "Q8_K", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64"}
+GGML_F32 = 0
+MAX_LAYERS = 512  # LLAMA_MAX_LAYERS
+NO_VOCAB = ("no_vocab", "none")  # tokenizer models whose token list llama.cpp does not read
 
 
 def tensor_nbytes(shape: tuple[int, ...], ggml_type: int) -> int:
@@ -55,6 +69,14 @@ def validate_gguf(path: Path) -> GGUFContents:
             raise _fail(path, f"tensor name {name!r} is empty, too long or not printable")
         if t.ggml_type not in GGML_TYPE_SIZES:
             raise _fail(path, f"tensor {name} has unknown ggml type {t.ggml_type}")
+        if t.ggml_type in NO_COMPUTE_TYPES:
+            raise _fail(path, f"tensor {name} has ggml type {t.ggml_type}"
+                        f" ({NO_COMPUTE_TYPES[t.ggml_type]}), which llama.cpp cannot compute with")
+        if len(t.shape) == 1 and t.ggml_type != GGML_F32:
+            # converters and llama-quantize keep 1-D tensors F32; ggml's element-wise ops
+            # (x * norm, x + bias) take no other type there
+            raise _fail(path, f"tensor {name} is one-dimensional with ggml type {t.ggml_type};"
+                        " llama.cpp computes with one-dimensional tensors in F32 only")
         if not t.shape or any(d < 1 for d in t.shape) or math.prod(t.shape) > MAX_ELEMENTS:
             raise _fail(path, f"tensor {name} has implausible shape {list(t.shape)}")
         block = GGML_TYPE_SIZES[t.ggml_type][0]
@@ -71,7 +93,56 @@ def validate_gguf(path: Path) -> GGUFContents:
     for (_, end, name), (start, _, nxt) in itertools.pairwise(spans):
         if start < end:
             raise _fail(path, f"tensors {name} and {nxt} overlap")
+    _check_hyperparameters(path, contents.metadata)
+    _check_vocabulary(path, contents.metadata)
     return contents
+
+
+def _check_hyperparameters(path: Path, metadata: dict[str, Any]) -> None:
+    # llama.cpp asserts 0 < block_count <= LLAMA_MAX_LAYERS and nextn_predict_layers <=
+    # block_count while loading (llama-model.cpp, load_hparams), and eps >= 0 in every norm at
+    # the first evaluation (ggml-cpu ops.cpp); a value of the wrong type it reports itself.
+    arch = metadata.get("general.architecture")
+    if not isinstance(arch, str):
+        return
+    for key, value in metadata.items():
+        if (key.startswith(f"{arch}.") and key.endswith("_epsilon") and isinstance(value, float)
+                and not 0.0 <= value < math.inf):
+            raise _fail(path, f"{key} is {value}, not a finite number >= 0")
+    blocks = metadata.get(f"{arch}.block_count")
+    if isinstance(blocks, int) and not 1 <= blocks <= MAX_LAYERS:
+        raise _fail(path, f"{arch}.block_count is {blocks}, not 1 to {MAX_LAYERS}")
+    nextn = metadata.get(f"{arch}.nextn_predict_layers")
+    if isinstance(blocks, int) and isinstance(nextn, int) and nextn > blocks:
+        raise _fail(path, f"{arch}.nextn_predict_layers is {nextn}, more than the {blocks} blocks")
+
+
+def _check_vocabulary(path: Path, metadata: dict[str, Any]) -> None:
+    """No token string twice: llama.cpp asserts it (llama-vocab.cpp, load). It compares tokens
+    as C strings (up to the first NUL) and names an empty token ``[EMPTY_<id>]``; so do we."""
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, SkippedStrings) or metadata.get("tokenizer.ggml.model") in NO_VOCAB:
+        return
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        # read_gguf has checked that every string lies inside the file
+        raw: set[bytes] = set()
+        pos, unpack, add = tokens.offset, struct.unpack_from, raw.add
+        for _ in range(tokens.count):
+            (n,) = unpack("<Q", buf, pos)
+            add(buf[pos + 8 : pos + 8 + n])
+            pos += 8 + n
+        if len(raw) == tokens.count and not any(not w or b"\0" in w for w in raw):
+            return  # the common case: all distinct, none empty or holding a NUL
+        pos = tokens.offset
+        seen: dict[bytes, int] = {}
+        for i in range(tokens.count):  # find the pair, as llama.cpp sees the strings
+            (n,) = unpack("<Q", buf, pos)
+            word = buf[pos + 8 : pos + 8 + n].split(b"\0", 1)[0] or b"[EMPTY_%d]" % i
+            pos += 8 + n
+            first = seen.setdefault(word, i)
+            if first != i:
+                raise _fail(path, f"vocabulary tokens {first} and {i} are the same string"
+                            f" {word[:40].decode(errors='replace')!r}")
 
 
 @functools.lru_cache(maxsize=256)

@@ -82,6 +82,7 @@ class SkippedStrings:
     """A string array read with ``decode_strings=False``: checked, counted, not decoded."""
 
     count: int
+    offset: int  # where the first string's length field lies in the file
 
     def __len__(self) -> int:
         return self.count
@@ -129,6 +130,7 @@ class _Reader:
     def skip_strings(self, count: int) -> SkippedStrings:
         # A 128k-token vocabulary is 128k strings: walk their lengths without decoding them.
         buf, pos, size, unpack = self.buf, self.pos, self.size, struct.unpack_from
+        start = pos
         for _ in range(count):
             if pos + 8 > size:
                 raise self.fail("unexpected end of file")
@@ -139,7 +141,7 @@ class _Reader:
         if pos > size:
             raise self.fail("unexpected end of file")
         self.pos = pos
-        return SkippedStrings(count)
+        return SkippedStrings(count, start)
 
     def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype == STRING:

@@ -134,9 +134,17 @@ def memory_bandwidth(threads: int, size_bytes: int = 256 * 2**20, repeats: int =
 _held: list[str] = []  # lock modes this process holds, innermost last
 
 
+def _open(path: Path) -> Any:
+    try:
+        return path.open("a+b")
+    except OSError as exc:
+        raise cache.CacheError(f"{path.parent}: cannot create lock file ({exc.strerror}); set"
+                               " QUANTCHECK_CACHE_DIR to a writable directory") from None
+
+
 @contextlib.contextmanager
 def _flock(path: Path, mode: int) -> Iterator[None]:
-    with path.open("a+b") as handle:
+    with _open(path) as handle:
         fcntl.flock(handle.fileno(), mode)
         try:
             yield
@@ -156,7 +164,7 @@ def heavy_step() -> Iterator[None]:
         yield
         return
     gate, work = _lock_paths()
-    with gate.open("a+b") as g:
+    with _open(gate) as g:
         fcntl.flock(g.fileno(), fcntl.LOCK_SH)  # waits while a timing holds or awaits the machine
         with _flock(work, fcntl.LOCK_SH):
             fcntl.flock(g.fileno(), fcntl.LOCK_UN)

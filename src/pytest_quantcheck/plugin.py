@@ -341,7 +341,8 @@ def _model(session: QuantSession, spec: str) -> QuantModel:
     try:
         return session.model(spec)
     except _USER_ERRORS as exc:  # one line naming the file and the fix, no plugin traceback
-        pytest.fail(str(exc), pytrace=False)
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the except: no "During handling..." chain
 
 
 @pytest.fixture(scope="session")

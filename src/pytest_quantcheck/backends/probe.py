@@ -1,14 +1,17 @@
-"""Crash isolation: load a model file once in a child process before the main process does.
+"""Crash isolation: load a model file, and decode a few tokens with it, once in a child process
+before the main process does.
 
 A file can pass the header validation and still make llama.cpp abort (an unsupported
-architecture detail, a bug in a new loader). Aborting the pytest process would lose every result
-of the run, so the first load of each file version happens in a child; a clean exit is remembered
+architecture detail, a bug in a new loader), while loading or at its first decode. Aborting the
+pytest process would lose every result of the run, so the first load of each file version
+happens in a child; a clean exit is remembered
 (by the file's SHA-256, in the cache), a crash becomes a :class:`BackendError` naming the file and
 the signal, remembered too so later runs fail at once. Run as a module, it is that child.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -19,7 +22,7 @@ from pathlib import Path
 from pytest_quantcheck import cache
 from pytest_quantcheck.backends import BackendError
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: the child decodes a few tokens too
 
 
 def probe(path: Path, version: str, command: Sequence[str] | None = None,
@@ -44,27 +47,37 @@ def probe(path: Path, version: str, command: Sequence[str] | None = None,
                            " (in an isolated process); check the file") from None
     if done.returncode < 0:
         name = signal.Signals(-done.returncode).name
-        error = (f"{path}: llama.cpp crashed ({name}) while loading this file in an isolated"
-                 " process; the file is not usable with this llama.cpp build")
+        error = (f"{path}: llama.cpp crashed ({name}) while loading this file and decoding a few"
+                 " tokens in an isolated process; the file is not usable with this llama.cpp"
+                 " build")
     elif done.returncode != 0:
         # Not a crash: an ordinary load error, which the main process reports itself.
         return
     else:
         error = None
-    cache.ensure_dir(record.parent)
-    cache.write_atomic(record, json.dumps({"version": PROBE_VERSION, "ok": error is None,
-                                           "error": error, "file": str(path)}).encode())
+    with contextlib.suppress(OSError, cache.CacheError):  # unremembered: probed again next time
+        cache.ensure_dir(record.parent)
+        cache.write_atomic(record, json.dumps({"version": PROBE_VERSION, "ok": error is None,
+                                               "error": error, "file": str(path)}).encode())
     if error is not None:
         raise BackendError(error)
 
 
 def main(argv: Sequence[str]) -> int:
+    import numpy as np
+
     from pytest_quantcheck.backends import RunOptions
     from pytest_quantcheck.backends.llamacpp import LlamaCppModel
 
+    # Some files load and then abort llama.cpp at context creation or the first decode (a
+    # weight type with no CPU kernel, a bad norm epsilon): decode a few tokens too.
     try:
-        LlamaCppModel(Path(argv[0]), RunOptions(n_threads=1)).close()
-    except BackendError:
+        model = LlamaCppModel(Path(argv[0]), RunOptions(n_threads=1))
+        ctx = model.open_context(8, 1, 8)
+        ctx.score_chunks(np.zeros((1, 8), dtype=np.int32) + min(1, model.n_vocab - 1), 4)
+        ctx.close()
+        model.close()
+    except (BackendError, ValueError):
         return 1
     return 0
 
