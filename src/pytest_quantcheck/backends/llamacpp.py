@@ -43,17 +43,53 @@ def _ensure_initialized(verbose: bool) -> None:
             _initialized = True
 
 
+class _ThreadpoolParams(ctypes.Structure):
+    _fields_ = [("cpumask", ctypes.c_bool * 512),  # GGML_MAX_N_THREADS
+                ("n_threads", ctypes.c_int), ("prio", ctypes.c_int), ("poll", ctypes.c_uint32),
+                ("strict_cpu", ctypes.c_bool), ("paused", ctypes.c_bool)]
+
+
+def _threadpool_api() -> Any:
+    """libllama with ggml's threadpool functions typed, or None where the build lacks them."""
+    lib: Any = getattr(getattr(lc, "llama_cpp", None), "_lib", None)
+    try:
+        lib.ggml_threadpool_params_default.restype = _ThreadpoolParams
+        lib.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
+        lib.ggml_threadpool_new.restype = ctypes.c_void_p
+        lib.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
+        lib.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+        lib.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        lib.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
+    except AttributeError:
+        return None
+    return lib
+
+
+_THREADPOOL: Any = _threadpool_api()
+
+
 class _NativeContext:
-    """Owns one llama_context and one llama_batch (with NumPy views of its arrays); frees both
-    exactly once."""
+    """Owns one llama_context, its thread pool and one llama_batch (with NumPy views of its
+    arrays); frees them exactly once.
+
+    The thread pool is what llama.cpp's tools attach (common_threadpools, llama-bench), so decoding
+    runs the same code path as theirs. Without one, ggml builds and tears down a pool for every
+    decode: cheap where ggml uses OpenMP, a thread start per decode where it does not.
+    """
 
     _ctx: Any = None
+    _pool: Any = None
 
     def _open(self, model: LlamaCppModel, params: Any, n_batch: int, what: str) -> None:
         ctx = lc.llama_init_from_model(model._model, params)
         if not ctx:
             raise BackendError(f"{model.path}: llama.cpp could not create a context of {what}")
         self._ctx = ctx
+        if _THREADPOOL is not None:
+            tpp = _THREADPOOL.ggml_threadpool_params_default(int(params.n_threads))
+            self._pool = _THREADPOOL.ggml_threadpool_new(ctypes.byref(tpp))
+            if self._pool:
+                _THREADPOOL.llama_attach_threadpool(ctx, self._pool, None)
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._tok = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
         self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
@@ -63,8 +99,13 @@ class _NativeContext:
     def close(self) -> None:
         if self._ctx:
             lc.llama_batch_free(self._batch)
+            if self._pool:
+                _THREADPOOL.llama_detach_threadpool(self._ctx)
             lc.llama_free(self._ctx)
             self._ctx = None
+        if self._pool:
+            _THREADPOOL.ggml_threadpool_free(self._pool)
+            self._pool = None
 
     def __del__(self) -> None:
         self.close()
