@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,15 +69,29 @@ def qc_project(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
+# Plugins the projects under test do not use, left out of the three processes of a -n 2 run
+# (hypothesis' pytest plugin alone costs each of them about a second of start-up).
+XDIST_QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+
+class RunBothWays:
+    """Runs a pytester project in-process (``serial``) or with ``-n 2`` (pytest-xdist) in a
+    subprocess (``xdist``); ``xdist`` says which, for the few assertions that must differ."""
+
+    def __init__(self, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.mode = mode
+        self.xdist = mode == "xdist"
+        self._monkeypatch = monkeypatch
+
+    def __call__(self, project: pytest.Pytester, *args: str) -> pytest.RunResult:
+        if not self.xdist:
+            return project.runpytest(*args)
+        self._monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
+        return project.runpytest_subprocess("-n", "2", *XDIST_QUIET, *args)
+
+
 @pytest.fixture(params=["serial", "xdist"])
-def run_both_ways(request: pytest.FixtureRequest,
-                  monkeypatch: pytest.MonkeyPatch) -> Callable[..., pytest.RunResult]:
+def run_both_ways(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> RunBothWays:
     """Run a pytester project in-process, and with ``-n 2`` (pytest-xdist) in a subprocess:
     integration tests that use this must give the same outcomes both ways."""
-    def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
-        if request.param == "serial":
-            return project.runpytest(*args)
-        monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
-        return project.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", *args)
-
-    return run
+    return RunBothWays(request.param, monkeypatch)

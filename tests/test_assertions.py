@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import RunBothWays
 
-def test_helpers_fail_with_the_markers_message(qc_project: pytest.Pytester) -> None:
+
+def test_helpers_fail_with_the_markers_message(qc_project: pytest.Pytester,
+                                               run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile(
         """
         import pytest
@@ -28,7 +31,7 @@ def test_helpers_fail_with_the_markers_message(qc_project: pytest.Pytester) -> N
             assert_perplexity_within(quantize("Q8_0"), pct=-1)
         """
     )
-    result = qc_project.runpytest()
+    result = run_both_ways(qc_project)
     result.assert_outcomes(failed=2)
     out = result.stdout.str()
     assert "AssertionError: perplexity_within(pct=3) FAIL for Q2_K: PPL" in out
@@ -37,7 +40,8 @@ def test_helpers_fail_with_the_markers_message(qc_project: pytest.Pytester) -> N
     assert "site-packages" not in out.split("short test summary")[0]
 
 
-def test_holm_correction_is_applied_across_the_run(qc_project: pytest.Pytester) -> None:
+def test_holm_correction_is_applied_across_the_run(qc_project: pytest.Pytester,
+                                                   run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile(
         """
         import pytest
@@ -48,7 +52,7 @@ def test_holm_correction_is_applied_across_the_run(qc_project: pytest.Pytester) 
             pass
         """
     )
-    result = qc_project.runpytest("--quant-correction", "holm")
+    result = run_both_ways(qc_project, "--quant-correction", "holm")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*perplexity_within(pct=3) FAIL for Q2_K*p = *(Holm-adjusted *)*"])
 

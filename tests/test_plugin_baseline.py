@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import RunBothWays
 from pytest_quantcheck.baseline import BaselineError, file_name, load, merge_record, update
 
 KEYS = {"model_sha256": "a", "text_sha256": "b", "tokens_sha256": "c", "n_ctx": 8,
@@ -30,11 +31,12 @@ def test_no_worse_than_last_release(quant_model):
 """
 
 
-def test_update_then_compare_passes(qc_project: pytest.Pytester) -> None:
+def test_update_then_compare_passes(qc_project: pytest.Pytester, run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile(SUITE)
-    result = qc_project.runpytest("--quant-update-baseline")
+    result = run_both_ways(qc_project, "--quant-update-baseline")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["quantcheck: baseline written to *base.quantcheck.json"])
+    # (under -n 2 the line follows the progress dots on the same line: no newline is ensured)
+    result.stdout.fnmatch_lines(["*quantcheck: baseline written to *base.quantcheck.json"])
     data = json.loads((qc_project.path / "baselines" / "base.quantcheck.json").read_text())
     assert data["schema"] == "pytest-quantcheck baseline" and data["schema_version"] == 2
     assert set(data["keys"]) == {"model_sha256", "text_sha256", "tokens_sha256", "n_ctx",
@@ -42,56 +44,61 @@ def test_update_then_compare_passes(qc_project: pytest.Pytester) -> None:
     assert set(data["records"]) == {"Q8_0", "Q2_K"}
     assert len(data["records"]["Q2_K"]["perplexity"]["chunk_nll"]) == data["keys"]["protocol"][
         "n_chunks"]
-    qc_project.runpytest("--quant-baseline").assert_outcomes(passed=2)
+    run_both_ways(qc_project, "--quant-baseline").assert_outcomes(passed=2)
 
 
-def test_baseline_comparisons_are_skipped_unless_asked(qc_project: pytest.Pytester) -> None:
+def test_baseline_comparisons_are_skipped_unless_asked(qc_project: pytest.Pytester,
+                                                       run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile(SUITE)
-    result = qc_project.runpytest("-rs")
+    result = run_both_ways(qc_project, "-rs")
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(["*baseline comparisons are off; run with --quant-baseline*"])
 
 
-def test_missing_baseline_fails_and_says_how_to_create_it(qc_project: pytest.Pytester) -> None:
+def test_missing_baseline_fails_and_says_how_to_create_it(qc_project: pytest.Pytester,
+                                                          run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile(SUITE)
-    result = qc_project.runpytest("--quant-baseline")
+    result = run_both_ways(qc_project, "--quant-baseline")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*base.quantcheck.json: no baseline file; create it with"
                                  " --quant-update-baseline*"])
 
 
 def test_a_regression_against_the_baseline_fails_with_the_update_flag(
-        qc_project: pytest.Pytester) -> None:
+        qc_project: pytest.Pytester, run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile(SUITE)
-    qc_project.runpytest("--quant-update-baseline", "--quant-variants", "Q8_0")
+    qc_project.runpytest("--quant-update-baseline", "--quant-variants", "Q8_0")  # the setup
     # Pretend the last release was 0.1 nats per token better than this build.
     path = qc_project.path / "baselines" / "base.quantcheck.json"
     data = json.loads(path.read_text())
     data["records"]["Q8_0"]["perplexity"]["chunk_nll"] = [
         x - 0.1 for x in data["records"]["Q8_0"]["perplexity"]["chunk_nll"]]
     path.write_text(json.dumps(data))
-    result = qc_project.runpytest("--quant-baseline", "--quant-variants", "Q8_0")
+    result = run_both_ways(qc_project, "--quant-baseline", "--quant-variants", "Q8_0")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*FAIL for Q8_0: PPL * vs * (baseline base.quantcheck.json),"
                                  " +10.52%*If the change is intended, update the baseline with"
                                  " --quant-update-baseline*"])
 
 
-def test_mismatched_baseline_is_refused_naming_the_key(qc_project: pytest.Pytester) -> None:
+def test_mismatched_baseline_is_refused_naming_the_key(qc_project: pytest.Pytester,
+                                                       run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile(SUITE)
-    qc_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)
-    result = qc_project.runpytest("--quant-baseline", "--quant-n-ctx", "32")
+    qc_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)  # the setup
+    result = run_both_ways(qc_project, "--quant-baseline", "--quant-n-ctx", "32")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*baseline was made with a different tokens_sha256*refresh it with"
                                  " --quant-update-baseline if the change is intended*"])
-    result = qc_project.runpytest("--quant-baseline", "--quant-n-ctx", "32", "--quant-baseline-ignore",
-                                  "tokens_sha256,protocol")
+    result = run_both_ways(qc_project, "--quant-baseline", "--quant-n-ctx", "32",
+                           "--quant-baseline-ignore", "tokens_sha256,protocol")
+    result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*baseline was made with a different n_ctx (64, now 32)*"])
 
 
-def test_corrupt_baseline_is_reported_not_overwritten(qc_project: pytest.Pytester) -> None:
+def test_corrupt_baseline_is_reported_not_overwritten(qc_project: pytest.Pytester,
+                                                      run_both_ways: RunBothWays) -> None:
     path = plant_corrupt_baseline(qc_project)
-    result = qc_project.runpytest("--quant-baseline")
+    result = run_both_ways(qc_project, "--quant-baseline")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*base.quantcheck.json: unreadable baseline*restore it from version"
                                  " control or recreate it with --quant-update-baseline*"])
@@ -115,9 +122,11 @@ def test_file_names_cannot_escape_the_directory() -> None:
     assert "/" not in file_name("a/b\\c")
 
 
-def test_updating_over_a_corrupt_file_keeps_it_aside(qc_project: pytest.Pytester) -> None:
+def test_updating_over_a_corrupt_file_keeps_it_aside(qc_project: pytest.Pytester,
+                                                     run_both_ways: RunBothWays) -> None:
     path = plant_corrupt_baseline(qc_project)
-    result = qc_project.runpytest("--quant-update-baseline")
+    result = run_both_ways(qc_project, "--quant-update-baseline")
+    result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*base.quantcheck.json was not a readable baseline; it was moved"
                                  " to *base.quantcheck.json.corrupt-*"])
     aside = list(path.parent.glob("base.quantcheck.json.corrupt-*"))

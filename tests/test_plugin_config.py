@@ -6,23 +6,27 @@ from pathlib import Path
 
 import pytest
 
+from conftest import RunBothWays
 from pytest_quantcheck.config import ConfigError, Layer, merge, read_pyproject, read_yaml
 
-SHOW = """
-def test_show(quant_session):
-    s = quant_session.settings
-    print("SETTINGS", s.variants, s.n_ctx, s.alpha, s.mode, s.chunks, s.model.name)
-"""
+
+def expect_settings(project: pytest.Pytester, *expected: object) -> None:
+    # an assertion in the test, not a print: under -n 2 a worker's output is not shown
+    project.makepyfile(test_show=(
+        "def test_show(quant_session):\n"
+        "    s = quant_session.settings\n"
+        f"    assert (s.variants, s.n_ctx, s.alpha, s.mode, s.chunks, s.model.name) == {expected!r}\n"
+    ))
 
 
-def test_pyproject_then_yaml_then_ini_then_command_line(qc_project: pytest.Pytester) -> None:
-    qc_project.makepyfile(SHOW)
-    result = qc_project.runpytest("-s")
-    result.stdout.fnmatch_lines(["*SETTINGS ('Q8_0', 'Q2_K') 64 0.05 detect None base.gguf"])
+def test_pyproject_then_yaml_then_ini_then_command_line(qc_project: pytest.Pytester,
+                                                        run_both_ways: RunBothWays) -> None:
+    expect_settings(qc_project, ("Q8_0", "Q2_K"), 64, 0.05, "detect", None, "base.gguf")
+    run_both_ways(qc_project).assert_outcomes(passed=1)
     (qc_project.path / "quantcheck.yaml").write_text("alpha: 0.01\nvariants: [Q4_K_M]\n")
     qc_project.makefile(".ini", pytest="[pytest]\nquant_mode = prove\nquant_chunks = 5\n")
-    result = qc_project.runpytest("-s", "--quant-chunks", "7")
-    result.stdout.fnmatch_lines(["*SETTINGS ('Q4_K_M',) 64 0.01 prove 7 base.gguf"])
+    expect_settings(qc_project, ("Q4_K_M",), 64, 0.01, "prove", 7, "base.gguf")
+    run_both_ways(qc_project, "--quant-chunks", "7").assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize(
@@ -42,6 +46,8 @@ def test_pyproject_then_yaml_then_ini_then_command_line(qc_project: pytest.Pytes
 )
 def test_bad_settings_name_the_file_key_and_allowed_values(pytester: pytest.Pytester,
                                                            pyproject: str, message: str) -> None:
+    # serial only, as the two tests below: settings are checked in pytest_configure, before
+    # pytest-xdist starts any worker, so -n 2 takes the very same path
     (pytester.path / "pyproject.toml").write_text(pyproject)
     pytester.makepyfile("def test_x():\n    pass\n")
     result = pytester.runpytest()
@@ -94,10 +100,11 @@ def test_missing_model_file_is_a_usage_error(qc_project: pytest.Pytester) -> Non
     result.stderr.fnmatch_lines(["ERROR: command line: model: */missing.gguf is not a file; fix the path"])
 
 
-def test_unknown_variant_fails_the_test_in_one_line(qc_project: pytest.Pytester) -> None:
+def test_unknown_variant_fails_the_test_in_one_line(qc_project: pytest.Pytester,
+                                                    run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_at_most(1e9)\n"
                           "def test_x(quant_model):\n    pass\n")
-    result = qc_project.runpytest("--quant-variants", "Q4_K_X")
+    result = run_both_ways(qc_project, "--quant-variants", "Q4_K_X")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*variant 'Q4_K_X' is neither a quantization type, 'base', nor an"
                                  " existing .gguf file; types: F32, F16*"])

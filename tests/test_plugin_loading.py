@@ -16,6 +16,8 @@ def test_loading_the_plugin_does_not_import_llama_cpp() -> None:
 
 
 def test_plugin_is_registered_and_reports_its_cache(pytester: pytest.Pytester) -> None:
+    # one mode: about the entry point in a fresh interpreter; every run_both_ways test's -n 2
+    # run loads the plugin in its workers the same way
     pytester.makepyfile("def test_ok():\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["quantcheck: *, cache *"])

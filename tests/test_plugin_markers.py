@@ -156,34 +156,34 @@ def test_bad_marker_arguments_are_usage_errors(qc_project: pytest.Pytester, mark
     result.stderr.fnmatch_lines([f"*test_x*{message}*"])
 
 
-XDIST_USAGE_ERROR = ("under -n 2 a UsageError raised while workers collect (plugin.py,"
-                     " pytest_collection_modifyitems) crashes xdist: INTERNALERROR, exit code 3, no"
-                     " one-line message")
+def assert_usage_error(result: pytest.RunResult, xdist: bool, line: str) -> None:
+    """Serial: pytest stops with a usage error. Under pytest-xdist a worker cannot stop the run,
+    so each affected test fails at setup with the same one line, and no INTERNALERROR."""
+    if xdist:
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        result.stdout.fnmatch_lines([line])
+        assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    else:
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([line])
 
 
 def test_a_bad_marker_argument_stops_the_run(qc_project: pytest.Pytester,
-                                             run_both_ways: RunBothWays,
-                                             request: pytest.FixtureRequest) -> None:
-    request.applymarker(pytest.mark.xfail(run_both_ways.xdist, reason=XDIST_USAGE_ERROR,
-                                          strict=True))
+                                             run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_within(pc=3)\n"
                           "def test_x(quant_model):\n    pass\n")
     result = run_both_ways(qc_project)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*test_x*perplexity_within got an unknown keyword 'pc'*"])
+    assert_usage_error(result, run_both_ways.xdist,
+                       "*test_x*perplexity_within got an unknown keyword 'pc'*")
 
 
 def test_marker_without_a_model_is_a_clear_error(qc_project: pytest.Pytester,
-                                                 run_both_ways: RunBothWays,
-                                                 request: pytest.FixtureRequest) -> None:
-    request.applymarker(pytest.mark.xfail(run_both_ways.xdist, reason=XDIST_USAGE_ERROR,
-                                          strict=True))
+                                                 run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_at_most(10)\ndef test_x():\n"
                           "    pass\n")
     result = run_both_ways(qc_project)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*test_x: @pytest.mark.perplexity_at_most needs a model to check;"
-                                 " add the quant_model fixture*"])
+    assert_usage_error(result, run_both_ways.xdist, "*test_x: @pytest.mark.perplexity_at_most needs"
+                       " a model to check; add the quant_model fixture*")
 
 
 def test_markers_are_registered_for_strict_markers(qc_project: pytest.Pytester,
@@ -283,3 +283,32 @@ def test_perplexity_from_the_kl_pass_equals_a_perplexity_run(qc_project: pytest.
                 if c["metric"] == "PPL"]
 
     assert ppl_checks("with_kl.json") == ppl_checks("plain.json")
+
+
+def test_two_variant_files_with_one_name_are_refused(qc_project: pytest.Pytester) -> None:
+    from fakes import write_fake_gguf
+
+    for folder, noise in (("a", 0.0), ("b", 0.6)):
+        (qc_project.path / folder).mkdir()
+        write_fake_gguf(qc_project.path / folder / "model.gguf", noise=noise)
+    qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_within(pct=3)\n"
+                          "def test_x(quant_model):\n    pass\n")
+    result = qc_project.runpytest("--quant-variants", "a/model.gguf,b/model.gguf")
+    result.assert_outcomes(passed=1, errors=1)  # never two files' numbers under one name
+    result.stdout.fnmatch_lines(["*variants 'a/model.gguf' and 'b/model.gguf' are both named"
+                                 " 'model' (a .gguf variant is named after its file name);"
+                                 " rename one of the files*"])
+
+
+def test_variant_paths_are_relative_to_the_settings_file(qc_project: pytest.Pytester) -> None:
+    project = qc_project.path / "proj"
+    project.mkdir()
+    for name in ("base.gguf", "one_pct.gguf", "eval.txt", "pyproject.toml", "conftest.py"):
+        (qc_project.path / name).rename(project / name)
+    (project / "pyproject.toml").write_text(
+        '[tool.quantcheck]\nmodel = "base.gguf"\nvariants = ["one_pct.gguf"]\n'
+        'eval_text = "eval.txt"\nn_ctx = 64\nn_batch = 256\n')
+    (project / "test_x.py").write_text("import pytest\n\n@pytest.mark.perplexity_within(pct=3)\n"
+                                       "def test_x(quant_model):\n    pass\n")
+    result = qc_project.runpytest("proj")  # run from the parent folder
+    result.assert_outcomes(passed=1)

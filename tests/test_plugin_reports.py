@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from junitparser import JUnitXml
 
+from conftest import XDIST_QUIET, RunBothWays
+
 SUITE = """
 import pytest
 
@@ -29,10 +31,11 @@ def subprocess_project(qc_project: pytest.Pytester, monkeypatch: pytest.MonkeyPa
     return qc_project
 
 
-def test_json_and_junit_reports_carry_the_numbers(qc_project: pytest.Pytester) -> None:
+def test_json_and_junit_reports_carry_the_numbers(qc_project: pytest.Pytester,
+                                                  run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile(SUITE)
-    result = qc_project.runpytest("--quant-json", "out/q.json", "--quant-junit", "out/q.xml",
-                                  "--junitxml", "out/pytest.xml", "-W", "error::pytest.PytestWarning")
+    result = run_both_ways(qc_project, "--quant-json", "out/q.json", "--quant-junit", "out/q.xml",
+                           "--junitxml", "out/pytest.xml", "-W", "error::pytest.PytestWarning")
     result.assert_outcomes(passed=1, failed=1, skipped=2)
     data = json.loads((qc_project.path / "out" / "q.json").read_text())
     q2 = next(c for c in data["checks"] if c["variant"] == "Q2_K" and c["check"].startswith("perp"))
@@ -54,13 +57,14 @@ def test_json_and_junit_reports_carry_the_numbers(qc_project: pytest.Pytester) -
     assert "perplexity_within(pct=3) FAIL for Q2_K: PPL" in failed.result[0].message
 
 
-def test_github_step_summary_and_annotations(qc_project: pytest.Pytester,
+def test_github_step_summary_and_annotations(qc_project: pytest.Pytester, run_both_ways: RunBothWays,
                                              monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     qc_project.makepyfile(SUITE)
-    result = qc_project.runpytest()
+    result = run_both_ways(qc_project)
+    result.assert_outcomes(passed=1, failed=1, skipped=2)
     text = summary.read_text()
     assert text.startswith("### quantcheck: 2 of 4 checks passed")  # Q2_K fails both
     assert "| variant | check | measured | against | change | p | verdict |" in text
@@ -77,25 +81,27 @@ def _verdicts(path: Path) -> list[tuple[str, str, str]]:
 def test_same_verdicts_and_baselines_with_and_without_xdist(subprocess_project: pytest.Pytester) -> None:
     p = subprocess_project
     serial = p.runpytest_subprocess("--quant-json", "serial.json", "--quant-update-baseline",
-                                    "-p", "no:cacheprovider")
+                                    *XDIST_QUIET)
     serial.assert_outcomes(passed=3, failed=1)
     base_file = p.path / "baselines" / "base.quantcheck.json"
     serial_baseline = json.loads(base_file.read_text())
     base_file.unlink()
     parallel = p.runpytest_subprocess("-n", "2", "--quant-json", "parallel.json",
-                                      "--quant-update-baseline", "-p", "no:cacheprovider")
+                                      "--quant-update-baseline", *XDIST_QUIET)
     parallel.assert_outcomes(passed=3, failed=1)
     parallel.stdout.fnmatch_lines(["*quantcheck summary*"])
     assert _verdicts(p.path / "serial.json") == _verdicts(p.path / "parallel.json")
     assert json.loads(base_file.read_text()) == serial_baseline
-    compare = p.runpytest_subprocess("-n", "2", "--quant-baseline", "-p", "no:cacheprovider")
+    compare = p.runpytest_subprocess("-n", "2", "--quant-baseline", *XDIST_QUIET)
     compare.assert_outcomes(passed=3, failed=1)
 
 
-def test_tradeoff_plot_shows_every_variant(qc_project: pytest.Pytester) -> None:
+def test_tradeoff_plot_shows_every_variant(qc_project: pytest.Pytester,
+                                           run_both_ways: RunBothWays) -> None:
     pytest.importorskip("matplotlib")
     qc_project.makepyfile(SUITE)
-    qc_project.runpytest("--quant-plot", "out/tradeoff.svg")
+    run_both_ways(qc_project, "--quant-plot", "out/tradeoff.svg").assert_outcomes(
+        passed=1, failed=1, skipped=2)
     svg = (qc_project.path / "out" / "tradeoff.svg").read_text()
     for name in ("Q8_0", "Q2_K", "base"):
         assert f">{name}<" in svg or name in svg
@@ -103,13 +109,14 @@ def test_tradeoff_plot_shows_every_variant(qc_project: pytest.Pytester) -> None:
 
 
 def test_plot_needs_a_known_format(qc_project: pytest.Pytester) -> None:
+    # serial only: the option is checked in pytest_configure, before pytest-xdist starts workers
     qc_project.makepyfile(SUITE)
     result = qc_project.runpytest("--quant-plot", "out/tradeoff.pdf")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--quant-plot out/tradeoff.pdf: give a .png or .svg file name*"])
 
 
-def test_markdown_report_file(qc_project: pytest.Pytester) -> None:
+def test_markdown_report_file(qc_project: pytest.Pytester, run_both_ways: RunBothWays) -> None:
     qc_project.makepyfile(SUITE)
-    qc_project.runpytest("--quant-markdown", "q.md")
+    run_both_ways(qc_project, "--quant-markdown", "q.md").assert_outcomes(passed=1, failed=1, skipped=2)
     assert "| Q2_K | perplexity_within(pct=3) |" in (qc_project.path / "q.md").read_text()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import RunBothWays
+
 RunBoth = Callable[..., pytest.RunResult]
 
 
@@ -77,7 +79,8 @@ def test_slower_variant_fails_against_another(speed_project: pytest.Pytester,
     ])
 
 
-def test_baseline_round_trip_records_machine_and_memory(speed_project: pytest.Pytester) -> None:
+def test_baseline_round_trip_records_machine_and_memory(speed_project: pytest.Pytester,
+                                                        run_both_ways: RunBothWays) -> None:
     speed_project.makepyfile(
         """
         import pytest
@@ -89,7 +92,7 @@ def test_baseline_round_trip_records_machine_and_memory(speed_project: pytest.Py
             pass
         """
     )
-    speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)
+    run_both_ways(speed_project, "--quant-update-baseline").assert_outcomes(passed=2)
     data = json.loads(baseline_file(speed_project).read_text())
     machines = data["records"]["slow"]["machines"]
     assert len(machines) == 1
@@ -97,14 +100,14 @@ def test_baseline_round_trip_records_machine_and_memory(speed_project: pytest.Py
     assert set(machines[0]["throughput"]) == {"pp", "tg"}
     assert len(machines[0]["throughput"]["tg"]["samples"]) == 5
     assert machines[0]["memory"]["peak_rss_mib"] > 0
-    result = speed_project.runpytest("--quant-baseline", "-rA")
+    result = run_both_ways(speed_project, "--quant-baseline", "-rA")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*slow*throughput_at_least(pct=-50, of='baseline',"
                                  " phase='tg')*PASS*"])
 
 
 def test_baseline_from_another_machine_is_skipped_with_the_difference(
-        speed_project: pytest.Pytester) -> None:
+        speed_project: pytest.Pytester, run_both_ways: RunBothWays) -> None:
     speed_project.makepyfile(
         """
         import pytest
@@ -114,24 +117,25 @@ def test_baseline_from_another_machine_is_skipped_with_the_difference(
             pass
         """
     )
-    speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)
+    speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)  # the setup
     path = baseline_file(speed_project)
     data = json.loads(path.read_text())
     for record in data["records"].values():
         record["machines"][0]["fingerprint"]["cpu"] = "Other CPU 9000"
     path.write_text(json.dumps(data))
-    result = speed_project.runpytest("--quant-baseline", "-rs")
+    result = run_both_ways(speed_project, "--quant-baseline", "-rs")
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines([
         "*the tg throughput baseline of fast was measured on another machine (cpu Other"
         " CPU 9000, now *); compare on that machine, record this one with"
         " --quant-update-baseline, or list the field in fingerprint_ignore*",
     ])
-    speed_project.runpytest("--quant-baseline", "--quant-fingerprint-ignore", "cpu",
-                            ).assert_outcomes(passed=2)
+    run_both_ways(speed_project, "--quant-baseline", "--quant-fingerprint-ignore", "cpu",
+                  ).assert_outcomes(passed=2)
 
 
-def test_a_second_machine_is_added_not_replaced(speed_project: pytest.Pytester) -> None:
+def test_a_second_machine_is_added_not_replaced(speed_project: pytest.Pytester,
+                                                run_both_ways: RunBothWays) -> None:
     speed_project.makepyfile(
         """
         import pytest
@@ -146,7 +150,7 @@ def test_a_second_machine_is_added_not_replaced(speed_project: pytest.Pytester) 
     data = json.loads(path.read_text())
     data["records"]["slow"]["machines"][0]["fingerprint"]["cpu"] = "Other CPU 9000"
     path.write_text(json.dumps(data))
-    speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)
+    run_both_ways(speed_project, "--quant-update-baseline").assert_outcomes(passed=2)
     machines = json.loads(path.read_text())["records"]["slow"]["machines"]
     assert [m["fingerprint"]["cpu"] != "Other CPU 9000" for m in machines] == [False, True]
 
@@ -179,7 +183,7 @@ def test_memory_at_most(speed_project: pytest.Pytester, run_both_ways: RunBoth) 
     ])
 
 
-def test_gpu_memory_from_nvml(speed_project: pytest.Pytester) -> None:
+def test_gpu_memory_from_nvml(speed_project: pytest.Pytester, run_both_ways: RunBothWays) -> None:
     speed_project.makeconftest(
         "from pathlib import Path\nfrom fakes import FakeBackend\n"
         "from pytest_quantcheck.gpu import GpuDevice, GpuReport\n\n"
@@ -196,7 +200,7 @@ def test_gpu_memory_from_nvml(speed_project: pytest.Pytester) -> None:
             pass
         """
     )
-    result = speed_project.runpytest()
+    result = run_both_ways(speed_project)
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*FAIL for fast: GPU MiB 700 vs 512 (limit); tolerance <= 512"
                                  " MiB; peak RSS * MiB, GPU 700.0 MiB on NVIDIA H100*"])
@@ -212,6 +216,7 @@ def test_gpu_memory_from_nvml(speed_project: pytest.Pytester) -> None:
 ])
 def test_bad_arguments_are_usage_errors(speed_project: pytest.Pytester, marker: str,
                                         message: str) -> None:
+    # serial: the argument checks themselves (test_plugin_markers.py runs one such error both ways)
     speed_project.makepyfile(f"import pytest\n\n@pytest.mark.{marker}\n"
                              "def test_x(quant_model):\n    pass\n")
     result = speed_project.runpytest()

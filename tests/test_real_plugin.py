@@ -29,6 +29,8 @@ def project(pytester: pytest.Pytester, demo_model: Path, demo_text: Path) -> pyt
     return pytester
 
 
+# Serial only: a -n 2 run of the real model costs three more llama.cpp processes; the plugin's
+# xdist path is the same for every backend and runs both ways on the fake one (run_both_ways).
 def test_a_few_percent_passes_and_a_big_regression_fails(project: pytest.Pytester) -> None:
     result = project.runpytest_subprocess()
     result.assert_outcomes(passed=1, failed=1)

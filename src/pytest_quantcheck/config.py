@@ -54,6 +54,7 @@ class Settings:
     fingerprint_ignore: tuple[str, ...] = ()
     verbose: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    bases: Mapping[str, Path] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _int(minimum: int, even: bool = False) -> Callable[[Any], int]:
@@ -166,7 +167,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "verbose": _bool,
 }
 KEYS = tuple(_PARSERS)
-assert set(KEYS) == {f.name for f in fields(Settings)} - {"sources"}
+assert set(KEYS) == {f.name for f in fields(Settings)} - {"sources", "bases"}
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ def merge(layers: list[Layer]) -> Settings:
     """Validate each layer's keys and values and merge them; later layers win."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    bases: dict[str, Path] = {}  # the folder relative paths in each key's value start from
     for layer in layers:
         for key, raw in layer.values.items():
             if key not in _PARSERS:
@@ -225,7 +227,8 @@ def merge(layers: list[Layer]) -> Settings:
                 value = (layer.base / Path(value).expanduser()).resolve()
             values[key] = value
             sources[key] = layer.source
-    settings = replace(Settings(), **values, sources=sources)
+            bases[key] = layer.base
+    settings = replace(Settings(), **values, sources=sources, bases=bases)
     if settings.bench_prompt == 0 and settings.bench_gen == 0:
         raise ConfigError(sources.get("bench_gen", "defaults"), "bench_gen",
                           "bench_prompt and bench_gen are both 0; keep at least one test")

@@ -27,6 +27,8 @@ from pytest_quantcheck.variants import VariantError
 session_key = pytest.StashKey[QuantSession]()
 checks_key = pytest.StashKey[list[tuple[checks.Check, str]]]()
 item_checks_key = pytest.StashKey[list[checks.Check]]()
+usage_error_key = pytest.StashKey[str]()
+notes_key = pytest.StashKey[list[tuple[str, bool]]]()
 baseline_key = pytest.StashKey[list[tuple[dict[str, Any], dict[str, Any]]]]()
 points_key = pytest.StashKey[dict[str, dict[str, float]]]()
 
@@ -110,10 +112,6 @@ def _settings(config: pytest.Config) -> Settings:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    # Under pytest-xdist, keep each variant's tests on one worker (loaded and evaluated once):
-    # items carry xdist_group marks, which the loadgroup scheduler honours.
-    if getattr(config.option, "dist", None) == "load":
-        config.option.dist = "loadgroup"
     for name, doc in checks.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
     try:
@@ -170,38 +168,76 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              scope="session")
 
 
+def _item_checks(item: pytest.Item, settings: Settings) -> list[checks.Check]:
+    """The item's quantcheck markers, parsed; a ``pytest.UsageError`` names what is wrong."""
+    found = []
+    for mark in item.iter_markers():
+        if mark.name not in checks.MARKERS:
+            continue
+        try:
+            found.append(checks.parse(mark.name, mark.args, dict(mark.kwargs)))
+        except checks.CheckArgumentError as exc:
+            raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+        phase = found[-1].args.get("phase") if found[-1].marker == "throughput_at_least" else None
+        size = {"pp": "bench_prompt", "tg": "bench_gen"}.get(phase or "")
+        if size and getattr(settings, size) == 0:
+            raise pytest.UsageError(f"{item.nodeid}: {found[-1].label} needs a {phase} test,"
+                                    f" but {size} is 0; set {size} above 0")
+    if found and "quant_model" not in getattr(item, "fixturenames", ()):
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.{found[0].marker} needs a model to check; add the"
+            " quant_model fixture to the test's arguments")
+    return found
+
+
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: only the checks that will run count
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     collected = config.stash[checks_key]
     settings = config.stash[session_key].settings
     for item in items:
-        found = []
-        for mark in item.iter_markers():
-            if mark.name not in checks.MARKERS:
-                continue
-            try:
-                found.append(checks.parse(mark.name, mark.args, dict(mark.kwargs)))
-            except checks.CheckArgumentError as exc:
-                raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
-            phase = found[-1].args.get("phase") if found[-1].marker == "throughput_at_least" else None
-            size = {"pp": "bench_prompt", "tg": "bench_gen"}.get(phase or "")
-            if size and getattr(settings, size) == 0:
-                raise pytest.UsageError(f"{item.nodeid}: {found[-1].label} needs a {phase} test,"
-                                        f" but {size} is 0; set {size} above 0")
+        try:
+            found = _item_checks(item, settings)
+        except pytest.UsageError as exc:
+            if not hasattr(config, "workerinput"):
+                raise
+            # A pytest-xdist worker cannot stop the run with a usage error (the controller
+            # reports an INTERNALERROR): the test fails at setup with the same one line.
+            item.stash[usage_error_key] = str(exc)
+            continue
         if not found:
             continue
-        if "quant_model" not in getattr(item, "fixturenames", ()):
-            raise pytest.UsageError(
-                f"{item.nodeid}: @pytest.mark.{found[0].marker} needs a model to check; add the"
-                " quant_model fixture to the test's arguments")
         item.stash[item_checks_key] = found
         variant = item.callspec.params["quant_model"]  # type: ignore[attr-defined]
         collected.extend((check, variant) for check in found)
     config.stash[session_key].plan(collected)
-    for item in items:
-        params = getattr(item, "callspec", None)
-        if params is not None and "quant_model" in params.params:
-            item.add_marker(pytest.mark.xdist_group(f"quantcheck-{params.params['quant_model']}"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    problem = item.stash.get(usage_error_key, None)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist, send all tests of one variant to one worker, so each model is loaded
+    and evaluated once; other tests are distributed one by one, as ``--dist load`` does."""
+    if getattr(config.option, "dist", None) != "load":
+        return None  # the user chose a distribution mode: keep it
+    from xdist.scheduler import LoadScopeScheduling
+
+    variants = set(config.stash[session_key].settings.variants)
+
+    class VariantScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.endswith("]"):
+                params = nodeid[nodeid.rfind("[") + 1 : -1]
+                for part in (params, *params.split("-")):
+                    if part in variants:
+                        return f"quantcheck-{part}"
+            return nodeid
+
+    return VariantScheduling(config, log)
 
 
 # ---- running ---------------------------------------------------------------------------------
@@ -248,6 +284,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    # Baseline news is written by sessionfinish, which runs first; printed here, on lines of
+    # its own (under pytest-xdist the progress line may still be open at sessionfinish).
+    for text, red in config.stash.get(notes_key, []):
+        terminalreporter.write_line(f"quantcheck: {text}", red=red)
     session = config.stash[session_key]
     if not session.outcomes:
         return
@@ -285,22 +325,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     batches = config.stash.get(baseline_key, [])
     if payload is not None:
         batches.append(payload)
-    tr = config.pluginmanager.get_plugin("terminalreporter")
+    notes = config.stash.setdefault(notes_key, [])
     if batches:  # written once, by the controller: records of all workers in one merge
         keys = batches[0][0]
         records = {name: rec for _, recs in batches for name, rec in recs.items()}
         try:
             kept_aside = baseline.update(qs.baseline_path(), keys, records)
         except BaselineError as exc:  # say so plainly and fail the run; no traceback
-            if tr is not None:
-                tr.write_line(f"quantcheck: error: {exc}", red=True)
+            notes.append((f"error: {exc}", True))
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         else:
-            if tr is not None and kept_aside is not None:
-                tr.write_line(f"quantcheck: {qs.baseline_path()} was not a readable baseline;"
-                              f" it was moved to {kept_aside}", red=True)
-            if tr is not None:
-                tr.write_line(f"quantcheck: baseline written to {qs.baseline_path()}")
+            if kept_aside is not None:
+                notes.append((f"{qs.baseline_path()} was not a readable baseline; it was moved to"
+                              f" {kept_aside}", True))
+            notes.append((f"baseline written to {qs.baseline_path()}", False))
     _write_reports(config, qs)
 
 

@@ -140,7 +140,13 @@ class QuantSession:
         """``base``, a llama.cpp file type, or a path to a .gguf file."""
         if spec not in self._models:
             with self._step(f"preparing {spec}"):
-                self._models[spec] = QuantModel(self, self._variant(spec))
+                model = QuantModel(self, self._variant(spec))
+            same = [other for other, m in self._models.items() if m.name == model.name]
+            if same:  # metrics and baseline records are kept by name: refuse to mix two files
+                raise VariantError(
+                    f"variants {same[0]!r} and {spec!r} are both named {model.name!r} (a .gguf"
+                    " variant is named after its file name); rename one of the files")
+            self._models[spec] = model
         return self._models[spec]
 
     @contextlib.contextmanager
@@ -161,6 +167,10 @@ class QuantSession:
             return quantize(base, spec, backend=self.engine.backend, imatrix=self.settings.imatrix,
                             n_threads=self.settings.threads)
         path = Path(spec)
+        if not path.is_absolute() and spec in (*self.settings.variants, self.settings.reference):
+            # a path in the settings is relative to the file that set it
+            key = "variants" if spec in self.settings.variants else "reference"
+            path = self.settings.bases.get(key, Path.cwd()) / path
         if path.suffix.lower() == ".gguf" or path.exists():
             return from_path(path)
         raise VariantError(
@@ -297,7 +307,7 @@ class QuantSession:
 
     def settings_summary(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v)
-                for k, v in self.settings.__dict__.items() if k != "sources"}
+                for k, v in self.settings.__dict__.items() if k not in ("sources", "bases")}
 
     # ---- baselines -------------------------------------------------------------------------
 
