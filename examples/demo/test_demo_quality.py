@@ -36,3 +36,10 @@ def test_q8_0_is_near_lossless(quantize):
 def test_more_bits_are_better(quantize):
     q5, q2 = quantize("Q5_K_M"), quantize("Q2_K")
     assert_perplexity_within(q5, q2, pct=0)  # Q5_K_M no worse than Q2_K
+
+
+@pytest.mark.memory_at_most(mb=256)  # peak resident memory of load plus one evaluation batch
+@pytest.mark.throughput_at_least(tokens_per_s=50)  # a generation floor, on any machine
+@pytest.mark.throughput_at_least(pct=-50)  # vs the baseline, where it was recorded (else skipped)
+def test_speed_and_memory(quant_model):
+    pass

@@ -141,10 +141,12 @@ class QuantSession:
         if spec not in self._models:
             with self._step(f"preparing {spec}"):
                 model = QuantModel(self, self._variant(spec))
-            same = [other for other, m in self._models.items() if m.name == model.name]
-            if same:  # metrics and baseline records are kept by name: refuse to mix two files
+            same = [(other, m) for other, m in self._models.items() if m.name == model.name]
+            if same and same[0][1].path.resolve() == model.path.resolve():
+                model = same[0][1]  # one file named two ways: one model, measured once
+            elif same:  # metrics and baseline records are kept by name: refuse to mix two files
                 raise VariantError(
-                    f"variants {same[0]!r} and {spec!r} are both named {model.name!r} (a .gguf"
+                    f"variants {same[0][0]!r} and {spec!r} are both named {model.name!r} (a .gguf"
                     " variant is named after its file name); rename one of the files")
             self._models[spec] = model
         return self._models[spec]
