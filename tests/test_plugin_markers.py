@@ -312,3 +312,10 @@ def test_variant_paths_are_relative_to_the_settings_file(qc_project: pytest.Pyte
                                        "def test_x(quant_model):\n    pass\n")
     result = qc_project.runpytest("proj")  # run from the parent folder
     result.assert_outcomes(passed=1)
+
+
+def test_check_labels_print_sizes_in_full() -> None:
+    from pytest_quantcheck.checks import parse
+
+    assert parse("size_at_most", (), {"bytes": 1431360}).label == "size_at_most(bytes=1431360)"
+    assert parse("size_at_most", (), {"bpw": 4.5}).label == "size_at_most(bpw=4.5)"

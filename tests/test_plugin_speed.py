@@ -53,7 +53,7 @@ def test_absolute_throughput_passes_and_fails(speed_project: pytest.Pytester,
     out = result.stdout.str()
     assert "throughput_at_least(tokens_per_s=100, phase='tg') FAIL" not in out
     result.stdout.fnmatch_lines([
-        "*throughput_at_least(tokens_per_s=1e+06, phase='pp') FAIL for slow: pp64 t/s * vs"
+        "*throughput_at_least(tokens_per_s=1000000, phase='pp') FAIL for slow: pp64 t/s * vs"
         " 1,000,000 (limit); 90% CI * to *; tolerance >= 1e+06 t/s; one-sided t-test on 5 pp64"
         " repetitions, p = *, mode detect, alpha 0.05; measured on *, 2 threads, fake 1*",
     ])

@@ -149,6 +149,14 @@ class Outcome:
         return f"{_num(d.low)} to {_num(d.high)}"
 
 
+def _arg(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if float(value).is_integer() and abs(value) >= 1e5:  # sizes in bytes: every digit
+        return str(int(value))
+    return f"{value:g}"
+
+
 def _num(x: float) -> str:
     return f"{x:.4g}" if abs(x) < 1e4 else f"{x:,.0f}"
 
@@ -192,8 +200,7 @@ class Check:
 
     @property
     def label(self) -> str:
-        inner = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:g}"
-                          for k, v in self.args.items() if v is not None)
+        inner = ", ".join(f"{k}={_arg(v)}" for k, v in self.args.items() if v is not None)
         return f"{self.marker}({inner})"
 
     @property
