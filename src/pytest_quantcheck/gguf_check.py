@@ -17,8 +17,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import mmap
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -123,26 +121,16 @@ def _check_vocabulary(path: Path, metadata: dict[str, Any]) -> None:
     tokens = metadata.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, SkippedStrings) or metadata.get("tokenizer.ggml.model") in NO_VOCAB:
         return
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        # read_gguf has checked that every string lies inside the file
-        raw: set[bytes] = set()
-        pos, unpack, add = tokens.offset, struct.unpack_from, raw.add
-        for _ in range(tokens.count):
-            (n,) = unpack("<Q", buf, pos)
-            add(buf[pos + 8 : pos + 8 + n])
-            pos += 8 + n
-        if len(raw) == tokens.count and not any(not w or b"\0" in w for w in raw):
-            return  # the common case: all distinct, none empty or holding a NUL
-        pos = tokens.offset
-        seen: dict[bytes, int] = {}
-        for i in range(tokens.count):  # find the pair, as llama.cpp sees the strings
-            (n,) = unpack("<Q", buf, pos)
-            word = buf[pos + 8 : pos + 8 + n].split(b"\0", 1)[0] or b"[EMPTY_%d]" % i
-            pos += 8 + n
-            first = seen.setdefault(word, i)
-            if first != i:
-                raise _fail(path, f"vocabulary tokens {first} and {i} are the same string"
-                            f" {word[:40].decode(errors='replace')!r}")
+    words = tokens.raw
+    if len(set(words)) == len(words) and not any(not w or b"\0" in w for w in words):
+        return  # the common case: all distinct, none empty or holding a NUL
+    seen: dict[bytes, int] = {}
+    for i, raw in enumerate(words):  # find the pair, as llama.cpp sees the strings
+        word = raw.split(b"\0", 1)[0] or b"[EMPTY_%d]" % i
+        first = seen.setdefault(word, i)
+        if first != i:
+            raise _fail(path, f"vocabulary tokens {first} and {i} are the same string"
+                        f" {word[:40].decode(errors='replace')!r}")
 
 
 @functools.lru_cache(maxsize=256)

@@ -11,7 +11,7 @@ import mmap
 import os
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ class SkippedStrings:
 
     count: int
     offset: int  # where the first string's length field lies in the file
+    raw: tuple[bytes, ...] = field(default=(), repr=False, compare=False)  # the undecoded bytes
 
     def __len__(self) -> int:
         return self.count
@@ -129,19 +130,24 @@ class _Reader:
 
     def skip_strings(self, count: int) -> SkippedStrings:
         # A 128k-token vocabulary is 128k strings: walk their lengths without decoding them.
+        # Their bytes are kept (sliced in the same walk) for checks such as duplicate tokens.
         buf, pos, size, unpack = self.buf, self.pos, self.size, struct.unpack_from
         start = pos
+        raw: list[bytes] = []
+        keep = raw.append
         for _ in range(count):
             if pos + 8 > size:
                 raise self.fail("unexpected end of file")
             (n,) = unpack("<Q", buf, pos)
             if n > _MAX_STRING:
                 raise self.fail(f"a string claims {n} bytes")
-            pos += 8 + n
+            pos += 8
+            keep(buf[pos : pos + n])
+            pos += n
         if pos > size:
             raise self.fail("unexpected end of file")
         self.pos = pos
-        return SkippedStrings(count, start)
+        return SkippedStrings(count, start, tuple(raw))
 
     def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype == STRING:
