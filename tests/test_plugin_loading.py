@@ -22,3 +22,10 @@ def test_plugin_is_registered_and_reports_its_cache(pytester: pytest.Pytester) -
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["quantcheck: *, cache *"])
     result.assert_outcomes(passed=1)
+
+
+def test_loading_the_plugin_leaves_scipy_for_when_a_check_runs() -> None:
+    # every pytest run in the environment loads the plugin; scipy.stats costs about a second
+    code = "import sys, pytest_quantcheck.plugin; print('scipy.stats' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -23,10 +23,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats as sps
+
+
+def _scipy() -> Any:
+    """scipy.stats, imported on first use: it takes about a second, and the plugin is loaded by
+    every pytest run in the environment, including runs that check no model."""
+    from scipy import stats
+
+    return stats
+
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 
@@ -64,14 +73,14 @@ def mean_at_most(
     mean = float(x.mean())
     sd = float(x.std(ddof=1))
     se = sd / math.sqrt(n)
-    t_crit = float(sps.t.ppf(1.0 - alpha, n - 1))
+    t_crit = float(_scipy().t.ppf(1.0 - alpha, n - 1))
     if se == 0.0:
         excess_p = 0.0 if mean > limit else 1.0
         within_p = 0.0 if mean < limit else 1.0
     else:
         t = (mean - limit) / se
-        excess_p = float(sps.t.sf(t, n - 1))
-        within_p = float(sps.t.cdf(t, n - 1))
+        excess_p = float(_scipy().t.sf(t, n - 1))
+        within_p = float(_scipy().t.cdf(t, n - 1))
     verdict, p = _decide(excess_p, within_p, alpha, mode)
     more = None
     if verdict == INCONCLUSIVE and mean < limit:
@@ -113,13 +122,13 @@ def proportion_at_least(
     var_cluster = float(props.var(ddof=1)) / m
     deff = max(1.0, var_cluster / var_iid) if var_iid > 0 else 1.0
     n_eff = max(float(m), total / deff)
-    z = float(sps.norm.ppf(1.0 - alpha))
+    z = float(_scipy().norm.ppf(1.0 - alpha))
     centre = (p_hat + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
     half = z * math.sqrt(p_hat * (1 - p_hat) / n_eff + z * z / (4 * n_eff**2)) / (1 + z * z / n_eff)
     if 0.0 < limit < 1.0:
         score = (p_hat - limit) / math.sqrt(limit * (1 - limit) / n_eff)
-        short_p = float(sps.norm.cdf(score))  # evidence the proportion is below the limit
-        above_p = float(sps.norm.sf(score))
+        short_p = float(_scipy().norm.cdf(score))  # evidence the proportion is below the limit
+        above_p = float(_scipy().norm.sf(score))
     else:
         short_p = 0.0 if p_hat < limit else 1.0
         above_p = 0.0 if p_hat > limit else 1.0
@@ -223,8 +232,8 @@ def ratio_at_least(
         pooled = np.concatenate([lx, shifted])
         exact = np.unique(pooled).size == pooled.size and n1 + n2 <= 60
         method = "exact" if exact else "asymptotic"
-        short_p = float(sps.mannwhitneyu(lx, shifted, alternative="less", method=method).pvalue)
-        within_p = float(sps.mannwhitneyu(lx, shifted, alternative="greater", method=method).pvalue)
+        short_p = float(_scipy().mannwhitneyu(lx, shifted, alternative="less", method=method).pvalue)
+        within_p = float(_scipy().mannwhitneyu(lx, shifted, alternative="greater", method=method).pvalue)
         diffs = np.sort((lx[:, None] - ly[None, :]).ravel())
         estimate = float(np.median(diffs))
         # The one-sided bounds are the k-th smallest and k-th largest pairwise differences,
@@ -232,7 +241,7 @@ def ratio_at_least(
         if exact:
             k = int(np.searchsorted(_u_null_cdf(n1, n2), alpha, side="right"))
         else:
-            z = float(sps.norm.ppf(1 - alpha))
+            z = float(_scipy().norm.ppf(1 - alpha))
             k = math.floor(n1 * n2 / 2 - z * math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12))
         k = min(max(k, 1), diffs.size)
         low, high = float(diffs[k - 1]), float(diffs[diffs.size - k])
@@ -249,15 +258,15 @@ def ratio_at_least(
         else:
             df = (vx + vy) ** 2 / (vx**2 / (n1 - 1) + vy**2 / (n2 - 1))
             t = (estimate - margin) / se
-            short_p, within_p = float(sps.t.cdf(t, df)), float(sps.t.sf(t, df))
-            t_crit = float(sps.t.ppf(1 - alpha, df))
+            short_p, within_p = float(_scipy().t.cdf(t, df)), float(_scipy().t.sf(t, df))
+            t_crit = float(_scipy().t.ppf(1 - alpha, df))
             low, high = estimate - t_crit * se, estimate + t_crit * se
         test = f"Welch's t-test on {samples}"
         sd = float(np.sqrt((lx.var(ddof=1) + ly.var(ddof=1)) / 2))
     verdict, p = _decide(short_p, within_p, alpha, mode)
     more = None
     if verdict == INCONCLUSIVE and estimate > margin and sd > 0:
-        z = float(sps.norm.ppf(1 - alpha))
+        z = float(_scipy().norm.ppf(1 - alpha))
         more = max(max(n1, n2) + 1, math.ceil(2 * (z * sd / (estimate - margin)) ** 2))
     return Decision(verdict, estimate, low, high, p, min(n1, n2), test, more, "repetitions")
 
