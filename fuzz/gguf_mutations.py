@@ -191,7 +191,17 @@ def array_lengths(rng: random.Random, data: bytes, layout: Layout) -> tuple[byte
     return set_interesting(rng, data, layout, "array_len")
 
 
+def _set_one_of(rng: random.Random, data: bytes, layout: Layout, kinds: tuple[str, ...],
+               choices: list[int]) -> tuple[bytes, str]:
+    """Set a random field of one of ``kinds`` to a random one of ``choices``."""
+    field = rng.choice(layout.of(*kinds))
+    old = field.read(data)
+    new = rng.choice(choices)
+    return put(data, field, new), f"{field.label()} {old} -> {new}"
+
+
 def value_types(rng: random.Random, data: bytes, layout: Layout) -> tuple[bytes, str]:
+    # not _set_one_of: the random value is drawn after the field, as the recorded runs drew it
     field = rng.choice(layout.of("value_type", "array_type"))
     old = field.read(data)
     new = rng.choice([*range(14), 255, (1 << 32) - 1, rng.getrandbits(32)])
@@ -203,10 +213,7 @@ def metadata_values(rng: random.Random, data: bytes, layout: Layout) -> tuple[by
 
 
 def n_dims(rng: random.Random, data: bytes, layout: Layout) -> tuple[bytes, str]:
-    field = rng.choice(layout.of("n_dims"))
-    old = field.read(data)
-    new = rng.choice([0, 1, 2, 3, 4, 5, 8, 1 << 16, (1 << 32) - 1])
-    return put(data, field, new), f"{field.label()} {old} -> {new}"
+    return _set_one_of(rng, data, layout, ("n_dims",), [0, 1, 2, 3, 4, 5, 8, 1 << 16, (1 << 32) - 1])
 
 
 def dims(rng: random.Random, data: bytes, layout: Layout) -> tuple[bytes, str]:
@@ -214,10 +221,7 @@ def dims(rng: random.Random, data: bytes, layout: Layout) -> tuple[bytes, str]:
 
 
 def tensor_types(rng: random.Random, data: bytes, layout: Layout) -> tuple[bytes, str]:
-    field = rng.choice(layout.of("tensor_type"))
-    old = field.read(data)
-    new = rng.choice([*range(43), 99, 1 << 16, (1 << 32) - 1])
-    return put(data, field, new), f"{field.label()} {old} -> {new}"
+    return _set_one_of(rng, data, layout, ("tensor_type",), [*range(43), 99, 1 << 16, (1 << 32) - 1])
 
 
 def tensor_offsets(rng: random.Random, data: bytes, layout: Layout) -> tuple[bytes, str]:

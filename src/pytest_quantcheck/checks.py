@@ -173,6 +173,12 @@ def _number(name: str, value: Any, *, low: float | None = None, high: float | No
     return float(value)
 
 
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise CheckArgumentError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
+
+
 def _bind(marker: str, args: tuple[Any, ...], kwargs: dict[str, Any],
           names: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
     if len(args) > len(names):
@@ -227,9 +233,7 @@ def parse(marker: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None
         return Check(marker, {"value": _number("value", b["value"], low=1.0)})
     if marker == "kl_divergence_at_most":
         b = _bind(marker, args, kwargs, ("value", "stat"), ("value",))
-        stat = b.get("stat", "mean")
-        if stat not in KLD_STATS:
-            raise CheckArgumentError(f"stat must be one of {', '.join(KLD_STATS)}, got {stat!r}")
+        stat = _one_of("stat", b.get("stat", "mean"), tuple(KLD_STATS))
         return Check(marker, {"value": _number("value", b["value"], low=0.0), "stat": stat})
     if marker == "top1_agreement_at_least":
         b = _bind(marker, args, kwargs, ("fraction",), ("fraction",))
@@ -244,9 +248,7 @@ def parse(marker: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None
         b = _bind(marker, args, kwargs, ("tokens_per_s", "pct", "of", "phase"), ())
         if ("tokens_per_s" in b) == ("pct" in b):
             raise CheckArgumentError("throughput_at_least takes exactly one of tokens_per_s= or pct=")
-        phase = b.get("phase", "tg")
-        if phase not in PHASES:
-            raise CheckArgumentError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+        phase = _one_of("phase", b.get("phase", "tg"), PHASES)
         if "tokens_per_s" in b:
             if "of" in b:
                 raise CheckArgumentError("of= goes with pct=, not with tokens_per_s=")
@@ -259,9 +261,7 @@ def parse(marker: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None
         return Check(marker, {"pct": pct, "of": of, "phase": phase})
     if marker == "memory_at_most":
         b = _bind(marker, args, kwargs, ("mb", "device"), ("mb",))
-        device = b.get("device", "host")
-        if device not in DEVICES:
-            raise CheckArgumentError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        device = _one_of("device", b.get("device", "host"), DEVICES)
         return Check(marker, {"mb": _number("mb", b["mb"], low=0.0), "device": device})
     raise CheckArgumentError(f"unknown check {marker!r}; known: {', '.join(MARKERS)}")
 

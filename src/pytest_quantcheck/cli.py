@@ -65,15 +65,20 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
 
 
-def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--file", type=Path, required=True, help="evaluation text")
+def _shape_args(p: argparse.ArgumentParser) -> None:
+    """The scoring protocol's batch shape: ``n_batch / n_ctx`` chunks side by side."""
     p.add_argument("-c", "--ctx-size", type=_positive, default=512,
                    help="tokens per chunk, as llama-perplexity -c (default: 512)")
     p.add_argument("-b", "--batch-size", type=_positive, default=2048,
                    help="tokens per batch, as llama-perplexity -b (default: 2048)")
+    p.add_argument("--json", action="store_true", help="print every number as JSON")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", type=Path, required=True, help="evaluation text")
+    _shape_args(p)
     p.add_argument("--chunks", type=_positive, default=None,
                    help="score at most this many chunks (default: all)")
-    p.add_argument("--json", action="store_true", help="print every number as JSON")
     _run_args(p)
 
 
@@ -124,11 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("memory", help="peak resident (and GPU) memory of load plus one"
                        " evaluation batch")
     m.add_argument("model", type=Path)
-    m.add_argument("-c", "--ctx-size", type=_positive, default=512,
-                   help="tokens per sequence (default: 512)")
-    m.add_argument("-b", "--batch-size", type=_positive, default=2048,
-                   help="tokens per batch: n_batch / n_ctx sequences side by side (default: 2048)")
-    m.add_argument("--json", action="store_true", help="print every number as JSON")
+    _shape_args(m)
     _run_args(m)
 
     d = sub.add_parser("demo-model", help="print the built-in demo model's path (builds it once)")

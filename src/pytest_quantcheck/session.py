@@ -104,6 +104,7 @@ class QuantSession:
     _memory: dict[str, MemoryUsage] = field(default_factory=dict)
     _fingerprint: Fingerprint | None = None
     _wants_kld: set[str] = field(default_factory=set)
+    _store: ReferenceStore | None = None
     _holm: dict[tuple[str, str], Outcome | Exception] | None = None
 
     # ---- models ----------------------------------------------------------------------------
@@ -209,8 +210,11 @@ class QuantSession:
         return self._ppl[model.name]
 
     def _reference_store(self) -> ReferenceStore:
-        with self._step("reference log-probs"):
-            return self.engine.reference(self.reference().path, self.eval_text(), self.protocol)
+        if self._store is None:  # the text is hashed and the store opened once per session
+            with self._step("reference log-probs"):
+                self._store = self.engine.reference(self.reference().path, self.eval_text(),
+                                                    self.protocol)
+        return self._store
 
     def kl_divergence(self, model: QuantModel) -> KLDResult:
         if model.name not in self._kld:
