@@ -51,7 +51,8 @@ def test_model_against_itself_is_exactly_zero() -> None:
     assert res.kld.value == 0.0 and res.kld_max == 0.0
     assert res.same_top.value == 1.0
     assert res.ln_ppl_ratio.value == 0.0 and res.ln_ppl_ratio.err == 0.0
-    assert res.ppl_ratio.value == 1.0
+    assert res.ppl_ratio.value == 1.0 and res.ppl_ratio.err == 0.0
+    assert res.ppl_diff.value == 0.0 and res.ppl_diff.err == 0.0
     assert res.rms_p_diff.value == 0.0
 
 
@@ -88,7 +89,11 @@ def test_summary_statistics_follow_llama_perplexity_definitions() -> None:
     assert res.ppl.value == pytest.approx(math.exp(mq), rel=1e-7)
     assert res.ppl_ref.value == pytest.approx(math.exp(mp), rel=1e-7)
     assert res.ln_ppl_ratio.value == pytest.approx(mq - mp, rel=1e-7)
+    # llama.cpp's var + var - 2 cov; ours, from the differences, equals it up to rounding
     assert res.ln_ppl_ratio.err == pytest.approx(math.sqrt(eq**2 + ep**2 - 2 * cov), rel=1e-6)
+    pq, pp = math.exp(mq), math.exp(mp)
+    assert res.ppl_diff.err == pytest.approx(
+        math.sqrt((pq * eq) ** 2 + (pp * ep) ** 2 - 2 * pq * pp * cov), rel=1e-6)
     assert res.ln_ppl_cor == pytest.approx(np.corrcoef(nll_q, nll_p)[0, 1], rel=1e-2)
     dp = np.exp(-nll_q) - np.exp(-nll_p)
     assert res.p_diff.value == pytest.approx(dp.mean(), rel=1e-5)  # a difference of near-equals

@@ -56,7 +56,9 @@ def test_model_against_itself_is_exact(demo_model: Path, demo_text: Path) -> Non
     res = Engine.default().kl_divergence(demo_model, demo_model, demo_text, PROTO)
     assert res.kld.value == 0.0 and res.kld_max == 0.0
     assert res.same_top.value == 1.0
+    # exactly, on any CPU: the paired uncertainties come from per-token differences, all 0
     assert res.ppl_ratio.value == 1.0 and res.ln_ppl_ratio.err == 0.0
+    assert res.ppl_diff.value == 0.0 and res.ppl_diff.err == 0.0
 
 
 def test_demo_model_shape_and_quality(demo_model: Path, demo_text: Path) -> None:

@@ -233,10 +233,14 @@ def summarize(chunks: list[TokenComparison], n_vocab: int) -> KLDResult:
     cov = _covariance(nll, nll_ref)
     denom = log_ppl.err * log_ppl_ref.err
     ratio_ln = log_ppl.value - log_ppl_ref.value
-    ratio_ln_err = math.sqrt(max(0.0, log_ppl.err**2 + log_ppl_ref.err**2 - 2.0 * cov))
     ppl = Estimate(math.exp(log_ppl.value), math.exp(log_ppl.value) * log_ppl.err)
     ppl_ref = Estimate(math.exp(log_ppl_ref.value), math.exp(log_ppl_ref.value) * log_ppl_ref.err)
-    ppl_cov = ppl.value * ppl_ref.value * cov
+    # llama.cpp takes these paired uncertainties as var(a) + var(b) - 2 cov(a, b): the same
+    # quantity as the variance of the differences, but a difference of large, rounded terms,
+    # whose residue (about 1e-9 on the demo model) depends on the CPU's kernels. Computed from
+    # the per-token differences, a model compared with itself gives exactly 0 on any machine.
+    ratio_ln_err = _mean_and_err(nll - nll_ref).err
+    ppl_diff_err = _mean_and_err(ppl.value * nll - ppl_ref.value * nll_ref).err  # delta method
     mse = _mean_and_err(np.square(p_diff))
     rms = math.sqrt(mse.value)
     top = float(same.sum()) / n
@@ -253,10 +257,7 @@ def summarize(chunks: list[TokenComparison], n_vocab: int) -> KLDResult:
         ln_ppl_cor=cov / denom if denom > 0 else float("nan"),
         ln_ppl_ratio=Estimate(ratio_ln, ratio_ln_err),
         ppl_ratio=Estimate(math.exp(ratio_ln), math.exp(ratio_ln) * ratio_ln_err),
-        ppl_diff=Estimate(
-            ppl.value - ppl_ref.value,
-            math.sqrt(max(0.0, ppl.err**2 + ppl_ref.err**2 - 2.0 * ppl_cov)),
-        ),
+        ppl_diff=Estimate(ppl.value - ppl_ref.value, ppl_diff_err),
         kld=_mean_and_err(kld),
         kld_max=float(kld_sorted[-1]),
         kld_median=float(np.median(kld_sorted)),
