@@ -3,8 +3,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import scipy.stats  # noqa: F401
 
 pytest_plugins = ["pytester"]
+# scipy.stats is imported up front: the plugin imports it on first use, and a first use inside
+# an in-process pytester run would be undone afterwards (pytester restores sys.modules), so the
+# next run would import numpy's C extensions a second time, which numpy refuses.
 
 
 @pytest.fixture(autouse=True)

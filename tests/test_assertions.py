@@ -34,10 +34,15 @@ def test_helpers_fail_with_the_markers_message(qc_project: pytest.Pytester,
     result = run_both_ways(qc_project)
     result.assert_outcomes(failed=2)
     out = result.stdout.str()
-    assert "AssertionError: perplexity_within(pct=3) FAIL for Q2_K: PPL" in out
+    assert "AssertionError: perplexity_within(pct=3, of='Q8_0') FAIL for Q2_K: PPL" in out
     assert "vs " in out and "(Q8_0)" in out
     assert "pct must be >= 0.0, got -1" in out
     assert "site-packages" not in out.split("short test summary")[0]
+    assert "registry.py" not in out and "assertions.py:" not in out  # no plugin frames
+    # the helpers' outcomes reach the summary table like the markers' (in both ways of running)
+    summary = out.split("quantcheck summary")[1].split("short test summary")[0]
+    assert "Q2_K     perplexity_within(pct=3, of='Q8_0')" in summary
+    assert summary.count("PASS") == 5 and summary.count("FAIL") == 1
 
 
 def test_holm_correction_is_applied_across_the_run(qc_project: pytest.Pytester,

@@ -28,6 +28,7 @@ def speed_project(qc_project: pytest.Pytester) -> pytest.Pytester:
         '[tool.quantcheck]\nmodel = "base.gguf"\nvariants = ["fast.gguf", "slow.gguf"]\n'
         'eval_text = "eval.txt"\nn_ctx = 64\nn_batch = 256\n'
         "bench_prompt = 64\nbench_gen = 16\nbench_repetitions = 5\n"
+        "threads = 2\n"  # stated: the default follows the machine's cores and xdist's workers
     )
     return qc_project
 
@@ -96,7 +97,7 @@ def test_baseline_round_trip_records_machine_and_memory(speed_project: pytest.Py
     data = json.loads(baseline_file(speed_project).read_text())
     machines = data["records"]["slow"]["machines"]
     assert len(machines) == 1
-    assert machines[0]["fingerprint"]["threads"] == 2 or machines[0]["fingerprint"]["threads"] > 0
+    assert machines[0]["fingerprint"]["threads"] == 2
     assert set(machines[0]["throughput"]) == {"pp", "tg"}
     assert len(machines[0]["throughput"]["tg"]["samples"]) == 5
     assert machines[0]["memory"]["peak_rss_mib"] > 0
@@ -268,3 +269,27 @@ def test_assertion_helpers_for_speed_and_memory(speed_project: pytest.Pytester) 
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*AssertionError: throughput_at_least(pct=-20, of='fast',"
                                  " phase='tg') FAIL for slow: tg16 t/s * vs * (fast), -*%*"])
+
+
+def test_xdist_workers_share_the_physical_cores(qc_project: pytest.Pytester,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # -n 2 only: what is tested is the split between workers. With threads unset, each of N
+    # workers runs llama.cpp on its share of the cores instead of all of them N times over.
+    from conftest import XDIST_QUIET
+    from pytest_quantcheck.backends import physical_cores
+
+    qc_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.memory_at_most(mb=1000)
+        def test_memory(quant_model):
+            assert quant_model.fingerprint().threads == max(1, {cores} // 2)
+        """.replace("{cores}", str(physical_cores())))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
+    result = qc_project.runpytest_subprocess("-n", "2", *XDIST_QUIET)
+    result.assert_outcomes(passed=2)
+    share = max(1, physical_cores() // 2)
+    result.stdout.fnmatch_lines([
+        f"quantcheck: *, threads {share} per worker ({physical_cores()} physical cores / 2"
+        " workers), cache *"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 
 import pytest
 
+import pytest_quantcheck.backends
 from pytest_quantcheck.backends import BackendError
 from pytest_quantcheck.backends.probe import probe
 
@@ -42,6 +44,24 @@ def test_a_clean_load_is_remembered(model: Path, tmp_path: Path) -> None:
 
 def test_an_ordinary_load_error_is_left_to_the_main_process(model: Path, tmp_path: Path) -> None:
     probe(model, "v1", command=LOAD_ERROR, root=tmp_path / "c")
+    assert not (tmp_path / "c" / "probes").exists()
+
+
+@pytest.mark.parametrize("parent", ["probe.py", "memory.py"])
+def test_the_parent_side_does_not_import_llama_cpp(parent: str) -> None:
+    # llamacpp imports probe and memory: importing it back (even lazily) would close a cycle
+    source = Path(pytest_quantcheck.backends.__file__).with_name(parent).read_text()
+    imported = {node.module for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+                 for a in node.names}
+    assert not imported & {"llama_cpp", "pytest_quantcheck.backends.llamacpp",
+                           "pytest_quantcheck.backends.child"}
+
+
+@pytest.mark.real
+def test_the_child_refuses_a_file_llama_cpp_cannot_load(model: Path, tmp_path: Path) -> None:
+    probe(model, "v1", root=tmp_path / "c")  # the real child: a clean refusal, exit status 1
     assert not (tmp_path / "c" / "probes").exists()
 
 

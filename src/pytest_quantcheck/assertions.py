@@ -1,97 +1,110 @@
-"""Assertion helpers for existing tests: the markers' semantics and messages, as functions.
+"""Assertion helpers for existing tests: every registered check as a function, with the markers'
+semantics and messages.
 
     from pytest_quantcheck.assertions import assert_perplexity_within
 
     def test_my_release(quant_model, quant_reference):
         assert_perplexity_within(quant_model, quant_reference, pct=3)
 
-Models are the ``quant_model`` / ``quant_reference`` / ``quantize(...)`` fixtures' objects (or any
-object with ``name``, ``size_bytes``, ``bits_per_weight``, ``perplexity()`` and, for the other
-checks, ``kl_divergence()``, ``throughput()`` or ``memory()``). Each raises ``AssertionError``
-with the full message on failure (and on an inconclusive ``prove``), and returns the outcome
-otherwise. A check that cannot be decided here (GPU memory without a GPU) raises
-:class:`pytest_quantcheck.checks.CheckSkipped`.
+``assert_<marker>(model, ...)`` takes the model to check, then, for checks that compare with
+another model (``perplexity_within``, ``throughput_at_least``), that model (default: the run's
+reference), then the marker's arguments (the first ones positionally, as the marker takes them,
+for the others), and ``alpha=0.05`` / ``mode="detect"``. Models are the ``quant_model`` /
+``quant_reference`` / ``quantize(...)`` fixtures' objects (or any object with ``name``,
+``size_bytes``, ``bits_per_weight``, ``perplexity()`` and, for the other checks,
+``kl_divergence()``, ``throughput()`` or ``memory()``). A helper raises ``AssertionError`` with
+the full message on failure (and on an inconclusive ``prove``), and returns the outcome
+otherwise; a check that cannot be decided here (GPU memory without a GPU) raises
+:class:`pytest_quantcheck.checks.CheckSkipped`. On the fixtures' models the outcome also goes to
+the run's summary table, ``--quant-json``, ``--quant-junit`` and the GitHub summary, with the
+test's node id and the helper call's line.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from pytest_quantcheck import checks
+from pytest_quantcheck.models import Models
+
+Helper = Callable[..., checks.Outcome]
 
 
-def _run(marker: str, model: Any, args: dict[str, Any], alpha: float, mode: str,
-         of: Any = None) -> checks.Outcome:
+def _where() -> tuple[str, str, int]:
+    """The running test's node id and the line that called the helper."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")
+    nodeid = current.rsplit(" (", 1)[0]
+    frame = sys._getframe(3)  # the test's frame: helper -> _run -> _where
+    return nodeid, os.path.relpath(frame.f_code.co_filename), frame.f_lineno
+
+
+def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
+         kwargs: dict[str, Any], alpha: float, mode: str) -> checks.Outcome:
     __tracebackhide__ = True
     if mode not in ("detect", "prove"):
         raise checks.CheckArgumentError(f"mode must be 'detect' or 'prove', got {mode!r}")
+    def against() -> Any:
+        return of if of is not None else model.reference()
 
     def resolve(subject: Any, _of: str | None) -> checks.Against:
-        other = of if of is not None else subject.reference()
-        return checks.Against(other.name, other.perplexity().chunk_nll)
+        compared = against()
+        return checks.Against(compared.name, compared.perplexity().chunk_nll)
 
     def resolve_speed(subject: Any, _of: str, phase: str) -> checks.SpeedAgainst:
-        other = of if of is not None else subject.reference()
-        tests = other.throughput().tests
+        compared = against()
+        tests = compared.throughput().tests
         if phase not in tests:
-            raise checks.CheckArgumentError(f"{other.name} has no {phase} throughput test")
-        return checks.SpeedAgainst(other.name, tests[phase])
+            raise checks.CheckArgumentError(f"{compared.name} has no {phase} throughput test")
+        return checks.SpeedAgainst(compared.name, tests[phase])
 
-    outcome = checks.evaluate(checks.parse(marker, (), args), model,
-                              checks.Context(alpha, mode, resolve, resolve_speed))
+    check = checks.parse(kind.marker, args, kwargs)
+    outcome = check.evaluate(model, checks.Context(alpha, mode, resolve, resolve_speed))
+    models = getattr(model, "models", None)
+    if isinstance(models, Models):  # a fixture's model: the outcome joins the run's reports
+        nodeid, file, line = _where()
+        outcome = replace(outcome, nodeid=nodeid, file=file, line=line)
+        models.record(outcome)
     if not outcome.passed:
         raise AssertionError(outcome.message())
     return outcome
 
 
-def assert_perplexity_within(model: Any, of: Any = None, *, pct: float, alpha: float = 0.05,
-                             mode: str = "detect") -> checks.Outcome:
-    """PPL of ``model`` at most ``pct`` % above that of ``of`` (default: the session reference)."""
-    __tracebackhide__ = True
-    return _run("perplexity_within", model, {"pct": pct}, alpha, mode, of)
+def _helper(marker: str) -> Helper:
+    kind = checks.REGISTRY[marker]
+    of_param = next((p for p in kind.params if p.name == "of"), None)
+
+    def helper(model: Any, *args: Any, alpha: float = 0.05, mode: str = "detect",
+               **kwargs: Any) -> checks.Outcome:
+        __tracebackhide__ = True
+        of = None
+        if of_param is not None:
+            if len(args) > 1:
+                raise checks.CheckArgumentError(
+                    f"assert_{marker} takes the model, the model to compare with, and keywords")
+            of = args[0] if args else kwargs.pop("of", None)
+            if isinstance(of, str):
+                raise checks.CheckArgumentError(
+                    f"assert_{marker}: of= takes a model (a fixture's object), not {of!r}")
+            args = ()
+            if of is not None:
+                kwargs["of"] = of.name
+            elif of_param.default is not None and kind.relative_to in kwargs:
+                kwargs["of"] = "reference"  # a helper's default, not the marker's ("baseline")
+        return _run(kind, model, of, args, kwargs, alpha, mode)
+
+    helper.__name__ = helper.__qualname__ = f"assert_{marker}"
+    helper.__doc__ = f"Assert {kind.signature()}: {kind.summary.replace('`', '')}."
+    return helper
 
 
-def assert_perplexity_at_most(model: Any, value: float, *, alpha: float = 0.05,
-                              mode: str = "detect") -> checks.Outcome:
-    __tracebackhide__ = True
-    return _run("perplexity_at_most", model, {"value": value}, alpha, mode)
-
-
-def assert_kl_divergence_at_most(model: Any, value: float, *, stat: str = "mean",
-                                 alpha: float = 0.05, mode: str = "detect") -> checks.Outcome:
-    __tracebackhide__ = True
-    return _run("kl_divergence_at_most", model, {"value": value, "stat": stat}, alpha, mode)
-
-
-def assert_top1_agreement_at_least(model: Any, fraction: float, *, alpha: float = 0.05,
-                                   mode: str = "detect") -> checks.Outcome:
-    __tracebackhide__ = True
-    return _run("top1_agreement_at_least", model, {"fraction": fraction}, alpha, mode)
-
-
-def assert_size_at_most(model: Any, *, bytes: float | None = None,
-                        bpw: float | None = None) -> checks.Outcome:
-    __tracebackhide__ = True
-    args = {k: v for k, v in (("bytes", bytes), ("bpw", bpw)) if v is not None}
-    return _run("size_at_most", model, args, 0.05, "detect")
-
-
-def assert_throughput_at_least(model: Any, of: Any = None, *, tokens_per_s: float | None = None,
-                               pct: float | None = None, phase: str = "tg", alpha: float = 0.05,
-                               mode: str = "detect") -> checks.Outcome:
-    """Mean tokens/s of llama-bench's ``phase`` test at least ``tokens_per_s``, or at most
-    ``-pct`` % below that of ``of`` (default: the session reference), measured in this run."""
-    __tracebackhide__ = True
-    args: dict[str, Any] = {"phase": phase}
-    if tokens_per_s is not None:
-        args["tokens_per_s"] = tokens_per_s
-    if pct is not None:
-        args.update(pct=pct, of=getattr(of, "name", None) or "reference")
-    return _run("throughput_at_least", model, args, alpha, mode, of)
-
-
-def assert_memory_at_most(model: Any, *, mb: float, device: str = "host") -> checks.Outcome:
-    """Peak resident memory (``device="gpu"``: GPU memory) of load plus one evaluation batch at
-    most ``mb`` MiB."""
-    __tracebackhide__ = True
-    return _run("memory_at_most", model, {"mb": mb, "device": device}, 0.05, "detect")
+assert_perplexity_within = _helper("perplexity_within")
+assert_perplexity_at_most = _helper("perplexity_at_most")
+assert_kl_divergence_at_most = _helper("kl_divergence_at_most")
+assert_top1_agreement_at_least = _helper("top1_agreement_at_least")
+assert_size_at_most = _helper("size_at_most")
+assert_throughput_at_least = _helper("throughput_at_least")
+assert_memory_at_most = _helper("memory_at_most")

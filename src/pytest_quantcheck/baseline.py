@@ -1,4 +1,5 @@
-"""Baseline records: one self-describing JSON file per base model, human-diffable, committed by
+"""Baseline files and the records in them (made, read, merged, migrated here, and nowhere else):
+one self-describing JSON file per base model, human-diffable, committed by
 users, written only when asked (``--quant-update-baseline``).
 
 A file holds its schema version, the tool and llama.cpp versions, the keys that determine quality
@@ -22,7 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from pytest_quantcheck import __version__, cache
+from pytest_quantcheck.errors import QuantcheckError
+from pytest_quantcheck.machine import Fingerprint
+from pytest_quantcheck.metrics.kld import KLDResult
+from pytest_quantcheck.metrics.memory import MemoryUsage
+from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
 
 SCHEMA = "pytest-quantcheck baseline"
 SCHEMA_VERSION = 2
@@ -31,7 +41,7 @@ SPEED_KEY_FIELDS = ("model_sha256", "llama_cpp")  # what the variant files' byte
 UPDATE_FLAG = "--quant-update-baseline"
 
 
-class BaselineError(ValueError):
+class BaselineError(QuantcheckError, ValueError):
     """A baseline that is missing, unreadable, or made for other inputs."""
 
 
@@ -165,3 +175,72 @@ def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]])
         }
         cache.write_atomic(path, (json.dumps(document, indent=1) + "\n").encode())
     return kept_aside
+
+
+# ---- records ---------------------------------------------------------------------------------
+
+
+class MeasuredElsewhere(Exception):
+    """A speed or memory record exists, but only for machines unlike this one; ``str()`` says
+    which fields differ. Such a comparison is skipped, never failed."""
+
+
+def make_record(*, file_type: str | None, size_bytes: int, bits_per_weight: float,
+                ppl: PerplexityResult | None = None, kld: KLDResult | None = None,
+                fingerprint: Fingerprint | None = None, speed: ThroughputRun | None = None,
+                memory: MemoryUsage | None = None) -> dict[str, Any]:
+    """A variant's record: what paired comparisons need, per chunk, and per machine the
+    throughput samples and memory measured there."""
+    record: dict[str, Any] = {"file_type": file_type, "size_bytes": size_bytes,
+                              "bits_per_weight": bits_per_weight}
+    if ppl is not None:
+        record["perplexity"] = {"ppl": ppl.ppl, "ppl_err": ppl.ppl_err, "n_chunks": ppl.n_chunks,
+                                "chunk_nll": ppl.chunk_nll.tolist()}
+    if kld is not None:
+        record["kl_divergence"] = {"mean": kld.kld.value, "same_top": kld.same_top.value,
+                                   "chunk_kld": kld.chunk_kld.tolist(),
+                                   "chunk_same_top": kld.chunk_same_top.tolist()}
+    if fingerprint is not None and (speed is not None or memory is not None):
+        entry: dict[str, Any] = {"fingerprint": fingerprint.to_dict()}
+        if speed is not None:
+            entry["throughput"] = {phase: r.to_dict() for phase, r in speed.tests.items()}
+            entry["bandwidth_gb_s"] = None if speed.bandwidth is None else speed.bandwidth / 1e9
+        if memory is not None:
+            entry["memory"] = memory.to_dict()
+        record["machines"] = [entry]
+    return record
+
+
+def chunk_nll(stored: BaselineFile, variant: str, keys: dict[str, Any],
+              ignore: tuple[str, ...]) -> NDArray[np.float64]:
+    """The stored per-chunk NLL of ``variant``, after checking the quality keys."""
+    record = stored.record(variant, keys, ignore)
+    try:
+        values = record["perplexity"]["chunk_nll"]
+    except (KeyError, TypeError):
+        raise BaselineError(f"{stored.path}: record of {variant} has no per-chunk NLL; recreate"
+                            f" it with {UPDATE_FLAG}") from None
+    return np.asarray(values, dtype=np.float64)
+
+
+def throughput(stored: BaselineFile, variant: str, keys: dict[str, Any], ignore: tuple[str, ...],
+               phase: str, here: Fingerprint, fingerprint_ignore: tuple[str, ...]) -> BenchResult:
+    """The stored ``phase`` throughput of ``variant`` measured on a machine like ``here``;
+    :class:`MeasuredElsewhere` if only other machines have one."""
+    record = stored.record(variant, keys, ignore, SPEED_KEY_FIELDS)
+    machines = [m for m in record.get("machines", []) if isinstance(m, dict)]
+    measured = [m for m in machines if phase in m.get("throughput", {})]
+    if not measured:
+        raise BaselineError(f"{stored.path}: no {phase} throughput baseline for {variant}; create"
+                            f" it with {UPDATE_FLAG}")
+    fingerprints = [Fingerprint.from_dict(m.get("fingerprint", {})) for m in measured]
+    for entry, fp in zip(measured, fingerprints, strict=True):
+        if not fp.differences(here, fingerprint_ignore):
+            try:
+                return BenchResult.from_dict(entry["throughput"][phase])
+            except (KeyError, TypeError, ValueError):
+                raise BaselineError(
+                    f"{stored.path}: the {phase} throughput record of {variant} is damaged;"
+                    f" recreate it with {UPDATE_FLAG}") from None
+    nearest = min(fingerprints, key=lambda fp: len(fp.differences(here, fingerprint_ignore)))
+    raise MeasuredElsewhere("; ".join(nearest.differences(here, fingerprint_ignore)))

@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from pytest_quantcheck.errors import QuantcheckError
+
 _HASH_BLOCK = 1 << 22
 # A build that fails while less than this is free is blamed on the full disk: llama.cpp reports
 # a failed write as a bare error code, and a full disk is by far the likeliest cause.
@@ -25,7 +27,7 @@ _NEARLY_FULL = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class CacheError(RuntimeError):
+class CacheError(QuantcheckError, RuntimeError):
     """The cache directory cannot be used; the message says which and how to fix it."""
 
 

@@ -14,20 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from pytest_quantcheck import __version__
-from pytest_quantcheck.backends import BackendError, RunOptions, default_backend
-from pytest_quantcheck.cache import CacheError
+from pytest_quantcheck.backends import RunOptions, default_backend
 from pytest_quantcheck.engine import Engine
+from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol, read_eval_text
-from pytest_quantcheck.gguf_file import GGUFError
-from pytest_quantcheck.imatrix import ImatrixError
 from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
 from pytest_quantcheck.metrics.throughput import ThroughputRun
-from pytest_quantcheck.refstore import ReferenceStoreError
-from pytest_quantcheck.variants import FILE_TYPES, VariantError, check_gguf_path, file_type, quantize
-
-_USER_ERRORS = (BackendError, CacheError, EvalTextError, GGUFError, ImatrixError,
-                ReferenceStoreError, VariantError)
+from pytest_quantcheck.variants import FILE_TYPES, check_gguf_path, file_type, quantize
 
 
 def _positive(text: str) -> int:
@@ -297,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except _USER_ERRORS as exc:
+    except QuantcheckError as exc:  # one line naming the file and the fix, no traceback
         print(f"quantcheck: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

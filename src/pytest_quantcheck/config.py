@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from pytest_quantcheck.errors import QuantcheckError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -20,11 +22,10 @@ else:  # pragma: no cover
 
 MODES = ("detect", "prove")
 CORRECTIONS = ("none", "holm")
-BASELINE_KEYS = ("model_sha256", "text_sha256", "tokens_sha256", "n_ctx", "protocol", "llama_cpp")
 FINGERPRINT_FIELDS = ("cpu", "cpu_features", "threads", "os", "llama_cpp", "gpu", "n_gpu_layers")
 
 
-class ConfigError(ValueError):
+class ConfigError(QuantcheckError, ValueError):
     """A bad setting; ``str()`` is the whole one-line message."""
 
     def __init__(self, source: str, key: str, problem: str) -> None:
@@ -117,6 +118,14 @@ def _names(allowed: tuple[str, ...] | None = None) -> Callable[[Any], tuple[str,
     return parse
 
 
+def _baseline_keys(value: Any) -> tuple[str, ...]:
+    # Imported here, not at the top: baseline imports machine, which imports this module, and
+    # baseline's imports (numpy) would make every import of the settings slow.
+    from pytest_quantcheck.baseline import KEY_FIELDS  # baseline owns the list of its keys
+
+    return _names(KEY_FIELDS)(value)
+
+
 def _variants(value: Any) -> tuple[str, ...]:
     names = _names()(value)
     if not names:
@@ -158,7 +167,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "mode": _choice(MODES),
     "correction": _choice(CORRECTIONS),
     "baseline_dir": _text,
-    "baseline_ignore": _names(BASELINE_KEYS),
+    "baseline_ignore": _baseline_keys,
     "imatrix": _optional(_text),
     "bench_prompt": _int(0),
     "bench_gen": _int(0),

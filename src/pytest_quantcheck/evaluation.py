@@ -19,12 +19,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pytest_quantcheck.backends import Model
+from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.metrics.kld import KLDResult, ReferenceRows, compare_tokens, summarize
 from pytest_quantcheck.metrics.logprobs import target_logprobs
 from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
 
 
-class EvalTextError(ValueError):
+class EvalTextError(QuantcheckError, ValueError):
     """The evaluation text cannot be scored with these settings."""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from pytest_quantcheck.errors import QuantcheckError
+
 MAGIC = b"GGUF"
 VERSION = 3
 DEFAULT_ALIGNMENT = 32
@@ -43,7 +45,7 @@ _MAX_STRING = 1 << 24
 _MAX_COUNT = 1 << 32
 
 
-class GGUFError(ValueError):
+class GGUFError(QuantcheckError, ValueError):
     """A GGUF file that cannot be read; the message names the file."""
 
 

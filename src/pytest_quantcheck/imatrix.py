@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.gguf_file import GGUFError, read_gguf
 
 
-class ImatrixError(ValueError):
+class ImatrixError(QuantcheckError, ValueError):
     """An importance-matrix file that cannot be used."""
 
 

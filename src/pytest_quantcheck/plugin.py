@@ -3,7 +3,6 @@ and must not import llama_cpp (the backend is created when a model is first need
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Generator
 from dataclasses import replace
@@ -12,25 +11,17 @@ from typing import Any
 
 import pytest
 
-from pytest_quantcheck import __version__, baseline, checks, hookspec, report
-from pytest_quantcheck.backends import BackendError
-from pytest_quantcheck.baseline import BaselineError
-from pytest_quantcheck.cache import CacheError, cache_root
+from pytest_quantcheck import __version__, checks, hookspec, report
+from pytest_quantcheck.backends import physical_cores
+from pytest_quantcheck.cache import cache_root
 from pytest_quantcheck.config import KEYS, ConfigError, Layer, Settings, merge, read_pyproject, read_yaml
-from pytest_quantcheck.evaluation import EvalTextError
-from pytest_quantcheck.gguf_file import GGUFError
-from pytest_quantcheck.imatrix import ImatrixError
-from pytest_quantcheck.refstore import ReferenceStoreError
-from pytest_quantcheck.session import QuantModel, QuantSession
-from pytest_quantcheck.variants import VariantError
+from pytest_quantcheck.errors import QuantcheckError
+from pytest_quantcheck.models import QuantModel
+from pytest_quantcheck.session import QuantSession, ReportPaths
 
 session_key = pytest.StashKey[QuantSession]()
-checks_key = pytest.StashKey[list[tuple[checks.Check, str]]]()
 item_checks_key = pytest.StashKey[list[checks.Check]]()
 usage_error_key = pytest.StashKey[str]()
-notes_key = pytest.StashKey[list[tuple[str, bool]]]()
-baseline_key = pytest.StashKey[list[tuple[dict[str, Any], dict[str, Any]]]]()
-points_key = pytest.StashKey[dict[str, dict[str, float]]]()
 
 _FLAGS = {key: f"--quant-{key.replace('_', '-')}" for key in KEYS if key != "baseline_dir"}
 
@@ -110,14 +101,31 @@ def _settings(config: pytest.Config) -> Settings:
     return settings
 
 
+def _worker_count(config: pytest.Config) -> int:
+    """pytest-xdist workers of this run (1 without xdist)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return int(workerinput.get("workercount", 1))
+    n = getattr(config.option, "numprocesses", None)
+    return n if isinstance(n, int) and n > 0 and getattr(config.option, "dist", "no") != "no" else 1
+
+
+def _worker_threads(workers: int) -> int:
+    return max(1, physical_cores() // workers)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    for name, doc in checks.MARKERS.items():
-        config.addinivalue_line("markers", f"{name}: {doc}")
+    for name, line in checks.marker_lines().items():
+        config.addinivalue_line("markers", f"{name}: {line}")
     try:
         settings = _settings(config)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    workers = _worker_count(config)
+    if settings.threads is None and workers > 1 and hasattr(config, "workerinput"):
+        # Each worker runs llama.cpp: with all cores each, N workers oversubscribe them N times.
+        settings = replace(settings, threads=_worker_threads(workers))
     plot = config.option.quant_plot
     if plot:
         if Path(plot).suffix.lower() not in (".png", ".svg"):
@@ -138,24 +146,18 @@ def pytest_configure(config: pytest.Config) -> None:
         return default_backend()
 
     config.stash[session_key] = QuantSession(settings, make_backend, mode)
-    config.stash[checks_key] = []
-    config.stash[baseline_key] = []
-    config.stash[points_key] = {}
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    tr = session.config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None and not hasattr(session.config, "workerinput"):
-        # Quantizing and evaluating take seconds to minutes: say what is happening.
-        session.config.stash[session_key].log = lambda msg: tr.write_line(f"quantcheck: {msg}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     s = config.stash[session_key].settings
     model = s.model or "built-in demo model"
+    workers = _worker_count(config)
+    threads = (f"threads {s.threads}" if s.threads is not None
+               else f"threads {physical_cores()}" if workers == 1
+               else f"threads {_worker_threads(workers)} per worker ({physical_cores()} physical"
+               f" cores / {workers} workers)")
     return (f"quantcheck: {__version__}, model {model}, variants {', '.join(s.variants)},"
-            f" mode {s.mode}, alpha {s.alpha:g}, cache {cache_root()}")
+            f" mode {s.mode}, alpha {s.alpha:g}, {threads}, cache {cache_root()}")
 
 
 # ---- collection ------------------------------------------------------------------------------
@@ -172,17 +174,16 @@ def _item_checks(item: pytest.Item, settings: Settings) -> list[checks.Check]:
     """The item's quantcheck markers, parsed; a ``pytest.UsageError`` names what is wrong."""
     found = []
     for mark in item.iter_markers():
-        if mark.name not in checks.MARKERS:
+        if mark.name not in checks.REGISTRY:
             continue
         try:
-            found.append(checks.parse(mark.name, mark.args, dict(mark.kwargs)))
+            check = checks.parse(mark.name, mark.args, dict(mark.kwargs))
         except checks.CheckArgumentError as exc:
             raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
-        phase = found[-1].args.get("phase") if found[-1].marker == "throughput_at_least" else None
-        size = {"pp": "bench_prompt", "tg": "bench_gen"}.get(phase or "")
-        if size and getattr(settings, size) == 0:
-            raise pytest.UsageError(f"{item.nodeid}: {found[-1].label} needs a {phase} test,"
-                                    f" but {size} is 0; set {size} above 0")
+        conflict = check.kind.conflict(check.args, settings)
+        if conflict:
+            raise pytest.UsageError(f"{item.nodeid}: {check.label} {conflict}")
+        found.append(check)
     if found and "quant_model" not in getattr(item, "fixturenames", ()):
         raise pytest.UsageError(
             f"{item.nodeid}: @pytest.mark.{found[0].marker} needs a model to check; add the"
@@ -192,11 +193,11 @@ def _item_checks(item: pytest.Item, settings: Settings) -> list[checks.Check]:
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: only the checks that will run count
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    collected = config.stash[checks_key]
-    settings = config.stash[session_key].settings
+    session = config.stash[session_key]
+    collected: list[tuple[checks.Check, str]] = []
     for item in items:
         try:
-            found = _item_checks(item, settings)
+            found = _item_checks(item, session.settings)
         except pytest.UsageError as exc:
             if not hasattr(config, "workerinput"):
                 raise
@@ -209,7 +210,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.stash[item_checks_key] = found
         variant = item.callspec.params["quant_model"]  # type: ignore[attr-defined]
         collected.extend((check, variant) for check in found)
-    config.stash[session_key].plan(collected)
+    session.collect(collected)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -243,10 +244,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 # ---- running ---------------------------------------------------------------------------------
 
 
-_USER_ERRORS = (BackendError, BaselineError, CacheError, EvalTextError, GGUFError, ImatrixError,
-                ReferenceStoreError, VariantError)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     result = yield  # the test's own body; if it failed, its failure stands
@@ -263,11 +260,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
             continue
         try:
             where = (item.nodeid, item.location[0], (item.location[1] or 0) + 1)
-            outcome = session.run_check(check, model, item.config.stash[checks_key], where)
+            outcome = session.run_check(check, model, where)
         except checks.CheckSkipped as exc:
             skipped.append(f"{check.label}: {exc}")
             continue
-        except _USER_ERRORS as exc:
+        except QuantcheckError as exc:
             problems.append(f"{check.label} ERROR for {model.name}: {exc}")
             continue
         item.user_properties.append((f"quantcheck {check.label}", outcome.message()))
@@ -284,11 +281,15 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    session = config.stash[session_key]
     # Baseline news is written by sessionfinish, which runs first; printed here, on lines of
     # its own (under pytest-xdist the progress line may still be open at sessionfinish).
-    for text, red in config.stash.get(notes_key, []):
+    for text, red in session.notes:
         terminalreporter.write_line(f"quantcheck: {text}", red=red)
-    session = config.stash[session_key]
+    if session.steps:  # quantizing and evaluating take seconds to minutes: say where time went
+        terminalreporter.write_sep("-", "quantcheck steps")
+        for step in session.steps:
+            terminalreporter.write_line(step)
     if not session.outcomes:
         return
     terminalreporter.write_sep("=", "quantcheck summary")
@@ -298,17 +299,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    """pytest-xdist controller: merge a worker's outcomes and baseline records."""
+    """pytest-xdist controller: merge a worker's outcomes, steps and baseline records."""
     data = getattr(node, "workeroutput", {}).get("quantcheck")
-    if not data:
-        return
-    session = node.config.stash[session_key]
-    payload = json.loads(data)
-    session.outcomes.extend(checks.Outcome.from_dict(o) for o in payload["outcomes"])
-    node.config.stash[points_key].update(payload.get("points", {}))
-    if payload.get("baseline"):
-        keys, records = payload["baseline"]
-        node.config.stash[baseline_key].append((keys, records))
+    if data:
+        worker = node.gateway.id if getattr(node, "gateway", None) is not None else "worker"
+        node.config.stash[session_key].merge(data, worker)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -316,54 +311,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     qs = config.stash.get(session_key, None)
     if qs is None:
         return
-    payload = qs.baseline_payload() if qs.baseline_mode == "update" else None
     if hasattr(config, "workerinput"):  # a pytest-xdist worker reports to the controller
-        config.workeroutput["quantcheck"] = json.dumps(  # type: ignore[attr-defined]
-            {"outcomes": [o.to_dict() for o in qs.outcomes], "baseline": payload,
-             "points": qs.points()}, default=str)
+        config.workeroutput["quantcheck"] = qs.worker_payload()  # type: ignore[attr-defined]
         return
-    batches = config.stash.get(baseline_key, [])
-    if payload is not None:
-        batches.append(payload)
-    notes = config.stash.setdefault(notes_key, [])
-    if batches:  # written once, by the controller: records of all workers in one merge
-        keys = batches[0][0]
-        records = {name: rec for _, recs in batches for name, rec in recs.items()}
-        try:
-            kept_aside = baseline.update(qs.baseline_path(), keys, records)
-        except BaselineError as exc:  # say so plainly and fail the run; no traceback
-            notes.append((f"error: {exc}", True))
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        else:
-            if kept_aside is not None:
-                notes.append((f"{qs.baseline_path()} was not a readable baseline; it was moved to"
-                              f" {kept_aside}", True))
-            notes.append((f"baseline written to {qs.baseline_path()}", False))
-    _write_reports(config, qs)
-
-
-def _write_reports(config: pytest.Config, qs: QuantSession) -> None:
-    outcomes = qs.outcomes
-    texts: dict[str | None, Callable[[], str]] = {
-        config.option.quant_json: lambda: report.to_json(outcomes, qs.settings_summary()),
-        config.option.quant_markdown: lambda: report.markdown(outcomes)}
-    for target, text in texts.items():
-        if target:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            Path(target).write_text(text())
-    if config.option.quant_junit:
-        report.write_junit(Path(config.option.quant_junit), outcomes)
-    points = config.stash[points_key].copy()
-    points.update(qs.points())
-    if config.option.quant_plot and points:
-        report.plot_tradeoffs(Path(config.option.quant_plot), points)
-    if os.environ.get("GITHUB_ACTIONS") == "true" and outcomes:
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if summary:
-            with open(summary, "a", encoding="utf-8") as f:
-                f.write(report.markdown(outcomes))
-        for line in report.github_annotations(outcomes):
-            print(line)
+    if not qs.write_baseline():  # written once, by the controller, with every worker's records
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    o = config.option
+    json_path, junit, markdown, plot = (Path(p) if p else None for p in (
+        o.quant_json, o.quant_junit, o.quant_markdown, o.quant_plot))
+    qs.write_reports(ReportPaths(json_path, junit, markdown, plot,
+                                 github=os.environ.get("GITHUB_ACTIONS") == "true"))
 
 
 # ---- fixtures --------------------------------------------------------------------------------
@@ -378,7 +335,7 @@ def quant_session(pytestconfig: pytest.Config) -> QuantSession:
 def _model(session: QuantSession, spec: str) -> QuantModel:
     try:
         return session.model(spec)
-    except _USER_ERRORS as exc:  # one line naming the file and the fix, no plugin traceback
+    except QuantcheckError as exc:  # one line naming the file and the fix, no plugin traceback
         message = str(exc)
     pytest.fail(message, pytrace=False)  # outside the except: no "During handling..." chain
 
@@ -398,7 +355,7 @@ def quant_reference(quant_session: QuantSession) -> QuantModel:
 @pytest.fixture(scope="session")
 def quant_eval_text(quant_session: QuantSession) -> Path:
     """The evaluation text every metric is computed on."""
-    return quant_session.eval_text()
+    return quant_session.models.eval_text()
 
 
 @pytest.fixture(scope="session")

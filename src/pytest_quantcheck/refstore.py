@@ -33,6 +33,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from pytest_quantcheck.backends import Model
+from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.evaluation import ScoringProtocol, scored_groups
 from pytest_quantcheck.metrics.kld import (
     DEFAULT_MAX_TOKENS,
@@ -48,7 +49,7 @@ _DENSE = {"tail_logp": np.float64, "target_logp": np.float64, "top1": np.int32}
 _FLAT = {"ids": np.dtype("<i4"), "logp": np.dtype("<f4")}
 
 
-class ReferenceStoreError(ValueError):
+class ReferenceStoreError(QuantcheckError, ValueError):
     """A reference entry that is missing, damaged, or made for other inputs."""
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from pytest_quantcheck import cache
 from pytest_quantcheck.backends import Backend, physical_cores
+from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.gguf_check import check_model_file
 
 
-class VariantError(ValueError):
+class VariantError(QuantcheckError, ValueError):
     """An unknown file type, a missing file, or a type that needs an importance matrix."""
 
 

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from pytest_quantcheck.errors import QuantcheckError
+
 if TYPE_CHECKING:
     from pytest_quantcheck.metrics.memory import MemoryUsage
 
 
-class BackendError(RuntimeError):
+class BackendError(QuantcheckError, RuntimeError):
     """llama.cpp refused a file or an operation; the message names the file and the fix."""
 
 

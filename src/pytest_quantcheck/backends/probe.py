@@ -6,7 +6,9 @@ architecture detail, a bug in a new loader), while loading or at its first decod
 pytest process would lose every result of the run, so the first load of each file version
 happens in a child; a clean exit is remembered
 (by the file's SHA-256, in the cache), a crash becomes a :class:`BackendError` naming the file and
-the signal, remembered too so later runs fail at once. Run as a module, it is that child.
+the signal, remembered too so later runs fail at once. The child is the ``probe`` command of
+:mod:`~pytest_quantcheck.backends.child`; this module is the parent's side and does not load
+llama.cpp.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def probe(path: Path, version: str, command: Sequence[str] | None = None,
         if known.get("ok"):
             return
         raise BackendError(str(known.get("error")))
-    cmd = [*(command or [sys.executable, "-m", "pytest_quantcheck.backends.probe"]), str(path)]
+    cmd = [*(command or [sys.executable, "-m", "pytest_quantcheck.backends.child", "probe"]),
+           str(path)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -61,26 +64,3 @@ def probe(path: Path, version: str, command: Sequence[str] | None = None,
                                                "error": error, "file": str(path)}).encode())
     if error is not None:
         raise BackendError(error)
-
-
-def main(argv: Sequence[str]) -> int:
-    import numpy as np
-
-    from pytest_quantcheck.backends import RunOptions
-    from pytest_quantcheck.backends.llamacpp import LlamaCppModel
-
-    # Some files load and then abort llama.cpp at context creation or the first decode (a
-    # weight type with no CPU kernel, a bad norm epsilon): decode a few tokens too.
-    try:
-        model = LlamaCppModel(Path(argv[0]), RunOptions(n_threads=1))
-        ctx = model.open_context(8, 1, 8)
-        ctx.score_chunks(np.zeros((1, 8), dtype=np.int32) + min(1, model.n_vocab - 1), 4)
-        ctx.close()
-        model.close()
-    except (BackendError, ValueError):
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

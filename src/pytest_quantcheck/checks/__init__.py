@@ -1,0 +1,44 @@
+"""Checks: one registered class per marker (:mod:`.registry`), decided into an :class:`Outcome`
+(:mod:`.outcome`). Importing this package registers every built-in check, in the order the README
+lists them."""
+
+from pytest_quantcheck.checks import quality, speed
+from pytest_quantcheck.checks.outcome import (
+    Against,
+    CheckArgumentError,
+    CheckSkipped,
+    Context,
+    Outcome,
+    SpeedAgainst,
+    Subject,
+    apply_holm,
+)
+from pytest_quantcheck.checks.registry import (
+    REGISTRY,
+    Check,
+    CheckType,
+    Param,
+    marker_lines,
+    marker_table,
+    parse,
+)
+
+__all__ = [
+    "REGISTRY",
+    "Against",
+    "Check",
+    "CheckArgumentError",
+    "CheckSkipped",
+    "CheckType",
+    "Context",
+    "Outcome",
+    "Param",
+    "SpeedAgainst",
+    "Subject",
+    "apply_holm",
+    "marker_lines",
+    "marker_table",
+    "parse",
+    "quality",
+    "speed",
+]

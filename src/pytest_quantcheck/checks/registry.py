@@ -1,0 +1,224 @@
+"""The check registry: one class per marker declares its name, its arguments, what it needs from a
+model, how it is decided and what its message says.
+
+Everything else is derived from the registry: marker registration and the ini ``markers`` lines
+(:func:`marker_lines`), the README's marker table (:func:`marker_table`, checked by a test), the
+assertion helpers (:mod:`pytest_quantcheck.assertions`) and the session's plan of which passes a
+model needs (:attr:`Check.needs`). A new metric is a new :class:`CheckType` subclass and its tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pytest_quantcheck.checks.outcome import CheckArgumentError, Context, Outcome, Subject
+
+if TYPE_CHECKING:
+    from pytest_quantcheck.config import Settings
+
+# What a check needs from a model: the session plans each model's passes from these.
+PPL, KL, MEMORY, SIZE = "ppl", "kl", "memory", "size"
+
+
+def speed(phase: str) -> str:
+    return f"speed:{phase}"
+
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One argument of a check: a number (with bounds), one of ``choices``, or a ``target`` (a
+    variant name or ``"baseline"``)."""
+
+    name: str
+    kind: str = "number"  # "number", "choice" or "target"
+    default: Any = _REQUIRED
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+    def validate(self, value: Any) -> Any:
+        __tracebackhide__ = True  # a bad argument's error points at the user's call, not here
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise CheckArgumentError(
+                    f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
+            return str(value)
+        if self.kind == "target":
+            if value is not None and (not isinstance(value, str) or not value):
+                raise CheckArgumentError(
+                    f"{self.name} must be a variant name or 'baseline', got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise CheckArgumentError(f"{self.name} must be a number, got {value!r}")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            bounds = f">= {self.low}" if self.high is None else f"between {self.low} and {self.high}"
+            raise CheckArgumentError(f"{self.name} must be {bounds}, got {value!r}")
+        return float(value)
+
+    def shown(self) -> str:
+        if self.required:
+            return self.name
+        default = json.dumps(self.default) if isinstance(self.default, str) else repr(self.default)
+        return f"{self.name}={default}"
+
+
+class CheckType:
+    """A kind of check. Subclasses set the class attributes and implement :meth:`evaluate`;
+    defining one registers it."""
+
+    marker: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]]
+    summary: ClassVar[str]  # "passes when ...", Markdown (the README's marker table)
+    exclusive: ClassVar[tuple[str, ...]] = ()  # exactly one of these must be given
+    # The argument that makes the check compare with another model, named by ``of`` (a
+    # variant, "baseline", or None for the reference); None: the check compares with nothing.
+    relative_to: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.marker in REGISTRY:
+            raise TypeError(f"two checks are named {cls.marker!r}")
+        REGISTRY[cls.marker] = cls()
+
+    # ---- arguments ------------------------------------------------------------------------
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The arguments by name, validated; errors name the bad keyword and the allowed ones."""
+        __tracebackhide__ = True
+        names = tuple(p.name for p in self.params)
+        if len(args) > len(names):
+            raise CheckArgumentError(f"{self.marker} takes at most {len(names)} positional argument(s)")
+        bound = dict(zip(names, args, strict=False))
+        for key, value in kwargs.items():
+            if key not in names:
+                raise CheckArgumentError(
+                    f"{self.marker} got an unknown keyword {key!r}; allowed: {', '.join(names)}")
+            if key in bound:
+                raise CheckArgumentError(f"{self.marker} got {key!r} twice")
+            bound[key] = value
+        if self.exclusive and sum(n in bound for n in self.exclusive) != 1:
+            given = " or ".join(f"{n}=" for n in self.exclusive)
+            raise CheckArgumentError(f"{self.marker} takes exactly one of {given}")
+        missing = [p.name for p in self.params if p.required and p.name not in bound
+                   and p.name not in self.exclusive]
+        if missing:
+            raise CheckArgumentError(f"{self.marker} needs {', '.join(missing)}")
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.name in bound:
+                out[p.name] = p.validate(bound[p.name])
+            elif not p.required:
+                out[p.name] = p.default
+        return self.refine(out, given=set(bound))
+
+    def refine(self, args: dict[str, Any], given: set[str]) -> dict[str, Any]:
+        """Rules between arguments; ``given`` names those the caller passed."""
+        return args
+
+    def signature(self) -> str:
+        parts: list[str] = []
+        for p in self.params:
+            if p.name in self.exclusive:
+                if p.name == self.exclusive[0]:
+                    parts.append(" | ".join(f"{n}=..." for n in self.exclusive))
+                continue
+            parts.append(p.shown())
+        return f"{self.marker}({', '.join(parts)})"
+
+    def conflict(self, args: Mapping[str, Any], settings: Settings) -> str | None:
+        """Why these arguments cannot be decided under ``settings`` (a usage error), if so."""
+        return None
+
+    # ---- evaluation -----------------------------------------------------------------------
+
+    def needs(self, args: Mapping[str, Any]) -> frozenset[str]:
+        """What a model must have computed for this check (``PPL``, ``KL``, ``speed("tg")``...)."""
+        raise NotImplementedError
+
+    def compares_with(self, args: Mapping[str, Any]) -> str | None:
+        """The variant name or ``"baseline"`` this check compares with, if any."""
+        if self.relative_to is None or self.relative_to not in args:
+            return None
+        of: str | None = args.get("of")
+        return of
+
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+                 base: dict[str, Any]) -> Outcome:
+        """Decide the check; ``base`` holds the fields every outcome shares."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, CheckType] = {}
+
+
+def _arg(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if float(value).is_integer() and abs(value) >= 1e5:  # sizes in bytes: every digit
+        return str(int(value))
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A parsed marker (or assertion helper call): its kind and validated arguments."""
+
+    marker: str
+    args: dict[str, Any]
+
+    @property
+    def kind(self) -> CheckType:
+        return REGISTRY[self.marker]
+
+    @property
+    def label(self) -> str:
+        inner = ", ".join(f"{k}={_arg(v)}" for k, v in self.args.items() if v is not None)
+        return f"{self.marker}({inner})"
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return self.kind.needs(self.args)
+
+    @property
+    def compares_with(self) -> str | None:
+        return self.kind.compares_with(self.args)
+
+    def evaluate(self, subject: Subject, ctx: Context) -> Outcome:
+        __tracebackhide__ = True
+        base = {"check": self.label, "variant": subject.name, "mode": ctx.mode, "alpha": ctx.alpha}
+        return self.kind.evaluate(self.args, subject, ctx, base)
+
+
+def parse(marker: str, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None) -> Check:
+    """Validate a marker's arguments; the error names the bad keyword and the allowed ones."""
+    __tracebackhide__ = True
+    kind = REGISTRY.get(marker)
+    if kind is None:
+        raise CheckArgumentError(f"unknown check {marker!r}; known: {', '.join(REGISTRY)}")
+    return Check(marker, kind.bind(args, kwargs or {}))
+
+
+def marker_lines() -> dict[str, str]:
+    """Marker name to its ini ``markers`` line (``pytest --markers`` shows them)."""
+    return {name: f"{kind.signature()}: {kind.summary.replace('`', '')}"
+            for name, kind in REGISTRY.items()}
+
+
+def marker_table() -> str:
+    """The README's marker table, in Markdown."""
+    lines = ["| marker | passes when |", "|---|---|"]
+    for kind in REGISTRY.values():
+        signature, summary = (text.replace("|", "\\|") for text in (kind.signature(), kind.summary))
+        lines.append(f"| `{signature}` | {summary} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,260 @@
+"""The models of one run: resolved from their specs (``base``, a file type, a ``.gguf`` path),
+each metric computed once, and the passes planned from what the collected checks need (a variant
+whose checks need the KL pass gets its perplexity from that pass, not from a second decode).
+
+No pytest here; the session (:mod:`pytest_quantcheck.session`) owns one :class:`Models`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_quantcheck import cache, machine
+from pytest_quantcheck.backends import Backend, RunOptions
+from pytest_quantcheck.checks.outcome import Outcome
+from pytest_quantcheck.checks.registry import KL
+from pytest_quantcheck.config import Settings
+from pytest_quantcheck.engine import Engine
+from pytest_quantcheck.evaluation import ScoringProtocol
+from pytest_quantcheck.gguf_file import GGUFError, read_gguf
+from pytest_quantcheck.machine import Fingerprint
+from pytest_quantcheck.metrics.kld import KLDResult
+from pytest_quantcheck.metrics.memory import MemoryUsage
+from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
+from pytest_quantcheck.metrics.throughput import ThroughputRun
+from pytest_quantcheck.refstore import ReferenceStore
+from pytest_quantcheck.variants import FILE_TYPES, Variant, VariantError, from_path, quantize
+
+BASE = "base"
+
+
+class QuantModel:
+    """A model under test: a file and its metrics, each computed once per run."""
+
+    def __init__(self, models: Models, variant: Variant) -> None:
+        self.models = models
+        self.name = variant.name
+        self.path = variant.path
+        self.file_type = variant.file_type
+        self.size_bytes = variant.size_bytes
+
+    @functools.cached_property
+    def bits_per_weight(self) -> float:
+        """Tensor data bits per weight, as llama.cpp's loader prints them."""
+        try:
+            contents = read_gguf(self.path)
+        except GGUFError:
+            return math.nan
+        n_weights = sum(math.prod(t.shape) for t in contents.tensors.values())
+        return (self.size_bytes - contents.data_offset) * 8 / max(1, n_weights)
+
+    def perplexity(self) -> PerplexityResult:
+        return self.models.perplexity(self)
+
+    def kl_divergence(self) -> KLDResult:
+        """KL divergence from the run's reference model."""
+        return self.models.kl_divergence(self)
+
+    def reference(self) -> QuantModel:
+        """The model relative checks compare this one with by default."""
+        return self.models.reference()
+
+    def throughput(self) -> ThroughputRun:
+        """llama-bench's pp and tg tests, timed with the machine to itself."""
+        return self.models.throughput(self)
+
+    def memory(self) -> MemoryUsage:
+        """Resident (and GPU) memory of load plus one evaluation batch."""
+        return self.models.memory(self)
+
+    def fingerprint(self) -> Fingerprint:
+        return self.models.fingerprint()
+
+    def __repr__(self) -> str:
+        return f"QuantModel({self.name!r}, {self.path})"
+
+
+@dataclass
+class Models:
+    settings: Settings
+    backend_factory: Callable[[], Backend]
+    # Where the outcome of a check decided outside the session's own loop (an assertion helper
+    # on one of these models) goes, so it reaches the summary and the reports.
+    record: Callable[[Outcome], None] = lambda _outcome: None
+    # Long steps and their times ("KL divergence of Q2_K: 2.4 s"), shown after the run: a line
+    # printed while pytest writes its progress dots would split pytest's own output.
+    steps: list[str] = field(default_factory=list)
+    ppl: dict[str, PerplexityResult] = field(default_factory=dict)
+    kld: dict[str, KLDResult] = field(default_factory=dict)
+    speed: dict[str, ThroughputRun] = field(default_factory=dict)
+    memory_usage: dict[str, MemoryUsage] = field(default_factory=dict)
+    _engine: Engine | None = None
+    _by_spec: dict[str, QuantModel] = field(default_factory=dict)
+    _fingerprint: Fingerprint | None = None
+    _wants_kl: set[str] = field(default_factory=set)
+    _store: ReferenceStore | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            options = RunOptions(self.settings.threads, self.settings.n_gpu_layers,
+                                 self.settings.verbose)
+            self._engine = Engine(self.backend_factory(), options)
+        return self._engine
+
+    def base_path(self) -> Path:
+        if self.settings.model is not None:
+            return self.settings.model
+        from pytest_quantcheck.demo.model import demo_model_path
+
+        return demo_model_path(self.engine.backend, self.engine.options,
+                               log=lambda msg: self.steps.append(f"demo model: {msg}"))
+
+    def eval_text(self) -> Path:
+        if self.settings.eval_text is not None:
+            return self.settings.eval_text
+        from pytest_quantcheck.demo.model import data_path
+
+        return data_path("eval.txt")
+
+    @property
+    def protocol(self) -> ScoringProtocol:
+        s = self.settings
+        return ScoringProtocol(n_ctx=s.n_ctx, n_batch=s.n_batch, n_chunks=s.chunks)
+
+    def model(self, spec: str) -> QuantModel:
+        """``base``, a llama.cpp file type, or a path to a .gguf file."""
+        if spec not in self._by_spec:
+            with self.step(f"preparing {spec}"):
+                model = QuantModel(self, self._variant(spec))
+            same = [(other, m) for other, m in self._by_spec.items() if m.name == model.name]
+            if same and same[0][1].path.resolve() == model.path.resolve():
+                model = same[0][1]  # one file named two ways: one model, measured once
+            elif same:  # metrics and baseline records are kept by name: refuse to mix two files
+                raise VariantError(
+                    f"variants {same[0][0]!r} and {spec!r} are both named {model.name!r} (a .gguf"
+                    " variant is named after its file name); rename one of the files")
+            self._by_spec[spec] = model
+        return self._by_spec[spec]
+
+    @contextlib.contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        """A heavy step: noted when slow, and never run beside a throughput timing."""
+        start = time.perf_counter()
+        with machine.heavy_step():
+            yield
+        seconds = time.perf_counter() - start
+        if seconds >= 0.5:  # cache hits stay quiet
+            self.steps.append(f"{what}: {seconds:.1f} s")
+
+    def _variant(self, spec: str) -> Variant:
+        base = self.base_path()
+        if spec == BASE:
+            return from_path(base, name=BASE)
+        if spec.upper() in FILE_TYPES:
+            return quantize(base, spec, backend=self.engine.backend, imatrix=self.settings.imatrix,
+                            n_threads=self.settings.threads)
+        path = Path(spec)
+        if not path.is_absolute() and spec in (*self.settings.variants, self.settings.reference):
+            # a path in the settings is relative to the file that set it
+            key = "variants" if spec in self.settings.variants else "reference"
+            path = self.settings.bases.get(key, Path.cwd()) / path
+        if path.suffix.lower() == ".gguf" or path.exists():
+            return from_path(path)
+        raise VariantError(
+            f"variant {spec!r} is neither a quantization type, 'base', nor an existing .gguf file;"
+            f" types: {', '.join(FILE_TYPES)}"
+        )
+
+    def reference(self) -> QuantModel:
+        return self.model(self.settings.reference)
+
+    def plan(self, needs: Iterable[tuple[str, frozenset[str]]]) -> None:
+        """Note what each variant's collected checks need (pairs of variant and needs). A
+        variant that needs the KL pass gets its perplexity from it (the same float64 per-token
+        NLL, bit for bit), and the reference's cached log-probabilities yield its perplexity,
+        so neither is decoded twice."""
+        self._wants_kl = {variant for variant, wants in needs if KL in wants}
+
+    def perplexity(self, model: QuantModel) -> PerplexityResult:
+        if model.name not in self.ppl:
+            if model.name not in self.kld and model.name in self._wants_kl:
+                self.kl_divergence(model)
+            if model.name in self.kld:
+                store = self._reference_store()
+                self.ppl[model.name] = perplexity_from_nll(
+                    self.kld[model.name].token_nll, self.protocol.n_ctx,
+                    str(store.meta["tokens_sha256"]))
+            elif self._wants_kl and model.name == self.reference().name:
+                with self.step(f"perplexity of {model.name} (from its cached log-probs)"):
+                    self.ppl[model.name] = self._reference_store().perplexity()
+            else:
+                with self.step(f"perplexity of {model.name}"):
+                    self.ppl[model.name] = self.engine.perplexity(model.path, self.eval_text(),
+                                                                  self.protocol)
+        return self.ppl[model.name]
+
+    def _reference_store(self) -> ReferenceStore:
+        if self._store is None:  # the text is hashed and the store opened once per run
+            with self.step("reference log-probs"):
+                self._store = self.engine.reference(self.reference().path, self.eval_text(),
+                                                    self.protocol)
+        return self._store
+
+    def kl_divergence(self, model: QuantModel) -> KLDResult:
+        if model.name not in self.kld:
+            with self.step(f"KL divergence of {model.name} (reference log-probs cached)"):
+                self.kld[model.name] = self.engine.kl_divergence(
+                    self.reference().path, model.path, self.eval_text(), self.protocol)
+        return self.kld[model.name]
+
+    def fingerprint(self) -> Fingerprint:
+        if self._fingerprint is None:
+            self._fingerprint = self.engine.fingerprint()
+        return self._fingerprint
+
+    def throughput(self, model: QuantModel) -> ThroughputRun:
+        if model.name not in self.speed:
+            s = self.settings
+            fingerprint = self.fingerprint()
+            start = time.perf_counter()
+            with machine.timing():  # waits for heavy steps of other workers and processes
+                self.speed[model.name] = self.engine.throughput(
+                    model.path, s.bench_prompt, s.bench_gen, s.bench_repetitions,
+                    n_batch=s.n_batch, fingerprint=fingerprint)
+            self.steps.append(f"throughput of {model.name}: {time.perf_counter() - start:.1f} s")
+        return self.speed[model.name]
+
+    def memory(self, model: QuantModel) -> MemoryUsage:
+        if model.name not in self.memory_usage:
+            with self.step(f"memory of {model.name}"):
+                self.memory_usage[model.name] = self.engine.memory(model.path, self.protocol)
+        return self.memory_usage[model.name]
+
+    def measured(self) -> dict[str, QuantModel]:
+        """Models with at least one measurement, by name (a path variant's name is its stem)."""
+        return {m.name: m for m in self._by_spec.values() if any(
+            m.name in table for table in (self.ppl, self.kld, self.speed, self.memory_usage))}
+
+    def quality_keys(self) -> dict[str, object]:
+        """What the run's quality numbers depend on, as baseline keys."""
+        ref = self.perplexity(self.reference())
+        return {
+            "model_sha256": cache.file_sha256(self.base_path()),
+            "text_sha256": cache.sha256_of(self.eval_text()),
+            "tokens_sha256": ref.tokens_sha256,
+            "n_ctx": self.settings.n_ctx,
+            "protocol": {**self.protocol.describe(), "n_chunks": ref.n_chunks},
+            "llama_cpp": self.engine.backend.version,
+        }
+
+    def speed_keys(self) -> dict[str, object]:
+        """What the variant files' bytes depend on: the keys throughput and memory check."""
+        return {"model_sha256": cache.file_sha256(self.base_path()),
+                "llama_cpp": self.engine.backend.version}
