@@ -355,7 +355,7 @@ def quant_reference(quant_session: QuantSession) -> QuantModel:
 @pytest.fixture(scope="session")
 def quant_eval_text(quant_session: QuantSession) -> Path:
     """The evaluation text every metric is computed on."""
-    return quant_session.models.eval_text()
+    return quant_session.eval_text()
 
 
 @pytest.fixture(scope="session")

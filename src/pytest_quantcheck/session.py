@@ -26,6 +26,7 @@ from pytest_quantcheck.checks import (
     apply_holm,
 )
 from pytest_quantcheck.config import Settings
+from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.models import Models, QuantModel
 
 BaselinePayload = tuple[dict[str, Any], dict[str, dict[str, Any]]]  # keys, records by variant
@@ -63,6 +64,17 @@ class QuantSession:
         return self.models.steps
 
     # ---- models and checks -------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        return self.models.engine
+
+    def base_path(self) -> Path:
+        """The base model's file (the built-in demo model's, built once, if none is set)."""
+        return self.models.base_path()
+
+    def eval_text(self) -> Path:
+        return self.models.eval_text()
 
     def model(self, spec: str) -> QuantModel:
         """``base``, a llama.cpp file type, or a path to a .gguf file."""
@@ -137,7 +149,7 @@ class QuantSession:
     # ---- baselines ---------------------------------------------------------------------------
 
     def baseline_path(self) -> Path:
-        return self.settings.baseline_dir / baseline.file_name(self.models.base_path().stem)
+        return self.settings.baseline_dir / baseline.file_name(self.base_path().stem)
 
     def _stored(self) -> baseline.BaselineFile:
         if self.baseline_mode == "off":
