@@ -60,6 +60,12 @@ def test_holm_correction_is_applied_across_the_run(qc_project: pytest.Pytester,
     result = run_both_ways(qc_project, "--quant-correction", "holm")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*perplexity_within(pct=3) FAIL for Q2_K*p = *(Holm-adjusted *)*"])
+    # every model is evaluated once in the whole run, under xdist too (the worker that claims a
+    # variant evaluates it and shares its outcomes); the base at most once per process
+    loads = [x for x in (qc_project.path / "backend.log").read_text().splitlines()
+             if x.startswith("load")]
+    variant_loads = [x for x in loads if x != "load base.gguf"]
+    assert len(variant_loads) == len(set(variant_loads)) == 2, loads
 
 
 def test_holm_can_turn_borderline_failures_into_passes() -> None:

@@ -93,3 +93,45 @@ def test_reports_are_written_where_asked(tmp_path: Path) -> None:
     assert [c["verdict"] for c in report["checks"]] == ["fail"]
     assert "perplexity_within" in to.junit.read_text()  # type: ignore[union-attr]
     assert "0 of 1 checks passed" in to.markdown.read_text()  # type: ignore[union-attr]
+
+
+def test_holm_outcomes_are_shared_so_each_model_is_evaluated_once(tmp_path: Path) -> None:
+    # Two sessions on one exchange folder stand for two pytest-xdist workers of one run.
+    folder = tmp_path / "exchange"
+    folder.mkdir()
+    first, second = (make_session(tmp_path, correction="holm") for _ in range(2))
+    check = checks.parse("perplexity_within", (3,))
+    for session in (first, second):
+        session.exchange = folder
+        session.collect([(check, "Q8_0"), (check, "worse.gguf")])
+    a = first.run_check(check, first.model("Q8_0"))
+    log_after_first = loads(tmp_path)
+    b = second.run_check(check, second.model("Q8_0"))
+    assert a == b and a.p_adjusted is not None
+    # the second only prepared Q8_0 for its own test: it evaluated no model
+    assert loads(tmp_path) == log_after_first
+    assert second.run_check(check, second.model("worse.gguf")).verdict == "fail"
+
+
+def test_a_variant_whose_claimant_died_is_evaluated_again(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from pytest_quantcheck import cache, exchange
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    folder = tmp_path / "exchange"
+    folder.mkdir()
+    (folder / f"{cache.key_digest('variant', 'Q8_0')}.claim").write_text(dead.stdout.strip())
+    calls = []
+
+    def decide() -> exchange.Decided:
+        calls.append(1)
+        return {("c", "Q8_0"): checks.CheckSkipped("no GPU")}
+
+    found = exchange.share(folder, {"Q8_0": decide})
+    assert calls == [1] and str(found[("c", "Q8_0")]) == "no GPU"
+    # published: a third process reads it without evaluating
+    assert str(exchange.share(folder, {"Q8_0": decide})[("c", "Q8_0")]) == "no GPU"
+    assert calls == [1]

@@ -4,6 +4,8 @@ and must not import llama_cpp (the backend is created when a model is first need
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Generator
 from dataclasses import replace
 from pathlib import Path
@@ -145,7 +147,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
         return default_backend()
 
-    config.stash[session_key] = QuantSession(settings, make_backend, mode)
+    qs = QuantSession(settings, make_backend, mode)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput.get("quantcheck_exchange"):
+        qs.exchange = Path(workerinput["quantcheck_exchange"])
+    config.stash[session_key] = qs
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist controller: give every worker the run's exchange folder, where a Holm
+    correction's outcomes are shared (each variant evaluated by one worker)."""
+    qs = node.config.stash[session_key]
+    if qs.settings.correction == "holm":
+        if qs.exchange is None:
+            qs.exchange = Path(tempfile.mkdtemp(prefix="quantcheck-run-"))
+        node.workerinput["quantcheck_exchange"] = str(qs.exchange)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -314,6 +331,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(config, "workerinput"):  # a pytest-xdist worker reports to the controller
         config.workeroutput["quantcheck"] = qs.worker_payload()  # type: ignore[attr-defined]
         return
+    if qs.exchange is not None:
+        shutil.rmtree(qs.exchange, ignore_errors=True)
     if not qs.write_baseline():  # written once, by the controller, with every worker's records
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     o = config.option

@@ -7,6 +7,7 @@ it is unit-tested directly and :mod:`pytest_quantcheck.plugin` only translates h
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_quantcheck import baseline, report
+from pytest_quantcheck import baseline, exchange, report
 from pytest_quantcheck.backends import Backend
 from pytest_quantcheck.checks import (
     Against,
@@ -27,6 +28,7 @@ from pytest_quantcheck.checks import (
 )
 from pytest_quantcheck.config import Settings
 from pytest_quantcheck.engine import Engine
+from pytest_quantcheck.exchange import Decided
 from pytest_quantcheck.models import Models, QuantModel
 
 BaselinePayload = tuple[dict[str, Any], dict[str, dict[str, Any]]]  # keys, records by variant
@@ -52,7 +54,9 @@ class QuantSession:
     collected: list[tuple[Check, str]] = field(default_factory=list)  # (check, variant)
     notes: list[tuple[str, bool]] = field(default_factory=list)  # (text, is_error), shown last
     models: Models = field(init=False)
-    _holm: dict[tuple[str, str], Outcome | Exception] | None = None
+    # pytest-xdist: a folder of the whole run where workers share decided outcomes (Holm)
+    exchange: Path | None = None
+    _holm: Decided | None = None
     _merged_baselines: list[BaselinePayload] = field(default_factory=list)
     _merged_points: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -131,17 +135,33 @@ class QuantSession:
         """Keep an outcome for the summary and the reports (markers' and helpers' alike)."""
         self.outcomes.append(outcome)
 
-    def _holm_outcomes(self) -> dict[tuple[str, str], Outcome | Exception]:
-        found: dict[tuple[str, str], Outcome | Exception] = {}
+    def _holm_outcomes(self) -> Decided:
+        """Every collected check decided and Holm-adjusted together. Under pytest-xdist each
+        variant's checks are evaluated by one worker and shared through :attr:`exchange`, so
+        every worker applies the same correction to the same p-values and no model is evaluated
+        twice in the run."""
+        groups: dict[str, list[Check]] = {}
         for check, spec in self.collected:
+            groups.setdefault(spec, []).append(check)
+
+        def decide(spec: str) -> Decided:
+            found: Decided = {}
             name = spec  # outcomes are kept by model name (a .gguf variant's is its stem)
-            try:
-                model = self.model(spec)
-                name = model.name
-                found[(check.label, name)] = check.evaluate(model, self.context())
-            except Exception as exc:
-                found[(check.label, name)] = exc
-        decided = [k for k, o in found.items() if isinstance(o, Outcome)]
+            for check in groups[spec]:
+                try:
+                    model = self.model(spec)
+                    name = model.name
+                    found[(check.label, name)] = check.evaluate(model, self.context())
+                except Exception as exc:
+                    found[(check.label, name)] = exc
+            return found
+
+        if self.exchange is None:
+            found = {key: value for spec in groups for key, value in decide(spec).items()}
+        else:
+            found = exchange.share(self.exchange, {
+                spec: functools.partial(decide, spec) for spec in groups})
+        decided = sorted(k for k, o in found.items() if isinstance(o, Outcome))
         adjusted = apply_holm([found[k] for k in decided])  # type: ignore[misc]
         found.update(zip(decided, adjusted, strict=True))
         return found
