@@ -103,3 +103,22 @@ def test_github_actions_gate_uses_real_options(pytester: pytest.Pytester) -> Non
     help_text = pytester.runpytest("--help").stdout.str()
     for flag in flags:
         assert flag in help_text, flag
+
+
+def test_github_actions_matrix_splits_and_merges(pytester: pytest.Pytester) -> None:
+    import yaml
+
+    from pytest_quantcheck.cli import build_parser
+
+    workflow = yaml.safe_load((ROOT / "examples" / "github-actions" / "quant-matrix.yml").read_text())
+    shards = workflow["jobs"]["shard"]["strategy"]["matrix"]["shard"]
+    steps = workflow["jobs"]["shard"]["steps"]
+    command = next(s["run"] for s in steps if s.get("name") == "Quality gate, one shard")
+    assert f"--quant-shard=${{{{ matrix.shard }}}}/{len(shards)}" in command
+    assert "--quant-shard" in pytester.runpytest("--help").stdout.str()
+    merge = next(s["run"] for s in workflow["jobs"]["gate"]["steps"]
+                 if s.get("name") == "Merge the shards and gate")
+    args = merge.split()
+    assert args[:2] == ["quantcheck", "merge"]
+    parsed = build_parser().parse_args(args[1:])  # every option exists
+    assert parsed.junit and parsed.output and parsed.markdown

@@ -1,5 +1,5 @@
-"""The ``quantcheck`` command: quantize, perplexity, kld, bench, memory, demo-model. No pytest
-here."""
+"""The ``quantcheck`` command: quantize, perplexity, kld, bench, memory, demo-model, merge. No
+pytest here."""
 
 from __future__ import annotations
 
@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     _shape_args(m)
     _run_args(m)
 
+    g = sub.add_parser("merge", help="merge the --quant-json reports of a run's shards into one"
+                       " report (and baseline), as one run would have written them")
+    g.add_argument("reports", type=Path, nargs="+", metavar="REPORT.json")
+    g.add_argument("-o", "--output", type=Path, default=None, help="write the merged JSON here")
+    g.add_argument("--markdown", type=Path, default=None, help="write the table as Markdown")
+    g.add_argument("--junit", type=Path, default=None, help="write a JUnit file, one case a check")
+    g.add_argument("--baseline-dir", type=Path, default=None,
+                   help="where to write the merged baseline, when the shards updated it"
+                   " (default: the run's baseline_dir)")
     d = sub.add_parser("demo-model", help="print the built-in demo model's path (builds it once)")
     d.add_argument("--eval-text", action="store_true",
                    help="print the path of its held-out evaluation text instead")
@@ -214,7 +223,38 @@ def _dump(obj: dict[str, Any]) -> None:
     print(json.dumps(clean(obj), indent=1, default=_json_default))
 
 
+def _merge(args: argparse.Namespace) -> int:
+    """Exit status 0 when every merged check passed, 1 otherwise (the gate of a sharded run)."""
+    from pytest_quantcheck import baseline, report
+
+    reports = [report.read_report(path) for path in args.reports]
+    settings, outcomes = report.merge_reports(reports)
+    stored = [r.baseline for r in reports if r.baseline]
+    document = None
+    if stored:
+        records = {name: rec for b in stored for name, rec in b["records"].items()}
+        document = {"file": stored[0]["file"], "keys": stored[0]["keys"], "records": records}
+        folder = args.baseline_dir or Path(settings["baseline_dir"])
+        baseline.update(folder / stored[0]["file"], stored[0]["keys"], records)
+        print(f"baseline written to {folder / stored[0]['file']}", file=sys.stderr)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report.to_json(outcomes, settings, document))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(report.markdown(outcomes))
+    if args.junit:
+        report.write_junit(args.junit, outcomes)
+    for line in report.text_table(outcomes):
+        print(line)
+    failed = sum(not o.passed for o in outcomes)
+    print(f"{len(outcomes) - failed} of {len(outcomes)} checks passed ({len(reports)} reports)")
+    return 1 if failed else 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "merge":
+        return _merge(args)
     if args.command == "quantize":
         file_type(args.type)  # bad names and files fail before llama.cpp is even loaded
         check_gguf_path(args.base)

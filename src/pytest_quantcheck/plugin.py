@@ -70,6 +70,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     " configured baseline_dir)")
     group.addoption("--quant-update-baseline", dest="quant_update_baseline", action="store_true",
                     help="write or refresh the baselines from this run")
+    group.addoption("--quant-shard", dest="quant_shard", default=None, metavar="K/N",
+                    help="check the K-th of N shards of the variants (every N-th from the K-th;"
+                    " tests without quant_model run in shard 1); merge the shards' --quant-json"
+                    " reports with `quantcheck merge`")
     group.addoption("--quant-json", dest="quant_json", default=None, metavar="PATH",
                     help="write every check's numbers as JSON to PATH")
     group.addoption("--quant-junit", dest="quant_junit", default=None, metavar="PATH",
@@ -101,6 +105,16 @@ def _settings(config: pytest.Config) -> Settings:
         if path is not None and not path.is_file():
             raise ConfigError(settings.sources[key], key, f"{path} is not a file; fix the path")
     return settings
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``--quant-shard K/N``: 1 <= K <= N."""
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise pytest.UsageError(f"--quant-shard {text}: expected K/N with 1 <= K <= N, e.g. 1/2")
+    return int(k), int(n)
 
 
 def _worker_count(config: pytest.Config) -> int:
@@ -147,7 +161,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         return default_backend()
 
-    qs = QuantSession(settings, make_backend, mode)
+    qs = QuantSession(settings, make_backend, mode, shard=parse_shard(config.option.quant_shard))
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and workerinput.get("quantcheck_exchange"):
         qs.exchange = Path(workerinput["quantcheck_exchange"])
@@ -166,14 +180,16 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    s = config.stash[session_key].settings
+    qs = config.stash[session_key]
+    s = qs.settings
     model = s.model or "built-in demo model"
     workers = _worker_count(config)
     threads = (f"threads {s.threads}" if s.threads is not None
                else f"threads {physical_cores()}" if workers == 1
                else f"threads {_worker_threads(workers)} per worker ({physical_cores()} physical"
                f" cores / {workers} workers)")
-    return (f"quantcheck: {__version__}, model {model}, variants {', '.join(s.variants)},"
+    shard = f" (shard {qs.shard[0]}/{qs.shard[1]})" if qs.shard else ""
+    return (f"quantcheck: {__version__}, model {model}, variants {', '.join(qs.variants())}{shard},"
             f" mode {s.mode}, alpha {s.alpha:g}, {threads}, cache {cache_root()}")
 
 
@@ -182,7 +198,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "quant_model" in metafunc.fixturenames:
-        variants = metafunc.config.stash[session_key].settings.variants
+        variants = metafunc.config.stash[session_key].variants()
         metafunc.parametrize("quant_model", variants, indirect=True, ids=list(variants),
                              scope="session")
 
@@ -211,6 +227,12 @@ def _item_checks(item: pytest.Item, settings: Settings) -> list[checks.Check]:
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: only the checks that will run count
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     session = config.stash[session_key]
+    if session.shard is not None and session.shard[0] > 1:  # the other tests run in shard 1
+        kept = [i for i in items if "quant_model" in getattr(i, "fixturenames", ())]
+        if len(kept) < len(items):
+            kept_ids = {id(i) for i in kept}
+            config.hook.pytest_deselected(items=[i for i in items if id(i) not in kept_ids])
+            items[:] = kept
     collected: list[tuple[checks.Check, str]] = []
     for item in items:
         try:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pytest_quantcheck import __version__
-from pytest_quantcheck.checks import Outcome
+from pytest_quantcheck.checks import Outcome, apply_holm
+from pytest_quantcheck.errors import QuantcheckError
 
 COLUMNS = ("variant", "check", "measured", "against", "change", "p", "verdict")
 
@@ -63,9 +65,87 @@ def github_annotations(outcomes: Sequence[Outcome]) -> list[str]:
     return out
 
 
-def to_json(outcomes: Sequence[Outcome], settings: dict[str, Any]) -> str:
-    return json.dumps({"tool": f"pytest-quantcheck {__version__}", "settings": settings,
-                       "checks": [o.to_dict() for o in outcomes]}, indent=1, default=str)
+REPORT_SCHEMA = "pytest-quantcheck report"
+
+
+class ReportError(QuantcheckError, ValueError):
+    """A JSON report that cannot be read or merged; the message names the file and the fix."""
+
+
+def _ordered(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    return sorted(outcomes, key=lambda o: (o.variant, o.check, o.nodeid))
+
+
+def to_json(outcomes: Sequence[Outcome], settings: dict[str, Any],
+            baseline: dict[str, Any] | None = None) -> str:
+    """The ``--quant-json`` report: every check's numbers, the run's settings and, when the run
+    updated the baseline, its keys and records (so shards' reports merge into one file)."""
+    data: dict[str, Any] = {"schema": REPORT_SCHEMA, "tool": f"pytest-quantcheck {__version__}",
+                            "settings": settings, "checks": [o.to_dict() for o in _ordered(outcomes)]}
+    if baseline is not None:
+        data["baseline"] = baseline
+    return json.dumps(data, indent=1, default=str)
+
+
+@dataclass(frozen=True)
+class Report:
+    path: Path
+    settings: dict[str, Any]
+    outcomes: list[Outcome]
+    baseline: dict[str, Any] | None  # {"file", "keys", "records"}
+
+
+def read_report(path: Path) -> Report:
+    fix = "give the file a pytest --quant-json run wrote"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such report; {fix}") from None
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path}: unreadable report ({exc}); {fix}") from None
+    if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA:
+        raise ReportError(f"{path}: not a pytest-quantcheck report; {fix}")
+    try:
+        outcomes = [Outcome.from_dict(c) for c in data["checks"]]
+        settings = dict(data["settings"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"{path}: damaged report ({exc!r}); run the shard again") from None
+    return Report(path, settings, outcomes, data.get("baseline"))
+
+
+def merge_reports(reports: Sequence[Report]) -> tuple[dict[str, Any], list[Outcome]]:
+    """The settings and outcomes of one run, from its shards' reports: what a single run would
+    have reported (Holm, if the run used it, is applied again across every shard's checks)."""
+    if not reports:
+        raise ReportError("no reports to merge; give the --quant-json files of every shard")
+    first = reports[0]
+    settings = {k: v for k, v in first.settings.items() if k != "shard"}
+    seen: dict[tuple[str, str, str], Path] = {}
+    outcomes: list[Outcome] = []
+    for r in reports:
+        other = {k: v for k, v in r.settings.items() if k != "shard"}
+        differs = sorted(k for k in settings.keys() | other.keys() if settings.get(k) != other.get(k))
+        if differs:
+            raise ReportError(f"{r.path}: made with another {differs[0]} than {first.path.name}"
+                              f" ({other.get(differs[0])!r}, not {settings.get(differs[0])!r});"
+                              " merge the shards of one run")
+        for o in r.outcomes:
+            key = (o.nodeid, o.check, o.variant)
+            if key in seen:
+                raise ReportError(f"{r.path}: {o.check} of {o.variant} is also in"
+                                  f" {seen[key].name}; give each shard's report once")
+            seen[key] = r.path
+            outcomes.append(o)
+    if settings.get("correction") == "holm":
+        # Corrected again, from the raw verdicts, across the family one run would have formed:
+        # the markers' checks, which each shard corrected (an assertion helper's check is
+        # decided on the spot, outside the family).
+        family = [i for i, o in enumerate(outcomes) if o.p_adjusted is not None and o.decision]
+        adjusted = apply_holm([replace(outcomes[i], verdict=outcomes[i].decision.verdict,  # type: ignore[union-attr]
+                                       p_adjusted=None) for i in family])
+        for i, o in zip(family, adjusted, strict=True):
+            outcomes[i] = o
+    return settings, _ordered(outcomes)
 
 
 def write_junit(path: Path, outcomes: Sequence[Outcome]) -> None:

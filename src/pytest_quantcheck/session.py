@@ -54,6 +54,7 @@ class QuantSession:
     collected: list[tuple[Check, str]] = field(default_factory=list)  # (check, variant)
     notes: list[tuple[str, bool]] = field(default_factory=list)  # (text, is_error), shown last
     models: Models = field(init=False)
+    shard: tuple[int, int] | None = None  # (K, N): this run decides the K-th of N shards
     # pytest-xdist: a folder of the whole run where workers share decided outcomes (Holm)
     exchange: Path | None = None
     _holm: Decided | None = None
@@ -62,6 +63,13 @@ class QuantSession:
 
     def __post_init__(self) -> None:
         self.models = Models(self.settings, self.backend_factory, record=self.record)
+
+    def variants(self) -> tuple[str, ...]:
+        """The variants this run checks: all of them, or its shard's (every N-th, from K)."""
+        if self.shard is None:
+            return self.settings.variants
+        k, n = self.shard
+        return tuple(v for i, v in enumerate(self.settings.variants) if i % n == k - 1)
 
     @property
     def steps(self) -> list[str]:
@@ -257,22 +265,32 @@ class QuantSession:
     # ---- the end of the run ------------------------------------------------------------------
 
     def settings_summary(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v)
-                for k, v in self.settings.__dict__.items() if k not in ("sources", "bases")}
+        summary = {k: (str(v) if isinstance(v, Path) else v)
+                   for k, v in self.settings.__dict__.items() if k not in ("sources", "bases")}
+        if self.shard is not None:
+            summary["shard"] = f"{self.shard[0]}/{self.shard[1]}"
+        return summary
 
-    def write_baseline(self) -> bool:
-        """Write the baseline once, from the records of this process and every merged worker,
-        when updating; :attr:`notes` say what happened. False if it could not be written."""
+    def baseline_document(self) -> BaselinePayload | None:
+        """Keys and records of every model measured in the run (this process's and every merged
+        worker's), when updating the baseline."""
         if self.baseline_mode != "update":
-            return True
+            return None
         batches = list(self._merged_baselines)
         own = self.baseline_payload()
         if own is not None:
             batches.append(own)
         if not batches:
+            return None
+        return batches[0][0], {name: rec for _, recs in batches for name, rec in recs.items()}
+
+    def write_baseline(self) -> bool:
+        """Write the baseline once, from the records of this process and every merged worker,
+        when updating; :attr:`notes` say what happened. False if it could not be written."""
+        document = self.baseline_document()
+        if document is None:
             return True
-        keys = batches[0][0]
-        records = {name: rec for _, recs in batches for name, rec in recs.items()}
+        keys, records = document
         path = self.baseline_path()
         try:
             kept_aside = baseline.update(path, keys, records)
@@ -285,10 +303,16 @@ class QuantSession:
         self.notes.append((f"baseline written to {path}", False))
         return True
 
+    def _baseline_for_report(self) -> dict[str, Any] | None:
+        document = self.baseline_document()
+        if document is None:
+            return None
+        return {"file": self.baseline_path().name, "keys": document[0], "records": document[1]}
+
     def write_reports(self, to: ReportPaths) -> None:
         outcomes = self.outcomes
         texts: dict[Path | None, Callable[[], str]] = {
-            to.json: lambda: report.to_json(outcomes, self.settings_summary()),
+            to.json: lambda: report.to_json(outcomes, self.settings_summary(), self._baseline_for_report()),
             to.markdown: lambda: report.markdown(outcomes)}
         for target, text in texts.items():
             if target is not None:
