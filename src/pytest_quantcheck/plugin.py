@@ -289,33 +289,14 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     found = item.stash.get(item_checks_key, None)
     if not found:
         return result
-    session = item.config.stash[session_key]
     model = item.funcargs["quant_model"]  # type: ignore[attr-defined]
-    problems = []
-    skipped = []
-    for check in found:
-        if check.compares_with == "baseline" and session.baseline_mode == "off":
-            skipped.append(f"{check.label}: baseline comparisons are off; run with --quant-baseline")
-            continue
-        try:
-            where = (item.nodeid, item.location[0], (item.location[1] or 0) + 1)
-            outcome = session.run_check(check, model, where)
-        except checks.CheckSkipped as exc:
-            skipped.append(f"{check.label}: {exc}")
-            continue
-        except QuantcheckError as exc:
-            problems.append(f"{check.label} ERROR for {model.name}: {exc}")
-            continue
-        item.user_properties.append((f"quantcheck {check.label}", outcome.message()))
-        if not outcome.passed:
-            problems.append(outcome.message())
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
-    if skipped:
-        reason = "; ".join(skipped)
-        item.user_properties.append(("quantcheck skipped", reason))
-        if len(skipped) == len(found):  # nothing else was checked: say so rather than pass
-            pytest.skip(reason)
+    where = (item.nodeid, item.location[0], (item.location[1] or 0) + 1)
+    decided = item.config.stash[session_key].decide_test(found, model, where)
+    item.user_properties.extend(decided.properties)
+    if decided.problems:
+        pytest.fail("\n".join(decided.problems), pytrace=False)
+    if decided.skipped and len(decided.skipped) == len(found):  # nothing else was checked
+        pytest.skip("; ".join(decided.skipped))
     return result
 
 

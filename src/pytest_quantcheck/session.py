@@ -28,6 +28,7 @@ from pytest_quantcheck.checks import (
 )
 from pytest_quantcheck.config import Settings
 from pytest_quantcheck.engine import Engine
+from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.exchange import Decided
 from pytest_quantcheck.models import Models, QuantModel
 
@@ -43,6 +44,16 @@ class ReportPaths:
     markdown: Path | None = None
     plot: Path | None = None
     github: bool = False  # under GitHub Actions: step summary and annotations
+
+
+@dataclass
+class CheckedTest:
+    """What a test's marker checks came to: failure lines, skip reasons, and the messages to
+    attach to the test (JUnit properties)."""
+
+    problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    properties: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -138,6 +149,32 @@ class QuantSession:
         outcome = replace(outcome, nodeid=where[0], file=where[1], line=where[2])
         self.record(outcome)
         return outcome
+
+    def decide_test(self, found: list[Check], model: QuantModel,
+                    where: tuple[str, str, int]) -> CheckedTest:
+        """Decide one test's marker checks: each fails, passes, or is skipped saying why (a
+        baseline comparison with comparisons off, a baseline from another machine); an input
+        error is one line naming the check and the fix."""
+        out = CheckedTest()
+        for check in found:
+            if check.compares_with == "baseline" and self.baseline_mode == "off":
+                out.skipped.append(f"{check.label}: baseline comparisons are off; run with"
+                                   " --quant-baseline")
+                continue
+            try:
+                outcome = self.run_check(check, model, where)
+            except CheckSkipped as exc:
+                out.skipped.append(f"{check.label}: {exc}")
+                continue
+            except QuantcheckError as exc:
+                out.problems.append(f"{check.label} ERROR for {model.name}: {exc}")
+                continue
+            out.properties.append((f"quantcheck {check.label}", outcome.message()))
+            if not outcome.passed:
+                out.problems.append(outcome.message())
+        if out.skipped:
+            out.properties.append(("quantcheck skipped", "; ".join(out.skipped)))
+        return out
 
     def record(self, outcome: Outcome) -> None:
         """Keep an outcome for the summary and the reports (markers' and helpers' alike)."""
