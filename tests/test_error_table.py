@@ -160,7 +160,7 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
 
     def newer_baseline() -> str:
         path = text(tmp_path / "n.quantcheck.json",
-                    '{"schema": "pytest-quantcheck baseline", "schema_version": 3}')
+                    '{"schema": "pytest-quantcheck baseline", "schema_version": 4}')
         with pytest.raises(BaselineError) as info:
             load(path)
         return str(info.value)

@@ -38,7 +38,7 @@ def test_update_then_compare_passes(qc_project: pytest.Pytester, run_both_ways: 
     # (under -n 2 the line follows the progress dots on the same line: no newline is ensured)
     result.stdout.fnmatch_lines(["*quantcheck: baseline written to *base.quantcheck.json"])
     data = json.loads((qc_project.path / "baselines" / "base.quantcheck.json").read_text())
-    assert data["schema"] == "pytest-quantcheck baseline" and data["schema_version"] == 2
+    assert data["schema"] == "pytest-quantcheck baseline" and data["schema_version"] == 3
     assert set(data["keys"]) == {"model_sha256", "text_sha256", "tokens_sha256", "n_ctx",
                                  "protocol", "llama_cpp"}
     assert set(data["records"]) == {"Q8_0", "Q2_K"}
@@ -170,7 +170,7 @@ def test_sigkill_during_an_update_leaves_the_old_baseline_readable(tmp_path: Pat
     assert all(name.endswith(".tmp") for name in leftovers)  # at most a temporary, never used
 
 
-def test_a_version_1_baseline_is_read_and_rewritten_as_version_2(tmp_path: Path) -> None:
+def test_a_version_1_baseline_is_read_and_rewritten_as_version_3(tmp_path: Path) -> None:
     path = tmp_path / "m.quantcheck.json"
     v1 = {"schema": "pytest-quantcheck baseline", "schema_version": 1,
           "tool": "pytest-quantcheck 0.1.0.dev0", "keys": KEYS,
@@ -179,7 +179,18 @@ def test_a_version_1_baseline_is_read_and_rewritten_as_version_2(tmp_path: Path)
     assert load(path).records["Q8_0"]["perplexity"]["chunk_nll"] == [1.0, 1.1]
     update(path, KEYS, {"Q2_K": {"perplexity": {"chunk_nll": [2.0, 2.1]}}})
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 2 and set(data["records"]) == {"Q8_0", "Q2_K"}
+    assert data["schema_version"] == 3 and set(data["records"]) == {"Q8_0", "Q2_K"}
+
+
+def test_a_version_2_machine_keeps_its_run_as_the_first_of_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "m.quantcheck.json"
+    tg = {"test": "tg16", "samples": [10.0, 11.0]}
+    v2 = {"schema": "pytest-quantcheck baseline", "schema_version": 2, "keys": KEYS,
+          "records": {"Q8_0": {"machines": [{"fingerprint": {"cpu": "A"},
+                                             "throughput": {"tg": tg}}]}}}
+    path.write_text(json.dumps(v2))
+    machine = load(path).records["Q8_0"]["machines"][0]
+    assert machine["runs"] == {"tg": [tg]} and machine["throughput"] == {"tg": tg}
 
 
 def test_a_baseline_from_a_newer_version_says_upgrade(tmp_path: Path) -> None:
@@ -210,3 +221,15 @@ def test_records_merge_by_section_and_machine() -> None:
                                      "throughput": {"pp": {"mean": 1}, "tg": {"mean": 3}}}
     assert merged["machines"][1] == old["machines"][1]
     assert old["machines"][0]["throughput"]["tg"] == {"mean": 2}  # inputs are not modified
+
+
+def test_runs_of_one_machine_accumulate_up_to_the_limit() -> None:
+    here = {"cpu": "A"}
+    record: dict[str, object] = {}
+    for i in range(4):
+        new = {"machines": [{"fingerprint": here, "throughput": {"tg": {"run": i}},
+                             "runs": {"tg": [{"run": i}]}}]}
+        record = merge_record(record, new, keep_runs=3)
+    machine = record["machines"][0]  # type: ignore[index]
+    assert machine["runs"]["tg"] == [{"run": 1}, {"run": 2}, {"run": 3}]
+    assert machine["throughput"]["tg"] == {"run": 3}

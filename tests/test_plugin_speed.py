@@ -88,23 +88,40 @@ def test_baseline_round_trip_records_machine_and_memory(speed_project: pytest.Py
 
         @pytest.mark.throughput_at_least(pct=-50)
         @pytest.mark.throughput_at_least(pct=-50, phase="pp")
-        @pytest.mark.memory_at_most(mb=1000)
         def test_speed(quant_model):
+            pass
+
+        @pytest.mark.memory_at_most(mb=1000)
+        def test_memory(quant_model):
             pass
         """
     )
-    run_both_ways(speed_project, "--quant-update-baseline").assert_outcomes(passed=2)
+    run_both_ways(speed_project, "--quant-update-baseline").assert_outcomes(passed=4)
     data = json.loads(baseline_file(speed_project).read_text())
     machines = data["records"]["slow"]["machines"]
     assert len(machines) == 1
     assert machines[0]["fingerprint"]["threads"] == 2
-    assert set(machines[0]["throughput"]) == {"pp", "tg"}
+    assert set(machines[0]["throughput"]) == {"pp", "tg"} == set(machines[0]["runs"])
     assert len(machines[0]["throughput"]["tg"]["samples"]) == 5
     assert machines[0]["memory"]["peak_rss_mib"] > 0
-    result = run_both_ways(speed_project, "--quant-baseline", "-rA")
-    result.assert_outcomes(passed=2)
+    # one run cannot tell how much separate runs drift: the comparison says so, and how to fix it
+    result = run_both_ways(speed_project, "--quant-baseline", "-rs")
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines(["*holds 1 run(s); comparing with it needs at least 3 to know how"
+                                 " much separate runs drift: record more with"
+                                 " --quant-update-baseline*"])
+    for _ in range(3):  # each update adds one run; baseline_runs = 2 keeps the last two
+        run_both_ways(speed_project, "--quant-update-baseline", "--quant-baseline-runs", "2")
+    runs = json.loads(baseline_file(speed_project).read_text())["records"]["slow"]["machines"][0]["runs"]
+    assert len(runs["tg"]) == len(runs["pp"]) == 2
+    run_both_ways(speed_project, "--quant-update-baseline")
+    result = run_both_ways(speed_project, "--quant-baseline", "-rA", "--quant-json", "r.json")
+    result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*slow*throughput_at_least(pct=-50, of='baseline',"
                                  " phase='tg')*PASS*"])
+    tg = [c for c in json.loads((speed_project.path / "r.json").read_text())["checks"]
+          if c["variant"] == "slow" and "phase='tg'" in c["check"]]
+    assert "two-level t-test of this run against 3 baseline runs (2 df;" in tg[0]["message"]
 
 
 def test_baseline_from_another_machine_is_skipped_with_the_difference(
@@ -118,7 +135,8 @@ def test_baseline_from_another_machine_is_skipped_with_the_difference(
             pass
         """
     )
-    speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)  # the setup
+    for _ in range(3):  # the setup: three runs, enough to compare with
+        speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)
     path = baseline_file(speed_project)
     data = json.loads(path.read_text())
     for record in data["records"].values():

@@ -187,3 +187,56 @@ def test_absolute_speed_is_a_one_sample_t_test() -> None:
     d = stats.mean_at_least(x, 105.0, 0.05, "detect", "r")
     assert d.p_value == pytest.approx(sps.ttest_1samp(x, 105.0, alternative="less").pvalue)
     assert d.verdict == stats.FAIL and d.estimate == pytest.approx(100.2) and d.low < d.high
+
+
+def simulated_runs(rng: np.random.Generator, n_runs: int, tau: float, sigma: float,
+                   n: int = 5, speed: float = 100.0) -> list[np.ndarray]:
+    return [speed * np.exp(rng.normal(rng.normal(0, tau), sigma, n)) for _ in range(n_runs)]
+
+
+@pytest.mark.parametrize(("j", "tau"), [(3, 0.08), (5, 0.08), (10, 0.0), (3, 0.0)])
+def test_two_level_false_alarms_stay_at_alpha_when_runs_drift(j: int, tau: float) -> None:
+    # A/A across separate runs: the baseline's j runs and this run share the machine's level,
+    # each run drifting by tau (8% as measured between processes here), 5 repetitions of 5%.
+    rng = np.random.default_rng(j)
+    trials, alarms = 4000, 0
+    for _ in range(trials):
+        *baseline, current = simulated_runs(rng, j + 1, tau, 0.05)
+        alarms += stats.run_ratio_at_least(current, baseline, 1.0, 0.05, "detect").verdict == stats.FAIL
+    rate = alarms / trials
+    # within three Monte Carlo standard errors of alpha (tau = 0: the test is conservative)
+    assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials), rate
+
+
+def test_the_within_run_test_raises_false_alarms_when_runs_drift() -> None:
+    # Why the two-level test exists: repetitions of one run miss the drift between runs.
+    rng = np.random.default_rng(1)
+    alarms = sum(stats.ratio_at_least(x, y, 1.0, 0.05, "detect").verdict == stats.FAIL
+                 for x, y in (simulated_runs(rng, 2, 0.08, 0.05) for _ in range(1000)))
+    assert alarms / 1000 > 0.15
+
+
+def test_two_level_test_catches_a_real_slowdown() -> None:
+    rng = np.random.default_rng(2)
+    caught = 0
+    for _ in range(500):
+        baseline = simulated_runs(rng, 10, 0.08, 0.05)
+        current = simulated_runs(rng, 1, 0.08, 0.05, speed=55.0)[0]  # 1 thread of 2: -45%
+        caught += stats.run_ratio_at_least(current, baseline, 1.0, 0.05, "detect").verdict == stats.FAIL
+    assert caught / 500 > 0.95
+
+
+def test_two_level_test_matches_a_prediction_interval_when_runs_are_alike() -> None:
+    # equal repetition counts: (x - level) / (s * sqrt(1 + 1/J)) with J - 1 df
+    rng = np.random.default_rng(3)
+    runs = simulated_runs(rng, 4, 0.1, 0.01)
+    *baseline, current = runs
+    means = np.array([np.log(r).mean() for r in baseline])
+    s = means.std(ddof=1)
+    within = np.mean([np.log(r).var(ddof=1) for r in runs])
+    tau2 = max(0.0, s**2 - within / 5)
+    se = math.sqrt(tau2 + within / 5 + s**2 / 3)
+    t = (np.log(current).mean() - means.mean()) / se
+    d = stats.run_ratio_at_least(current, baseline, 1.0, 0.05, "detect")
+    assert d.p_value == pytest.approx(sps.t.cdf(t, 2), rel=1e-9)
+    assert d.n == 3 and "3 baseline runs (2 df" in d.test

@@ -9,8 +9,10 @@ memory depend on the machine too: a record keeps a list of ``machines``, each a 
 the throughput samples and memory measured there. Writes merge into the existing file under a
 lock and replace it atomically.
 
-Schema history: version 1 had no ``machines``; it is read as version 2 (its quality records are
-unchanged) and written as version 2 by the next update.
+Schema history: version 1 had no ``machines``; version 2 kept one throughput run per machine
+(``throughput``); version 3 also keeps the last few separate runs (``runs``: per test, a list of
+runs, oldest first), so a comparison can weigh the drift between runs. Older files are read as
+version 3 (their one run becomes a list of one) and written as version 3 by the next update.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pytest_quantcheck.metrics.perplexity import PerplexityResult
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
 
 SCHEMA = "pytest-quantcheck baseline"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KEY_FIELDS = ("model_sha256", "text_sha256", "tokens_sha256", "n_ctx", "protocol", "llama_cpp")
 SPEED_KEY_FIELDS = ("model_sha256", "llama_cpp")  # what the variant files' bytes depend on
 UPDATE_FLAG = "--quant-update-baseline"
@@ -113,34 +115,56 @@ def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 2}
 
 
-_MIGRATIONS = {1: _from_v1}
+def _from_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 -> 3: each machine's one throughput run becomes its list of runs."""
+    records = {}
+    for name, record in (data.get("records") or {}).items():
+        if isinstance(record, dict) and isinstance(record.get("machines"), list):
+            machines = []
+            for m in record["machines"]:
+                if isinstance(m, dict) and isinstance(m.get("throughput"), dict):
+                    m = {**m, "runs": {phase: [r] for phase, r in m["throughput"].items()}}
+                machines.append(m)
+            record = {**record, "machines": machines}
+        records[name] = record
+    return {**data, "records": records, "schema_version": 3}
+
+
+_MIGRATIONS = {1: _from_v1, 2: _from_v2}
 
 
 def _same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(a.get("fingerprint") == b.get("fingerprint"))
 
 
-def merge_record(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def merge_record(old: dict[str, Any], new: dict[str, Any], keep_runs: int = 10) -> dict[str, Any]:
     """A variant's stored record updated with a new one: sections the new one has replace the
-    old; a machine's entry is merged with the new entry of the same fingerprint (its
-    throughput tests and memory replaced one by one), other machines' entries are kept."""
+    old; a machine's entry is merged with the new entry of the same fingerprint (its latest
+    throughput tests and memory replaced one by one, its new runs appended and the last
+    ``keep_runs`` kept), other machines' entries are kept."""
     merged = {**old, **{k: v for k, v in new.items() if k != "machines"}}
     machines = [dict(m) for m in old.get("machines", []) if isinstance(m, dict)]
     for entry in new.get("machines", []):
         same = next((m for m in machines if _same_machine(m, entry)), None)
         if same is None:
-            machines.append(entry)
-            continue
+            same = {"fingerprint": entry.get("fingerprint")}
+            machines.append(same)
         tests = {**same.get("throughput", {}), **entry.get("throughput", {})}
-        same.update({k: v for k, v in entry.items() if k != "throughput"})
+        runs = {phase: list(r) for phase, r in same.get("runs", {}).items() if isinstance(r, list)}
+        for phase, new_runs in entry.get("runs", {}).items():
+            runs[phase] = (runs.get(phase, []) + list(new_runs))[-keep_runs:]
+        same.update({k: v for k, v in entry.items() if k not in ("throughput", "runs")})
         if tests:
             same["throughput"] = tests
+        if runs:
+            same["runs"] = runs
     if machines:
         merged["machines"] = machines
     return merged
 
 
-def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]]) -> Path | None:
+def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]],
+           keep_runs: int = 10) -> Path | None:
     """Merge ``records`` into the file at ``path`` (new keys replace old ones), atomically.
 
     A file that cannot be read as a baseline is never overwritten silently: it is moved aside
@@ -165,7 +189,7 @@ def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]])
                 kept_aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
                 os.replace(path, kept_aside)
         for name, record in records.items():
-            existing[name] = merge_record(existing.get(name, {}), record)
+            existing[name] = merge_record(existing.get(name, {}), record, keep_runs)
         document = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -204,6 +228,7 @@ def make_record(*, file_type: str | None, size_bytes: int, bits_per_weight: floa
         entry: dict[str, Any] = {"fingerprint": fingerprint.to_dict()}
         if speed is not None:
             entry["throughput"] = {phase: r.to_dict() for phase, r in speed.tests.items()}
+            entry["runs"] = {phase: [r.to_dict()] for phase, r in speed.tests.items()}
             entry["bandwidth_gb_s"] = None if speed.bandwidth is None else speed.bandwidth / 1e9
         if memory is not None:
             entry["memory"] = memory.to_dict()
@@ -224,12 +249,13 @@ def chunk_nll(stored: BaselineFile, variant: str, keys: dict[str, Any],
 
 
 def throughput(stored: BaselineFile, variant: str, keys: dict[str, Any], ignore: tuple[str, ...],
-               phase: str, here: Fingerprint, fingerprint_ignore: tuple[str, ...]) -> BenchResult:
-    """The stored ``phase`` throughput of ``variant`` measured on a machine like ``here``;
-    :class:`MeasuredElsewhere` if only other machines have one."""
+               phase: str, here: Fingerprint, fingerprint_ignore: tuple[str, ...]
+               ) -> list[BenchResult]:
+    """The stored ``phase`` throughput runs of ``variant`` (oldest first) measured on a machine
+    like ``here``; :class:`MeasuredElsewhere` if only other machines have one."""
     record = stored.record(variant, keys, ignore, SPEED_KEY_FIELDS)
     machines = [m for m in record.get("machines", []) if isinstance(m, dict)]
-    measured = [m for m in machines if phase in m.get("throughput", {})]
+    measured = [m for m in machines if phase in m.get("runs", {})]
     if not measured:
         raise BaselineError(f"{stored.path}: no {phase} throughput baseline for {variant}; create"
                             f" it with {UPDATE_FLAG}")
@@ -237,10 +263,13 @@ def throughput(stored: BaselineFile, variant: str, keys: dict[str, Any], ignore:
     for entry, fp in zip(measured, fingerprints, strict=True):
         if not fp.differences(here, fingerprint_ignore):
             try:
-                return BenchResult.from_dict(entry["throughput"][phase])
+                runs = [BenchResult.from_dict(r) for r in entry["runs"][phase]]
             except (KeyError, TypeError, ValueError):
+                runs = []
+            if not runs:
                 raise BaselineError(
                     f"{stored.path}: the {phase} throughput record of {variant} is damaged;"
-                    f" recreate it with {UPDATE_FLAG}") from None
+                    f" recreate it with {UPDATE_FLAG}")
+            return runs
     nearest = min(fingerprints, key=lambda fp: len(fp.differences(here, fingerprint_ignore)))
     raise MeasuredElsewhere("; ".join(nearest.differences(here, fingerprint_ignore)))

@@ -235,7 +235,8 @@ def _merge(args: argparse.Namespace) -> int:
         records = {name: rec for b in stored for name, rec in b["records"].items()}
         document = {"file": stored[0]["file"], "keys": stored[0]["keys"], "records": records}
         folder = args.baseline_dir or Path(settings["baseline_dir"])
-        baseline.update(folder / stored[0]["file"], stored[0]["keys"], records)
+        baseline.update(folder / stored[0]["file"], stored[0]["keys"], records,
+                        int(settings.get("baseline_runs", 10)))
         print(f"baseline written to {folder / stored[0]['file']}", file=sys.stderr)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

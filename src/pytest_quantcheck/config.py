@@ -53,6 +53,7 @@ class Settings:
     bench_gen: int = 128  # its tg test size
     bench_repetitions: int = 5
     fingerprint_ignore: tuple[str, ...] = ()
+    baseline_runs: int = 10  # separate runs a baseline keeps per machine, for the between-run spread
     verbose: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     bases: Mapping[str, Path] = field(default_factory=dict, compare=False, repr=False)
@@ -173,6 +174,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "bench_gen": _int(0),
     "bench_repetitions": _int(2),
     "fingerprint_ignore": _names(FINGERPRINT_FIELDS),
+    "baseline_runs": _int(1),
     "verbose": _bool,
 }
 KEYS = tuple(_PARSERS)

@@ -58,6 +58,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "bench_repetitions": "timed repetitions of each throughput test (default: 5)",
         "fingerprint_ignore": "comma-separated machine fingerprint fields not to check when"
         " comparing throughput or memory with a baseline",
+        "baseline_runs": "separate runs a throughput baseline keeps per machine; each"
+        " --quant-update-baseline adds one (default: 10)",
         "verbose": "show llama.cpp's log (true/false, default: false)",
     }
     for key, flag in _FLAGS.items():

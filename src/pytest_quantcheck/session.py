@@ -238,7 +238,7 @@ class QuantSession:
             return SpeedAgainst("baseline (being updated)", subject.throughput().tests[phase], True)
         stored = self._stored()
         try:
-            result = baseline.throughput(
+            runs = baseline.throughput(
                 stored, subject.name, self.models.speed_keys(), self.settings.baseline_ignore,
                 phase, self.models.fingerprint(), self.settings.fingerprint_ignore)
         except baseline.MeasuredElsewhere as exc:
@@ -246,7 +246,7 @@ class QuantSession:
                 f"the {phase} throughput baseline of {subject.name} was measured on another"
                 f" machine ({exc}); compare on that machine, record this one with"
                 f" {baseline.UPDATE_FLAG}, or list the field in fingerprint_ignore") from None
-        return SpeedAgainst(f"baseline {stored.path.name}", result, True)
+        return SpeedAgainst(f"baseline {stored.path.name}", runs[-1], True, tuple(runs))
 
     def baseline_payload(self) -> BaselinePayload | None:
         """Keys and records of every model this process measured, for the baseline file."""
@@ -330,7 +330,7 @@ class QuantSession:
         keys, records = document
         path = self.baseline_path()
         try:
-            kept_aside = baseline.update(path, keys, records)
+            kept_aside = baseline.update(path, keys, records, self.settings.baseline_runs)
         except baseline.BaselineError as exc:  # said plainly, and the run fails; no traceback
             self.notes.append((f"error: {exc}", True))
             return False

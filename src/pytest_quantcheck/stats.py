@@ -271,6 +271,61 @@ def ratio_at_least(
     return Decision(verdict, estimate, low, high, p, min(n1, n2), test, more, "repetitions")
 
 
+MIN_BASELINE_RUNS = 3  # the between-run spread needs a few runs: 3 give its estimate 2 df
+
+
+def run_ratio_at_least(
+    x: NDArray[np.float64], runs: list[NDArray[np.float64]], ratio: float, alpha: float,
+    mode: str, what: str = "tokens/s",
+) -> Decision:
+    """Is this run's typical value (samples ``x``) at least ``ratio`` times the baseline's,
+    whose ``runs`` were recorded in separate processes?
+
+    A two-level (random-effects) model on the log scale: a run's mean is the machine's level
+    plus a run effect (drift between processes: placement in memory, clocks, neighbours) with
+    variance tau^2, plus the mean of its repetitions' noise, variance sigma^2 / n. The baseline
+    level is the mean of the J run means, whose sample variance s^2 estimates
+    tau^2 + sigma^2 / n_b directly, so the between-run variance is in the error term:
+    ``x_mean - level`` has variance ``tau^2 + sigma^2 / n_x + s^2 / J``, estimated with
+    ``tau^2 = max(0, s^2 - sigma_w^2 / n_b)`` and the pooled within-run variance sigma_w^2, and
+    is referred to Student's t with J - 1 degrees of freedom (a prediction interval for one more
+    run; exact when n_x = n_b and effects are normal).
+    """
+    lx = np.log(np.asarray(x, dtype=np.float64))
+    logs = [np.log(np.asarray(r, dtype=np.float64)) for r in runs]
+    j = len(logs)
+    if j < 2 or lx.size < 2 or any(r.size < 2 for r in logs):
+        raise ValueError("need at least two baseline runs of two repetitions each")
+    means = np.array([r.mean() for r in logs])
+    level = float(means.mean())
+    s2 = float(means.var(ddof=1))
+    within = [r.var(ddof=1) for r in (*logs, lx)]
+    dof = [r.size - 1 for r in (*logs, lx)]
+    sigma2 = float(np.dot(within, dof) / sum(dof))
+    n_b = float(np.mean([r.size for r in logs]))
+    tau2 = max(0.0, s2 - sigma2 / n_b)
+    se = math.sqrt(tau2 + sigma2 / lx.size + s2 / j)
+    estimate = float(lx.mean()) - level
+    margin = math.log(ratio)
+    df = j - 1
+    if se == 0.0:
+        short_p = 0.0 if estimate < margin else 1.0
+        within_p = 0.0 if estimate > margin else 1.0
+        low = high = estimate
+    else:
+        t = (estimate - margin) / se
+        short_p, within_p = float(_scipy().t.cdf(t, df)), float(_scipy().t.sf(t, df))
+        t_crit = float(_scipy().t.ppf(1 - alpha, df))
+        low, high = estimate - t_crit * se, estimate + t_crit * se
+    verdict, p = _decide(short_p, within_p, alpha, mode)
+    test = (f"two-level t-test of this run against {j} baseline runs ({df} df; between-run sd"
+            f" {math.sqrt(tau2):.1%}, within-run sd {math.sqrt(sigma2):.1%} of log {what})")
+    more = None
+    if verdict == INCONCLUSIVE and estimate > margin:
+        more = j + 1  # a run more narrows the level; the run-to-run spread stays
+    return Decision(verdict, estimate, low, high, p, j, test, more, "baseline runs")
+
+
 def holm(p_values: list[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values, in the order given."""
     m = len(p_values)

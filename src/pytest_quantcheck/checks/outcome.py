@@ -53,6 +53,7 @@ class SpeedAgainst:
     label: str
     result: BenchResult
     is_baseline: bool = False
+    runs: tuple[BenchResult, ...] = ()  # a baseline's separate runs on this machine, oldest first
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from pytest_quantcheck import stats
+from pytest_quantcheck.baseline import UPDATE_FLAG
 from pytest_quantcheck.checks.outcome import (
     CheckArgumentError,
     CheckSkipped,
@@ -80,10 +83,28 @@ class ThroughputAtLeast(CheckType):
         if other.result.test != mine.test:
             raise CheckSkipped(f"{other.label} has {other.result.test}, this run measures"
                                f" {mine.test}; set bench_prompt / bench_gen alike to compare")
-        d = stats.ratio_at_least(mine.samples, other.result.samples, 1 + args["pct"] / 100,
-                                 ctx.alpha, ctx.mode, f"{mine.test} t/s")
+        ratio = 1 + args["pct"] / 100
+        if other.runs:  # a baseline: runs of separate processes, whose drift must count
+            if len(other.runs) < stats.MIN_BASELINE_RUNS:
+                raise CheckSkipped(
+                    f"the {args['phase']} baseline of {subject.name} on this machine holds"
+                    f" {len(other.runs)} run(s); comparing with it needs at least"
+                    f" {stats.MIN_BASELINE_RUNS} to know how much separate runs drift: record"
+                    f" more with {UPDATE_FLAG} (each adds one run; baseline_runs are kept)")
+            if any(r.test != mine.test for r in other.runs):
+                raise CheckSkipped(f"{other.label} has runs of other tests than {mine.test};"
+                                   " set bench_prompt / bench_gen alike to compare")
+            d = stats.run_ratio_at_least(mine.samples, [r.samples for r in other.runs], ratio,
+                                         ctx.alpha, ctx.mode, f"{mine.test} t/s")
+        else:
+            d = stats.ratio_at_least(mine.samples, other.result.samples, ratio, ctx.alpha,
+                                     ctx.mode, f"{mine.test} t/s")
+        compared = other.result.mean
+        if other.runs:  # the baseline's level: the geometric mean of its runs' means
+            compared = math.exp(sum(float(np.log(r.samples).mean()) for r in other.runs)
+                                / len(other.runs))
         return Outcome(metric=f"{mine.test} t/s", verdict=d.verdict, measured=mine.mean,
-                       compared=other.result.mean, change=math.exp(d.estimate) - 1,
+                       compared=compared, change=math.exp(d.estimate) - 1,
                        limit=f"{args['pct']:+g}%", decision=d, against=other.label,
                        baseline=other.is_baseline, note=note, **base)
 
