@@ -1,6 +1,16 @@
 """False alarms of the throughput gate: same model against itself, simulated and for real.
 
     python benchmarks/throughput_false_alarms.py --model M.gguf [--runs 12] [-r 5] [-t 2]
+    python benchmarks/throughput_false_alarms.py --plugin [--model M.gguf] [--baseline-runs 3]
+        [--runs 12]
+
+``--plugin``: end to end, as CI uses the gate. In a temporary project (default model: the
+built-in demo model, its Q4_K_M variant), ``--baseline-runs`` separate ``pytest
+--quant-update-baseline`` processes record the baseline, then ``--runs`` separate ``pytest
+--quant-baseline`` processes check ``throughput_at_least(pct=0)`` for pp and tg against it: every
+failure is a false alarm. Then as many runs with one thread instead of two (``threads`` in
+``fingerprint_ignore``, so the baseline still applies): every pass is a missed slowdown. The
+failures of each are counted.
 
 Simulation: two independent runs of ``n`` repetitions whose tokens/s scatter log-normally around
 the same speed; the gate (``stats.ratio_at_least``, Mann-Whitney U or Welch by sample size) is
@@ -49,15 +59,75 @@ def bench(model: Path, repetitions: int, threads: int) -> dict[str, np.ndarray]:
     return {row["test"]: np.array(row["samples"]) for row in json.loads(out)["tests"]}
 
 
+PLUGIN_SUITE = """
+import pytest
+
+@pytest.mark.throughput_at_least(pct=0)
+@pytest.mark.throughput_at_least(pct=0, phase="pp")
+def test_speed(quant_model):
+    pass
+"""
+
+
+def pytest_run(project: Path, *args: str) -> dict[str, dict[str, object]]:
+    report = project / "r.json"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"--quant-json={report}", *args], cwd=project, capture_output=True,
+                          text=True)
+    if done.returncode not in (0, 1):
+        sys.exit(f"pytest failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+    checks = json.loads(report.read_text())["checks"]
+    return {("pp" if "phase='pp'" in c["check"] else "tg"): c for c in checks}
+
+
+def plugin_calibration(model: Path | None, baseline_runs: int, runs: int, threads: int,
+                       alpha: float) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        keys = ['variants = ["Q4_K_M"]', f"threads = {threads}", f"alpha = {alpha}",
+                'fingerprint_ignore = ["threads"]', f"baseline_runs = {baseline_runs}"]
+        if model is not None:
+            keys.append(f'model = "{model.resolve()}"')
+        (project / "pyproject.toml").write_text("[tool.quantcheck]\n" + "\n".join(keys) + "\n")
+        (project / "test_speed.py").write_text(PLUGIN_SUITE)
+        for _ in range(baseline_runs):
+            pytest_run(project, "--quant-update-baseline")
+        rows = []
+        for label, extra in (("same model, same threads", ()),
+                             (f"1 thread instead of {threads}", ("--quant-threads", "1"))):
+            fails = {"pp": 0, "tg": 0}
+            for _ in range(runs):
+                found = pytest_run(project, "--quant-baseline", *extra)
+                for phase, check in found.items():
+                    fails[phase] += check["verdict"] == "fail"
+            rows.append((label, fails))
+        print(f"\nplugin, end to end: baseline of {baseline_runs} separate runs, {runs} checking"
+              f" runs each, throughput_at_least(pct=0), alpha {alpha}")
+        print("| runs | pp fails | tg fails |")
+        print("|---|---|---|")
+        for label, fails in rows:
+            print(f"| {label} | {fails['pp']}/{runs} ({fails['pp'] / runs:.2f}) |"
+                  f" {fails['tg']}/{runs} ({fails['tg'] / runs:.2f}) |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--plugin", action="store_true", help="end to end through pytest")
+    parser.add_argument("--baseline-runs", type=int, default=3)
     parser.add_argument("--runs", type=int, default=12)
     parser.add_argument("-r", "--repetitions", type=int, default=5)
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--trials", type=int, default=4000)
     args = parser.parse_args()
+    if args.plugin:
+        plugin_calibration(args.model, args.baseline_runs, args.runs, args.threads, args.alpha)
+        return 0
+    if args.model is None:
+        parser.error("--model is required without --plugin")
 
     print(f"simulated, same speed twice, tolerance 0, alpha {args.alpha}, {args.trials} trials")
     for n in (3, 5, 10):
