@@ -31,6 +31,7 @@
 #   QUANTCHECK_ISA_DEMO 0 to skip the demo suite (default 1)
 #   QUANTCHECK_ISA_WAIT seconds to wait for .venv/.installed (default 3600)
 #   JOBS                parallel compile jobs (default 2)
+# Two runs on one build wait for each other (flock on NAME/lock); different builds run side by side.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -115,6 +116,7 @@ echo "native ($PYTHON): ${native%%$'\n'*}"
 check_main_venv
 
 SUMMARY=()
+FAILURES=()
 FAILED=0
 for name in "${BUILDS[@]}"; do
     dir=$ISA_DIR/$name
@@ -122,9 +124,13 @@ for name in "${BUILDS[@]}"; do
     py=$venv/bin/python
     logs=$dir/logs
     mkdir -p "$logs" "$dir/cache"
-    rm -f "$logs/real.log" "$logs/demo.log"
     echo
     echo "=== $name: CMAKE_ARGS=${CMAKE[$name]}"
+    # One run per build at a time: a second one would wipe this one's --basetemp and logs.
+    [[ -z ${lock:-} ]] || exec {lock}>&-
+    exec {lock}>"$dir/lock"
+    flock -n "$lock" || { echo "waiting for another run on $dir to finish ..."; flock "$lock"; }
+    rm -f "$logs/real.log" "$logs/demo.log"
 
     # 1. llama-cpp-python from source, never from or into pip's cache.
     stamp="llama-cpp-python==$VERSION CMAKE_ARGS=${CMAKE[$name]}"
@@ -194,6 +200,10 @@ for name in "${BUILDS[@]}"; do
         result+="; demo: $(final_line "$logs/demo.log")"
     fi
     unset QUANTCHECK_CACHE_DIR
+    for log in "$logs"/{real,demo}.log; do
+        [[ -f $log ]] || continue
+        mapfile -t -O "${#FAILURES[@]}" FAILURES < <(grep -E '^(FAILED|ERROR) ' "$log" | sed "s|^|$name/$(basename "$log" .log): |")
+    done
     if ((rc)); then
         fail "[$flags] $result"
     else
@@ -205,10 +215,5 @@ check_main_venv
 echo
 echo "=== summary (llama-cpp-python $VERSION; logs under $ISA_DIR/<build>/logs)"
 printf '%s\n' "${SUMMARY[@]}"
-for name in "${BUILDS[@]}"; do
-    for log in "$ISA_DIR/$name"/logs/{real,demo}.log; do
-        [[ -f $log ]] || continue
-        grep -E '^(FAILED|ERROR) ' "$log" | sed "s|^|$name/$(basename "$log" .log): |" || true
-    done
-done
+((${#FAILURES[@]} == 0)) || printf '%s\n' "${FAILURES[@]}"
 exit "$FAILED"
