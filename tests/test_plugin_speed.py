@@ -311,3 +311,24 @@ def test_xdist_workers_share_the_physical_cores(qc_project: pytest.Pytester,
     result.stdout.fnmatch_lines([
         f"quantcheck: *, threads {share} per worker ({physical_cores()} physical cores / 2"
         " workers), cache *"])
+
+
+def test_throughput_confirm_measures_again_before_failing(speed_project: pytest.Pytester) -> None:
+    # Serial only: what is tested is the re-measurement inside one process.
+    speed_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.throughput_at_least(tokens_per_s=1000, phase="pp")
+        def test_speed(quant_model):
+            pass
+        """
+    )
+    result = speed_project.runpytest("--quant-throughput-confirm", "true", "-k", "slow")
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines([
+        "*throughput_at_least(tokens_per_s=1000, phase='pp') FAIL for slow:*; confirmed by a"
+        " second measurement (the first: p = *)*",
+    ])
+    steps = result.stdout.str().split("quantcheck steps")[1].split("quantcheck summary")[0]
+    assert steps.count("throughput of slow") == 2

@@ -84,3 +84,48 @@ def test_efficiency_is_bytes_moved_over_bandwidth() -> None:
     assert run.efficiency() == pytest.approx(128 * 1e8 / 20e9)
     assert run.roofline() == "tg at 64% of the 20.0 GB/s memory bandwidth"
     assert ThroughputRun({}, machine, 20e9, 1).efficiency() is None
+
+
+class FlakySpeed:
+    """A model whose throughput is measured from a list of speeds, one per measurement."""
+
+    def __init__(self, *speeds: float) -> None:
+        from pytest_quantcheck.machine import Fingerprint
+
+        self.name, self.size_bytes, self.bits_per_weight = "m", 1, 8.0
+        self.speeds = list(speeds)
+        self.fingerprint = Fingerprint.from_dict({"cpu": "test"})
+        self.measured = 0
+
+    def throughput(self) -> ThroughputRun:
+        speed = self.speeds[min(self.measured, len(self.speeds) - 1)]
+        seconds = 128 / (speed * np.array([1.0, 1.01, 0.99, 1.02, 0.98]))
+        return ThroughputRun({"tg": BenchResult("tg128", 0, 128, 2, 2048, 512, seconds)},
+                             self.fingerprint)
+
+
+@pytest.mark.parametrize(("speeds", "verdict", "note"), [
+    ((50.0, 150.0), "pass", "a first measurement failed (p = "),
+    ((50.0, 50.0), "fail", "confirmed by a second measurement (the first: p = "),
+    ((150.0,), "pass", None),
+])
+def test_a_failing_throughput_check_is_confirmed_before_it_fails(
+        speeds: tuple[float, ...], verdict: str, note: str | None) -> None:
+    from pytest_quantcheck import checks
+
+    model = FlakySpeed(*speeds)
+
+    def remeasure(subject: object, of: str | None) -> None:
+        model.measured += 1
+
+    check = checks.parse("throughput_at_least", (), {"tokens_per_s": 100})
+    outcome = check.evaluate(model, checks.Context(0.05, "detect", lambda s, o: None,  # type: ignore[arg-type, return-value]
+                                                   remeasure=remeasure))
+    assert outcome.verdict == verdict
+    assert model.measured == (1 if len(speeds) > 1 else 0)
+    if note:
+        assert note in outcome.message()
+    # without confirmation a failure stands, measured once
+    once = FlakySpeed(*speeds)
+    plain = check.evaluate(once, checks.Context(0.05, "detect", lambda s, o: None))  # type: ignore[arg-type, return-value]
+    assert plain.verdict == ("fail" if speeds[0] < 100 else "pass") and once.measured == 0

@@ -54,6 +54,7 @@ class Settings:
     bench_repetitions: int = 5
     fingerprint_ignore: tuple[str, ...] = ()
     baseline_runs: int = 10  # separate runs a baseline keeps per machine, for the between-run spread
+    throughput_confirm: bool = False  # a failing throughput check measures again before failing
     verbose: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     bases: Mapping[str, Path] = field(default_factory=dict, compare=False, repr=False)
@@ -175,6 +176,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "bench_repetitions": _int(2),
     "fingerprint_ignore": _names(FINGERPRINT_FIELDS),
     "baseline_runs": _int(1),
+    "throughput_confirm": _bool,
     "verbose": _bool,
 }
 KEYS = tuple(_PARSERS)

@@ -219,8 +219,9 @@ class Models:
             self._fingerprint = self.engine.fingerprint()
         return self._fingerprint
 
-    def throughput(self, model: QuantModel) -> ThroughputRun:
-        if model.name not in self.speed:
+    def throughput(self, model: QuantModel, again: bool = False) -> ThroughputRun:
+        """The model's throughput run; ``again``: a new run, which replaces the last."""
+        if again or model.name not in self.speed:
             s = self.settings
             fingerprint = self.fingerprint()
             start = time.perf_counter()

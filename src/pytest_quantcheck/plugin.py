@@ -60,6 +60,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " comparing throughput or memory with a baseline",
         "baseline_runs": "separate runs a throughput baseline keeps per machine; each"
         " --quant-update-baseline adds one (default: 10)",
+        "throughput_confirm": "a failing throughput check measures again and fails only if that"
+        " fails too (true/false, default: false)",
         "verbose": "show llama.cpp's log (true/false, default: false)",
     }
     for key, flag in _FLAGS.items():

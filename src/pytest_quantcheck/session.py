@@ -113,7 +113,13 @@ class QuantSession:
         self.models.plan((variant, check.needs) for check, variant in checks)
 
     def context(self) -> Context:
-        return Context(self.settings.alpha, self.settings.mode, self.resolve, self.resolve_speed)
+        return Context(self.settings.alpha, self.settings.mode, self.resolve, self.resolve_speed,
+                       self.remeasure if self.settings.throughput_confirm else None)
+
+    def remeasure(self, subject: Any, of: str | None) -> None:
+        self.models.throughput(subject, again=True)
+        if of not in (None, "baseline", "reference"):
+            self.models.throughput(self.model(of), again=True)
 
     def resolve(self, subject: Any, of: str | None) -> Against:
         if of == "baseline":

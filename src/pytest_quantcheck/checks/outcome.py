@@ -161,6 +161,9 @@ class Context:
     mode: str
     resolve: Callable[[Subject, str | None], Against]  # (subject, of) -> comparison
     resolve_speed: Callable[[Subject, str, str], SpeedAgainst] | None = None  # (subject, of, phase)
+    # Measure throughput again (the subject, and ``of`` when it names a variant), to confirm a
+    # failing check before it fails; None: a failure stands.
+    remeasure: Callable[[Subject, str | None], None] | None = None
 
 
 def apply_holm(outcomes: list[Outcome]) -> list[Outcome]:
