@@ -76,8 +76,10 @@ def test_slower_variant_fails_against_another(speed_project: pytest.Pytester,
     result.stdout.fnmatch_lines([
         "*throughput_at_least(pct=-20, of='base', phase='tg') FAIL for slow: tg16 t/s * vs *"
         " (base), -*%; 90% CI -*% to -*%; tolerance -20%; Mann-Whitney U test (exact) on 5 + 5"
-        " log tg16 t/s samples, p = *",
+        " log tg16 t/s samples, p = *measured on *, repetitions interleaved with base's*",
     ])
+    # the two variants were benchmarked together, their repetitions alternating
+    assert "throughput of slow and base, interleaved" in result.stdout.str()
 
 
 def test_baseline_round_trip_records_machine_and_memory(speed_project: pytest.Pytester,

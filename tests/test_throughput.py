@@ -129,3 +129,24 @@ def test_a_failing_throughput_check_is_confirmed_before_it_fails(
     once = FlakySpeed(*speeds)
     plain = check.evaluate(once, checks.Context(0.05, "detect", lambda s, o: None))  # type: ignore[arg-type, return-value]
     assert plain.verdict == ("fail" if speeds[0] < 100 else "pass") and once.measured == 0
+
+
+def test_two_models_are_benchmarked_in_alternation(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import fakes
+
+    order: list[float] = []
+    clear = fakes.FakeBench.clear
+
+    def logged(self: fakes.FakeBench) -> None:
+        order.append(self.speed)
+        clear(self)
+
+    monkeypatch.setattr(fakes.FakeBench, "clear", logged)
+    a = write_fake_gguf(tmp_path / "a.gguf", speed=30000)
+    b = write_fake_gguf(tmp_path / "b.gguf", speed=20000)
+    ra, rb = Engine(FakeBackend()).bench_interleaved([a, b], n_prompt=16, n_gen=4, repetitions=3)
+    assert order == [30000.0, 20000.0] * 6  # ABABAB for pp, then for tg
+    assert [r.test for r in ra] == [r.test for r in rb] == ["pp16", "tg4"]
+    assert all(r.seconds.size == 3 for r in (*ra, *rb))
+    assert ra[0].mean > rb[0].mean  # each model keeps its own timings

@@ -134,38 +134,61 @@ class Engine:
     ) -> list[BenchResult]:
         """``llama-bench``'s pp and tg tests: each in a fresh context, warmed up once, then timed
         ``repetitions`` times from an empty cache (decoding only)."""
-        check_gguf_path(model_path)
-        model = self.backend.load(model_path, self.options)
-        results = []
+        return self.bench_interleaved([model_path], n_prompt, n_gen, repetitions, n_batch,
+                                      n_ubatch, seed)[0]
+
+    def bench_interleaved(
+        self, model_paths: list[Path], n_prompt: int = 512, n_gen: int = 128,
+        repetitions: int = 5, n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0,
+    ) -> list[list[BenchResult]]:
+        """:meth:`bench` of several models whose repetitions alternate (ABAB...): slow drift of
+        the machine during the measurement hits every model alike, so their comparison is
+        paired in time. One list of results per model, in the order given."""
+        for path in model_paths:
+            check_gguf_path(path)
+        models = []
+        results: list[list[BenchResult]] = [[] for _ in model_paths]
         try:
-            rng = np.random.default_rng(seed)
-            tokens = rng.integers(0, model.n_vocab, size=max(n_prompt, n_gen, 1)).astype(np.int32)
-            if model.add_bos:
-                tokens[0] = model.bos_token
+            for path in model_paths:
+                models.append(self.backend.load(path, self.options))
             for test, n_p, n_g in (("pp", n_prompt, 0), ("tg", 0, n_gen)):
                 if n_p + n_g == 0:
                     continue
-                ctx = model.open_bench(n_p + n_g, n_batch, n_ubatch)
+                contexts, inputs = [], []
                 try:
-                    if n_p:  # warm-up, as llama-bench
-                        ctx.prompt(tokens[:n_p])
-                    if n_g:
-                        ctx.generate(tokens[:1])
-                    seconds = []
-                    for _ in range(repetitions):
-                        ctx.clear()
-                        start = time.perf_counter_ns()
+                    for model in models:
+                        rng = np.random.default_rng(seed)
+                        tokens = rng.integers(0, model.n_vocab, size=max(n_prompt, n_gen, 1)
+                                              ).astype(np.int32)
+                        if model.add_bos:
+                            tokens[0] = model.bos_token
+                        contexts.append(model.open_bench(n_p + n_g, n_batch, n_ubatch))
+                        inputs.append(tokens)
+                    for ctx, tokens in zip(contexts, inputs, strict=True):  # warm-up, as llama-bench
                         if n_p:
                             ctx.prompt(tokens[:n_p])
                         if n_g:
-                            ctx.generate(tokens[:n_g])
-                        seconds.append((time.perf_counter_ns() - start) / 1e9)
+                            ctx.generate(tokens[:1])
+                    seconds: list[list[float]] = [[] for _ in models]
+                    for _ in range(repetitions):
+                        for i, (ctx, tokens) in enumerate(zip(contexts, inputs, strict=True)):
+                            ctx.clear()
+                            start = time.perf_counter_ns()
+                            if n_p:
+                                ctx.prompt(tokens[:n_p])
+                            if n_g:
+                                ctx.generate(tokens[:n_g])
+                            seconds[i].append((time.perf_counter_ns() - start) / 1e9)
                 finally:
-                    ctx.close()
-                results.append(BenchResult(f"{test}{n_p + n_g}", n_p, n_g, self.options.threads(),
-                                           n_batch, n_ubatch, np.array(seconds)))
+                    for ctx in contexts:
+                        ctx.close()
+                for i, times in enumerate(seconds):
+                    results[i].append(BenchResult(f"{test}{n_p + n_g}", n_p, n_g,
+                                                  self.options.threads(), n_batch, n_ubatch,
+                                                  np.array(times)))
         finally:
-            model.close()
+            for model in models:
+                model.close()
         return results
 
     def fingerprint(self) -> Fingerprint:
@@ -181,14 +204,29 @@ class Engine:
     ) -> ThroughputRun:
         """:meth:`bench`, with where it ran and the roofline: the memory bandwidth (probed
         right after the timings) and the weight bytes a generated token reads."""
+        return self.throughput_interleaved([model_path], n_prompt, n_gen, repetitions, n_batch,
+                                           n_ubatch, fingerprint)[0]
+
+    def throughput_interleaved(
+        self, model_paths: list[Path], n_prompt: int = 512, n_gen: int = 128,
+        repetitions: int = 5, n_batch: int = 2048, n_ubatch: int = 512,
+        fingerprint: Fingerprint | None = None,
+    ) -> list[ThroughputRun]:
+        """:meth:`throughput` of several models, their repetitions alternating."""
         fingerprint = fingerprint or self.fingerprint()
-        results = self.bench(model_path, n_prompt, n_gen, repetitions, n_batch, n_ubatch)
+        benched = self.bench_interleaved(model_paths, n_prompt, n_gen, repetitions, n_batch,
+                                         n_ubatch)
         bandwidth = machine.memory_bandwidth(self.options.threads())
-        try:
-            per_token: int | None = bytes_per_token(read_gguf(model_path, decode_strings=False).tensors)
-        except GGUFError:
-            per_token = None
-        return ThroughputRun({r.test[:2]: r for r in results}, fingerprint, bandwidth, per_token)
+        runs = []
+        for path, results in zip(model_paths, benched, strict=True):
+            try:
+                per_token: int | None = bytes_per_token(
+                    read_gguf(path, decode_strings=False).tensors)
+            except GGUFError:
+                per_token = None
+            runs.append(ThroughputRun({r.test[:2]: r for r in results}, fingerprint, bandwidth,
+                                      per_token))
+        return runs
 
 
 __all__ = ["Engine", "ReferenceStoreError"]

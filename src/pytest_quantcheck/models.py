@@ -93,6 +93,8 @@ class Models:
     ppl: dict[str, PerplexityResult] = field(default_factory=dict)
     kld: dict[str, KLDResult] = field(default_factory=dict)
     speed: dict[str, ThroughputRun] = field(default_factory=dict)
+    speed_pairs: dict[tuple[str, str], tuple[ThroughputRun, ThroughputRun]] = field(
+        default_factory=dict)
     memory_usage: dict[str, MemoryUsage] = field(default_factory=dict)
     _engine: Engine | None = None
     _by_spec: dict[str, QuantModel] = field(default_factory=dict)
@@ -231,6 +233,23 @@ class Models:
                     n_batch=s.n_batch, fingerprint=fingerprint)
             self.steps.append(f"throughput of {model.name}: {time.perf_counter() - start:.1f} s")
         return self.speed[model.name]
+
+    def throughput_pair(self, model: QuantModel, other: QuantModel,
+                        again: bool = False) -> tuple[ThroughputRun, ThroughputRun]:
+        """Both models' throughput, their repetitions alternating (ABAB), for a comparison of
+        two variants of this run: slow drift of the machine hits both alike."""
+        key = (model.name, other.name)
+        if again or key not in self.speed_pairs:
+            s = self.settings
+            start = time.perf_counter()
+            with machine.timing():
+                mine, theirs = self.engine.throughput_interleaved(
+                    [model.path, other.path], s.bench_prompt, s.bench_gen, s.bench_repetitions,
+                    n_batch=s.n_batch, fingerprint=self.fingerprint())
+            self.speed_pairs[key] = (mine, theirs)
+            self.steps.append(f"throughput of {model.name} and {other.name}, interleaved:"
+                              f" {time.perf_counter() - start:.1f} s")
+        return self.speed_pairs[key]
 
     def memory(self, model: QuantModel) -> MemoryUsage:
         if model.name not in self.memory_usage:

@@ -117,9 +117,10 @@ class QuantSession:
                        self.remeasure if self.settings.throughput_confirm else None)
 
     def remeasure(self, subject: Any, of: str | None) -> None:
-        self.models.throughput(subject, again=True)
-        if of not in (None, "baseline", "reference"):
-            self.models.throughput(self.model(of), again=True)
+        if of in (None, "baseline"):
+            self.models.throughput(subject, again=True)
+        else:  # a comparison of two variants is measured again as it was: interleaved
+            self.models.throughput_pair(subject, self.model(of), again=True)
 
     def resolve(self, subject: Any, of: str | None) -> Against:
         if of == "baseline":
@@ -131,10 +132,10 @@ class QuantSession:
     def resolve_speed(self, subject: Any, of: str, phase: str) -> SpeedAgainst:
         if of == "baseline":
             return self.baseline_speed(subject, phase)
-        other = self.model(of).throughput()
+        mine, other = self.models.throughput_pair(subject, self.model(of))
         if phase not in other.tests:
             raise CheckSkipped(f"no {phase} test was run for {of}")
-        return SpeedAgainst(of, other.tests[phase])
+        return SpeedAgainst(of, other.tests[phase], mine=mine)
 
     def run_check(self, check: Check, model: QuantModel,
                   where: tuple[str, str, int] = ("", "", 0)) -> Outcome:

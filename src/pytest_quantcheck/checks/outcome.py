@@ -54,6 +54,8 @@ class SpeedAgainst:
     result: BenchResult
     is_baseline: bool = False
     runs: tuple[BenchResult, ...] = ()  # a baseline's separate runs on this machine, oldest first
+    # the subject's own run, measured interleaved with ``result`` (ABAB), to compare with it
+    mine: ThroughputRun | None = None
 
 
 @dataclass(frozen=True)

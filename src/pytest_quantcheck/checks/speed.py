@@ -84,20 +84,25 @@ class ThroughputAtLeast(CheckType):
 
     def _measure(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
                  base: dict[str, Any]) -> Outcome:
-        run = subject.throughput()
+        other = None
+        if "pct" in args:
+            if ctx.resolve_speed is None:
+                raise CheckArgumentError("this caller cannot compare throughput with another model")
+            other = ctx.resolve_speed(subject, args["of"], args["phase"])
+        # compared with another variant of this run: the run measured interleaved with it
+        run = other.mine if other is not None and other.mine is not None else subject.throughput()
         mine = _phase_result(run, args["phase"], subject.name)
         where = f"measured on {run.fingerprint.summary()}"
+        if other is not None and other.mine is not None:
+            where += f", repetitions interleaved with {other.label}'s"
         note = "; ".join(n for n in (where, run.roofline() if args["phase"] == "tg" else "") if n)
-        if "tokens_per_s" in args:
+        if other is None:
             d = stats.mean_at_least(mine.samples, args["tokens_per_s"], ctx.alpha, ctx.mode,
                                     f"{mine.test} repetitions")
             return Outcome(metric=f"{mine.test} t/s", verdict=d.verdict, measured=mine.mean,
                            compared=args["tokens_per_s"], change=None,
                            limit=f">= {args['tokens_per_s']:g} t/s", decision=d, against="limit",
                            note=note, **base)
-        if ctx.resolve_speed is None:
-            raise CheckArgumentError("this caller cannot compare throughput with another model")
-        other = ctx.resolve_speed(subject, args["of"], args["phase"])
         if other.result.test != mine.test:
             raise CheckSkipped(f"{other.label} has {other.result.test}, this run measures"
                                f" {mine.test}; set bench_prompt / bench_gen alike to compare")
