@@ -81,19 +81,20 @@ def pytest_run(project: Path, *args: str) -> dict[str, dict[str, object]]:
 
 
 def plugin_calibration(model: Path | None, baseline_runs: int, runs: int, threads: int,
-                       alpha: float) -> None:
+                       alpha: float, pool: int) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp)
         keys = ['variants = ["Q4_K_M"]', f"threads = {threads}", f"alpha = {alpha}",
-                'fingerprint_ignore = ["threads"]', f"baseline_runs = {baseline_runs}"]
+                'fingerprint_ignore = ["threads"]']
         if model is not None:
             keys.append(f'model = "{model.resolve()}"')
         (project / "pyproject.toml").write_text("[tool.quantcheck]\n" + "\n".join(keys) + "\n")
         (project / "test_speed.py").write_text(PLUGIN_SUITE)
         for _ in range(baseline_runs):
-            pytest_run(project, "--quant-update-baseline")
+            pytest_run(project, "--quant-update-baseline", "--quant-baseline-runs",
+                       str(baseline_runs))
         rows = []
         for label, extra in (("same model, same threads", ()),
                              (f"1 thread instead of {threads}", ("--quant-threads", "1"))):
@@ -103,6 +104,28 @@ def plugin_calibration(model: Path | None, baseline_runs: int, runs: int, thread
                 for phase, check in found.items():
                     fails[phase] += check["verdict"] == "fail"
             rows.append((label, fails))
+        # The checking runs above share one baseline draw, so their failures are not
+        # independent. For the rate itself: record more runs, then put every run, as the
+        # check, against every triple of the others, as the baseline (runs are exchangeable).
+        for _ in range(pool - baseline_runs):
+            pytest_run(project, "--quant-update-baseline", "--quant-baseline-runs", str(pool))
+        stored = json.loads(next((project / "baselines").glob("*.json")).read_text())
+        recorded = stored["records"]["Q4_K_M"]["machines"][0]["runs"]
+        pooled = []
+        for phase in ("pp", "tg"):
+            samples = [np.array(r["samples"]) for r in recorded[phase]]
+            two_level = within = cases = pairs = 0
+            for i, run in enumerate(samples):
+                others = [s for j, s in enumerate(samples) if j != i]
+                for triple in itertools.combinations(others, baseline_runs):
+                    cases += 1
+                    two_level += stats.run_ratio_at_least(run, list(triple), 1.0, alpha,
+                                                          "detect").verdict == stats.FAIL
+                for other in others:
+                    pairs += 1
+                    within += stats.ratio_at_least(run, other, 1.0, alpha,
+                                                   "detect").verdict == stats.FAIL
+            pooled.append((phase, len(samples), two_level / cases, cases, within / pairs, pairs))
         print(f"\nplugin, end to end: baseline of {baseline_runs} separate runs, {runs} checking"
               f" runs each, throughput_at_least(pct=0), alpha {alpha}")
         print("| runs | pp fails | tg fails |")
@@ -110,6 +133,12 @@ def plugin_calibration(model: Path | None, baseline_runs: int, runs: int, thread
         for label, fails in rows:
             print(f"| {label} | {fails['pp']}/{runs} ({fails['pp'] / runs:.2f}) |"
                   f" {fails['tg']}/{runs} ({fails['tg'] / runs:.2f}) |")
+        print(f"\nfalse alarms at pct=0 over {pool} recorded runs, each against every"
+              f" {baseline_runs} others (two-level) or every other (within-run test):")
+        print("| test | runs | two-level | within-run |")
+        print("|---|---|---|---|")
+        for phase, n, rate, cases, old_rate, pairs in pooled:
+            print(f"| {phase} | {n} | {rate:.3f} ({cases} cases) | {old_rate:.3f} ({pairs} pairs) |")
 
 
 def main() -> int:
@@ -117,6 +146,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--plugin", action="store_true", help="end to end through pytest")
     parser.add_argument("--baseline-runs", type=int, default=3)
+    parser.add_argument("--pool", type=int, default=15,
+                        help="--plugin: runs recorded for the pooled false-alarm rate")
     parser.add_argument("--runs", type=int, default=12)
     parser.add_argument("-r", "--repetitions", type=int, default=5)
     parser.add_argument("-t", "--threads", type=int, default=2)
@@ -124,7 +155,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=4000)
     args = parser.parse_args()
     if args.plugin:
-        plugin_calibration(args.model, args.baseline_runs, args.runs, args.threads, args.alpha)
+        plugin_calibration(args.model, args.baseline_runs, args.runs, args.threads, args.alpha,
+                           args.pool)
         return 0
     if args.model is None:
         parser.error("--model is required without --plugin")
