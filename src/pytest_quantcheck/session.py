@@ -71,6 +71,7 @@ class QuantSession:
     _holm: Decided | None = None
     _merged_baselines: list[BaselinePayload] = field(default_factory=list)
     _merged_points: dict[str, dict[str, float]] = field(default_factory=dict)
+    _document: BaselinePayload | None = None
 
     def __post_init__(self) -> None:
         self.models = Models(self.settings, self.backend_factory, record=self.record)
@@ -317,16 +318,20 @@ class QuantSession:
 
     def baseline_document(self) -> BaselinePayload | None:
         """Keys and records of every model measured in the run (this process's and every merged
-        worker's), when updating the baseline."""
+        worker's), when updating the baseline. Made once, at the end of the run: the baseline
+        file and the JSON report both use it, and its keys hash the evaluation text."""
         if self.baseline_mode != "update":
             return None
-        batches = list(self._merged_baselines)
-        own = self.baseline_payload()
-        if own is not None:
-            batches.append(own)
-        if not batches:
-            return None
-        return batches[0][0], {name: rec for _, recs in batches for name, rec in recs.items()}
+        if self._document is None:
+            batches = list(self._merged_baselines)
+            own = self.baseline_payload()
+            if own is not None:
+                batches.append(own)
+            if not batches:
+                return None
+            self._document = (batches[0][0],
+                              {name: rec for _, recs in batches for name, rec in recs.items()})
+        return self._document
 
     def write_baseline(self) -> bool:
         """Write the baseline once, from the records of this process and every merged worker,
