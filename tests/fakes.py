@@ -11,7 +11,7 @@ the fake quantizer adds more noise the fewer bits a type has.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,35 @@ class FakeContext:
 
     def embed_chunks(self, chunks: NDArray[np.int32]) -> NDArray[np.float32]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class FakeBatch:
+    """A unified cache of ``n_seq`` sequences: each decoded token joins the sequences it names,
+    and a logit row is the model's for its sequence's tokens so far."""
+
+    def __init__(self, model: FakeModel, n_ctx: int, n_seq: int, n_batch: int) -> None:
+        self.model, self.n_ctx, self.n_seq, self.n_batch = model, n_ctx, n_seq, n_batch
+        self.decodes: list[int] = []  # tokens per decode call
+
+    def decode(self, tokens: NDArray[np.int32], pos: NDArray[np.int32],
+               seq_ids: Sequence[tuple[int, ...]], outputs: NDArray[np.bool_]) -> NDArray[np.float32]:
+        assert len(tokens) <= self.n_ctx
+        self.decodes.append(len(tokens))
+        seqs: dict[int, list[int]] = {}
+        rows = []
+        for tok, p, ids, out in zip(tokens, pos, seq_ids, outputs, strict=True):
+            assert all(0 <= s < self.n_seq for s in ids)
+            for s in ids:
+                seq = seqs.setdefault(s, [])
+                assert len(seq) == p, "positions of a sequence must follow each other"
+                seq.append(int(tok))
+            if out:
+                seq = np.array(seqs[ids[0]], dtype=np.int32)
+                rows.append(self.model.sequence_logits(seq)[-1])
+        return np.array(rows, dtype=np.float32).reshape(-1, N_VOCAB)
 
     def close(self) -> None:
         pass
@@ -116,6 +145,7 @@ class FakeModel:
         self.bos_token = BOS
         self.contexts_opened = 0
         self.benches: list[FakeBench] = []
+        self.batches: list[FakeBatch] = []
         self.table = _bigram_table().copy()
         self.first = np.random.default_rng(0).normal(0, 0.1, (N_VOCAB, N_VOCAB)).astype(np.float32)
         noise = noise_of(path)
@@ -139,6 +169,10 @@ class FakeModel:
     def open_bench(self, n_ctx: int, n_batch: int, n_ubatch: int) -> FakeBench:
         self.benches.append(FakeBench(n_ctx, n_batch, n_ubatch, speed_of(self.path)))
         return self.benches[-1]
+
+    def open_batch(self, n_ctx: int, n_seq: int, n_batch: int) -> FakeBatch:
+        self.batches.append(FakeBatch(self, n_ctx, n_seq, n_batch))
+        return self.batches[-1]
 
     def close(self) -> None:
         pass

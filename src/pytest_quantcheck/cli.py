@@ -1,5 +1,5 @@
-"""The ``quantcheck`` command: quantize, perplexity, kld, bench, memory, demo-model, merge. No
-pytest here."""
+"""The ``quantcheck`` command: quantize, perplexity, kld, hellaswag, winogrande, multiple-choice,
+bench, memory, demo-model, merge. No pytest here."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol, read_ev
 from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
 from pytest_quantcheck.metrics.throughput import ThroughputRun
+from pytest_quantcheck.tasks.files import DEFAULT_LIMIT, HELLASWAG, MODES, MULTIPLE_CHOICE, WINOGRANDE
+from pytest_quantcheck.tasks.files import load as load_tasks
 from pytest_quantcheck.variants import FILE_TYPES, check_gguf_path, file_type, quantize
 
 
@@ -119,6 +121,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="physical batch size (default: 512)")
     b.add_argument("--json", action="store_true", help="print every sample as JSON")
     _run_args(b)
+
+    for mode, what in ((HELLASWAG, "HellaSwag accuracy (6 lines a task)"),
+                       (WINOGRANDE, "Winogrande accuracy (the CSV with _)"),
+                       (MULTIPLE_CHOICE, "multiple-choice accuracy (llama.cpp's binary file:"
+                        " ARC, MMLU, TruthfulQA)")):
+        limit = DEFAULT_LIMIT[mode]
+        t = sub.add_parser(mode, help=f"{what}, as llama-perplexity --{mode}")
+        t.add_argument("model", type=Path)
+        t.add_argument("-f", "--file", type=Path, required=True, help="task file")
+        t.add_argument("--tasks", type=_non_negative, default=limit,
+                       help=f"score this many tasks, drawn as llama-perplexity --{mode}-tasks"
+                       f" draws them; 0 = all (default: {limit or 'all'})")
+        t.add_argument("-c", "--ctx-size", type=_positive, default=512,
+                       help="context per sequence, as llama-perplexity -c (default: 512)")
+        t.add_argument("-b", "--batch-size", type=_positive, default=2048,
+                       help="tokens per batch, as llama-perplexity -b (default: 2048)")
+        t.add_argument("-np", "--parallel", type=_positive, default=4,
+                       help="parallel sequences, at least 4, as llama-perplexity -np"
+                       " (default: 4)")
+        t.add_argument("--json", action="store_true",
+                       help="print accuracy, n_tasks and per-task correctness as JSON")
+        _run_args(t)
 
     m = sub.add_parser("memory", help="peak resident (and GPU) memory of load plus one"
                        " evaluation batch")
@@ -253,6 +277,24 @@ def _merge(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _tasks(args: argparse.Namespace) -> int:
+    check_gguf_path(args.model)
+    load_tasks(args.file, args.command, args.tasks)  # a bad file fails before llama.cpp loads
+    t0 = time.perf_counter()
+    result = Engine.default(_options(args)).tasks(
+        args.model, args.file, args.command, args.tasks, args.ctx_size, args.parallel,
+        args.batch_size)
+    seconds = time.perf_counter() - t0
+    if args.json:
+        _dump({"model": str(args.model), "seconds": seconds, **result.to_dict()})
+    else:
+        print(f"model       {args.model}")
+        print(f"tasks       {result.n_tasks} of {result.n_available} in {args.file}")
+        print(f"time        {seconds:.2f} s")
+        print(result.readable())
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "merge":
         return _merge(args)
@@ -279,6 +321,8 @@ def _run(args: argparse.Namespace) -> int:
             print(demo_model_path(options=_options(args), log=log))
         return 0
 
+    if args.command in MODES:
+        return _tasks(args)
     # Inputs are checked before llama.cpp is loaded: a typo fails fast and in one line.
     proto = _protocol(args) if args.command != "bench" else None
     for path in (getattr(args, "ref", None), args.model):

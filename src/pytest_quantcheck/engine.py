@@ -30,6 +30,7 @@ from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
 from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun, bytes_per_token
 from pytest_quantcheck.refstore import (
     ReferenceStore,
@@ -38,6 +39,8 @@ from pytest_quantcheck.refstore import (
     open_reference,
     write_reference,
 )
+from pytest_quantcheck.tasks.files import load as load_tasks
+from pytest_quantcheck.tasks.scoring import score as score_tasks
 from pytest_quantcheck.variants import check_gguf_path
 
 Progress = Callable[[int, int], None]
@@ -120,6 +123,32 @@ class Engine:
         finally:
             model.close()
 
+
+    def tasks(
+        self, model_path: Path, task_path: Path, mode: str | None = None,
+        limit: int | None = None, n_ctx: int = 512, n_parallel: int = 4, n_batch: int = 2048,
+        progress: Progress | None = None, name: str | None = None,
+    ) -> TaskResult:
+        """Accuracy on a HellaSwag, Winogrande or multiple-choice file with llama-perplexity's
+        protocol: ``--<mode>-tasks limit -c n_ctx -np n_parallel -b n_batch`` (``n_parallel`` at
+        least 4, as llama-perplexity raises it)."""
+        check_gguf_path(model_path)
+        task_set = load_tasks(task_path, mode, limit, name)
+        n_parallel = max(4, n_parallel)
+        total = n_parallel * n_ctx
+        model = self.backend.load(model_path, self.options)
+        try:
+            ctx = model.open_batch(total, n_parallel, min(n_batch, total))
+            try:
+                scored = score_tasks(task_set, model.tokenize, ctx, total, n_parallel, progress)
+            finally:
+                ctx.close()
+        finally:
+            model.close()
+        return TaskResult(task_set.mode, str(task_path), task_set.sha256,
+                          task_set.n_available,
+                          np.array([t.number for t in task_set.tasks], dtype=np.int32),
+                          scored.correct, scored.chosen)
 
     def memory(self, model_path: Path, proto: ScoringProtocol) -> MemoryUsage:
         """Resident (and GPU) memory of loading the model and decoding one batch of the scoring

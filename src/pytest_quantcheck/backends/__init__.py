@@ -8,7 +8,7 @@ tested with a fake backend and only :mod:`pytest_quantcheck.backends.llamacpp` i
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -80,6 +80,20 @@ class EvalContext(Protocol):
     def close(self) -> None: ...
 
 
+class BatchContext(Protocol):
+    """A context of ``n_ctx`` tokens shared by up to ``n_seq`` sequences (one unified KV cache,
+    as llama-perplexity's task modes use), decoding batches laid out by the caller."""
+
+    def decode(self, tokens: NDArray[np.int32], pos: NDArray[np.int32],
+               seq_ids: Sequence[tuple[int, ...]], outputs: NDArray[np.bool_]) -> NDArray[np.float32]:
+        """Empty the cache, decode the tokens (token ``i`` at position ``pos[i]`` in every
+        sequence of ``seq_ids[i]``) in pieces of ``n_batch``, and return the logits of the
+        tokens whose ``outputs`` flag is set, in order: shape ``(outputs.sum(), n_vocab)``."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class BenchContext(Protocol):
     """A context for ``llama-bench``-style timing: one sequence, nothing but decoding."""
 
@@ -119,6 +133,8 @@ class Model(Protocol):
     ) -> EvalContext: ...
 
     def open_bench(self, n_ctx: int, n_batch: int, n_ubatch: int) -> BenchContext: ...
+
+    def open_batch(self, n_ctx: int, n_seq: int, n_batch: int) -> BatchContext: ...
 
     def close(self) -> None: ...
 

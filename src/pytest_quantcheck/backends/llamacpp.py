@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,8 @@ class _NativeContext:
     _ctx: Any = None
     _pool: Any = None
 
-    def _open(self, model: LlamaCppModel, params: Any, n_batch: int, what: str) -> None:
+    def _open(self, model: LlamaCppModel, params: Any, n_batch: int, what: str,
+              seq_per_token: int = 1) -> None:
         ctx = lc.llama_init_from_model(model._model, params)
         if not ctx:
             raise BackendError(f"{model.path}: llama.cpp could not create a context of {what}")
@@ -90,7 +91,7 @@ class _NativeContext:
             self._pool = _THREADPOOL.ggml_threadpool_new(ctypes.byref(tpp))
             if self._pool:
                 _THREADPOOL.llama_attach_threadpool(ctx, self._pool, None)
-        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._batch = lc.llama_batch_init(n_batch, 0, seq_per_token)
         self._tok = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
         self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
         self._nseq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n_batch,))
@@ -250,6 +251,56 @@ class LlamaCppBench(_NativeContext):
             lc.llama_synchronize(self._ctx)
 
 
+class LlamaCppBatch(_NativeContext):
+    """llama-perplexity's task-mode context: ``n_seq`` sequences in one unified KV cache of
+    ``n_ctx`` tokens, batches of ``n_batch`` tokens split into physical batches of 512."""
+
+    def __init__(self, model: LlamaCppModel, n_ctx: int, n_seq: int, n_batch: int) -> None:
+        self.model = model
+        self.n_batch = min(n_batch, n_ctx)
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = self.n_batch
+        params.n_ubatch = min(512, self.n_batch)
+        params.n_seq_max = n_seq
+        params.kv_unified = True
+        params.n_threads = params.n_threads_batch = model.options.threads()
+        params.no_perf = True
+        self._open(model, params, self.n_batch, f"{n_seq} sequences in {n_ctx} tokens; lower"
+                   " n_ctx or the parallel sequences", seq_per_token=n_seq)
+        self.n_seq = n_seq
+
+    def decode(self, tokens: NDArray[np.int32], pos: NDArray[np.int32],
+               seq_ids: Sequence[tuple[int, ...]], outputs: NDArray[np.bool_]) -> NDArray[np.float32]:
+        n_vocab = self.model.n_vocab
+        result = np.empty((int(outputs.sum()), n_vocab), dtype=np.float32)
+        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
+        seq_ptrs = self._batch.seq_id
+        done = 0
+        for start in range(0, len(tokens), self.n_batch):
+            end = min(start + self.n_batch, len(tokens))
+            n = end - start
+            self._tok[:n] = tokens[start:end]
+            self._pos[:n] = pos[start:end]
+            self._out[:n] = outputs[start:end]
+            for i in range(n):
+                ids = seq_ids[start + i]
+                self._nseq[i] = len(ids)
+                row = seq_ptrs[i]
+                for k, sid in enumerate(ids):
+                    row[k] = sid
+            self._batch.n_tokens = n
+            rc = lc.llama_decode(self._ctx, self._batch)
+            if rc != 0:
+                raise BackendError(f"{self.model.path}: llama_decode failed with code {rc}")
+            n_out = int(outputs[start:end].sum())
+            if n_out:
+                result[done: done + n_out] = np.ctypeslib.as_array(
+                    lc.llama_get_logits(self._ctx), shape=(n_out, n_vocab))
+                done += n_out
+        return result
+
+
 class LlamaCppModel:
     def __init__(self, path: Path, options: RunOptions) -> None:
         self._model = None
@@ -290,6 +341,9 @@ class LlamaCppModel:
 
     def open_bench(self, n_ctx: int, n_batch: int, n_ubatch: int) -> LlamaCppBench:
         return LlamaCppBench(self, n_ctx, n_batch, n_ubatch)
+
+    def open_batch(self, n_ctx: int, n_seq: int, n_batch: int) -> LlamaCppBatch:
+        return LlamaCppBatch(self, n_ctx, n_seq, n_batch)
 
     def close(self) -> None:
         if getattr(self, "_model", None):

@@ -1,0 +1,237 @@
+"""Scoring tasks as llama-perplexity scores them: the same tokens, the same batches, the same
+positions scored.
+
+Each task's choices are tokenized whole (with BOS where the vocabulary adds one). Their common
+prefix is decoded once, shared by one sequence per choice; each choice's remaining tokens follow
+in its own sequence. Tasks are packed into one decode while their tokens fit the context
+(``n_parallel * n_ctx`` tokens) and their sequences fit ``n_parallel`` (llama-perplexity's
+``-np``, at least 4), and the decode is cut into ``n_batch`` pieces. The batch layout decides
+which kernels run, so the same layout gives the same logits bit for bit.
+
+What is scored:
+
+* HellaSwag and multiple choice: the mean log-probability of each choice's tokens after the
+  prefix (the first from the prefix's last position); the highest mean is the answer (the first
+  of equal ones). HellaSwag sums in ``double``, multiple choice in ``float``, as llama.cpp does.
+* Winogrande: the mean log-probability of the tokens after the blank, the choice's own tokens
+  left out when both continuations are longer than 3 tokens, and each sequence's last token
+  left out when more than one remains; choice 1 wins only when strictly higher. Where the choice
+  tokens are not left out, llama.cpp reads choice 2's first scored logit from a row of choice 1
+  (its own FIXME); we read the same row, so the answers agree.
+
+Log-probabilities are computed in double precision from llama.cpp's float logits; llama.cpp
+computes them in float, so a score agrees to about 1e-6 and an answer agrees unless two choices
+score within that of each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pytest_quantcheck.backends import BatchContext
+from pytest_quantcheck.tasks.files import HELLASWAG, MULTIPLE_CHOICE, WINOGRANDE, Task, TaskFileError, TaskSet
+
+MAX_TASKS_PER_BATCH = {HELLASWAG: 32, WINOGRANDE: 128, MULTIPLE_CHOICE: 32}
+SEQS_PER_TASK_CAP = {HELLASWAG: 4, WINOGRANDE: 2, MULTIPLE_CHOICE: 4}
+WINOGRANDE_MIN_TRAILING = 3  # llama.cpp's k_min_trailing_ctx
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A task tokenized: each choice's tokens, their common prefix, the tokens one decode of
+    the task takes, and (Winogrande) the token counts of each choice's base."""
+
+    task: Task
+    seqs: tuple[NDArray[np.int32], ...]
+    prefix: int
+    required: int
+    n_base: tuple[int, ...] = ()
+
+
+def prepare(task: Task, tokenize: Callable[[bytes], NDArray[np.int32]], mode: str,
+            source: str) -> Prepared:
+    seqs = tuple(tokenize(text) for text in task.texts)
+    shortest = min(len(s) for s in seqs)
+    prefix = 0
+    while prefix < shortest and all(s[prefix] == seqs[0][prefix] for s in seqs[1:]):
+        prefix += 1
+    if prefix == 0:
+        raise TaskFileError(f"{source}: task {task.number}'s choices share no first token, which"
+                            " llama-perplexity cannot score; use a model that adds BOS")
+    if mode != WINOGRANDE and any(len(s) == prefix for s in seqs):
+        raise TaskFileError(f"{source}: task {task.number} has a choice that adds no tokens to"
+                            " the question (two choices are the same); make the choices differ")
+    required = prefix + sum(len(s) - prefix for s in seqs)
+    n_base = tuple(len(tokenize(b)) for b in task.bases)
+    return Prepared(task, seqs, prefix, required, n_base)
+
+
+@dataclass
+class _Packed:
+    tokens: list[int]
+    pos: list[int]
+    seq_ids: list[tuple[int, ...]]
+    outputs: list[bool]
+
+
+def _add_task(batch: _Packed, p: Prepared, s0: int, mode: str) -> int:
+    """Append a task's tokens at sequences ``s0...``; return how many logits it asks for."""
+    shared = tuple(range(s0, s0 + len(p.seqs)))
+    for i in range(p.prefix):
+        batch.tokens.append(int(p.seqs[0][i]))
+        batch.pos.append(i)
+        batch.seq_ids.append(shared)
+        batch.outputs.append(i == p.prefix - 1)
+    n_logits = 1
+    for s, seq in enumerate(p.seqs):
+        for i in range(p.prefix, len(seq)):
+            wanted = mode == WINOGRANDE or i < len(seq) - 1
+            batch.tokens.append(int(seq[i]))
+            batch.pos.append(i)
+            batch.seq_ids.append((s0 + s,))
+            batch.outputs.append(wanted)
+            n_logits += wanted
+    return n_logits
+
+
+def batches(prepared: list[Prepared], mode: str, n_ctx: int, n_parallel: int,
+            source: str) -> Iterator[tuple[list[int], _Packed, list[int]]]:
+    """llama-perplexity's packing: (task indices, the batch, each task's first logit row)."""
+    max_seq = min(SEQS_PER_TASK_CAP[mode] * MAX_TASKS_PER_BATCH[mode], n_parallel)
+    i0 = 0
+    while i0 < len(prepared):
+        batch = _Packed([], [], [], [])
+        members: list[int] = []
+        starts: list[int] = []
+        n_cur, s0, n_logits, i1 = 0, 0, 0, i0
+        while i1 < len(prepared) and n_cur + prepared[i1].required <= n_ctx:
+            p = prepared[i1]
+            if s0 + len(p.seqs) > max_seq:
+                if s0 == 0:
+                    raise TaskFileError(
+                        f"{source}: task {p.task.number} has {len(p.seqs)} choices; score it"
+                        f" with at least {len(p.seqs)} parallel sequences (-np)")
+                break
+            starts.append(n_logits)
+            n_logits += _add_task(batch, p, s0, mode)
+            members.append(i1)
+            s0 += len(p.seqs)
+            n_cur += p.required
+            i1 += 1
+        if not members:
+            raise TaskFileError(
+                f"{source}: task {prepared[i0].task.number} needs {prepared[i0].required} tokens,"
+                f" more than the context of {n_ctx}; raise -c (n_ctx)")
+        yield members, batch, starts
+        i0 = i1
+
+
+def log_probs(logits: NDArray[np.float32], tokens: NDArray[np.int64]) -> NDArray[np.float32]:
+    """log softmax(row)[token] of each logits row, in double precision, rounded to float."""
+    rows = logits.astype(np.float64)
+    top = rows.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(rows - top).sum(axis=1)) + top[:, 0]
+    picked = rows[np.arange(len(tokens)), tokens]
+    result: NDArray[np.float32] = (picked - lse).astype(np.float32)
+    return result
+
+
+def _mean_choice_scores(p: Prepared, logits: NDArray[np.float32], start: int,
+                        mode: str) -> list[float]:
+    """HellaSwag and multiple choice: each choice's mean log-probability after the prefix."""
+    rows, targets = [start] * len(p.seqs), [int(s[p.prefix]) for s in p.seqs]
+    li = 1
+    for seq in p.seqs:
+        for j in range(p.prefix, len(seq) - 1):
+            rows.append(start + li)
+            targets.append(int(seq[j + 1]))
+            li += 1
+    lp = log_probs(logits[rows], np.array(targets, dtype=np.int64))
+    scores, at = [], len(p.seqs)
+    for s, seq in enumerate(p.seqs):
+        n = len(seq) - 1 - p.prefix
+        if mode == HELLASWAG:  # double accumulator
+            total = float(lp[s]) + float(np.sum(lp[at: at + n], dtype=np.float64))
+            scores.append(total / (n + 1))
+        else:  # float accumulator, summed in order
+            acc = np.float32(lp[s])
+            for value in lp[at: at + n]:
+                acc = np.float32(acc + value)
+            scores.append(float(np.float32(acc / np.float32(n + 1))))
+        at += n
+    return scores
+
+
+def _winogrande_scores(p: Prepared, logits: NDArray[np.float32], start: int) -> list[float]:
+    len0, len1 = len(p.seqs[0]), len(p.seqs[1])
+    skip = (len0 - p.prefix > WINOGRANDE_MIN_TRAILING and len1 - p.prefix > WINOGRANDE_MIN_TRAILING)
+    scores = []
+    for s, seq in enumerate(p.seqs):
+        n_base = p.n_base[s] if skip else p.prefix
+        last = 1 if len(seq) - n_base > 1 else 0
+        li = n_base - p.prefix if s == 0 else (len0 - p.prefix) + (n_base - p.prefix)
+        if li < 0:
+            raise TaskFileError(f"task {p.task.number}: its choices tokenize into each other, which"
+                                " llama-perplexity cannot score; reword the choices")
+        js = range(n_base - 1, len(seq) - 1 - last)
+        rows = [start + li + k for k in range(len(js))]
+        lp = log_probs(logits[rows], np.array([int(seq[j + 1]) for j in js], dtype=np.int64))
+        acc = np.float32(0.0)
+        for value in lp:
+            acc = np.float32(acc + value)
+        count = (len(seq) - n_base - last) % 2**64  # size_t, as in llama.cpp
+        scores.append(float(np.float32(acc / np.float32(count))) if count else float("nan"))
+    return scores
+
+
+def choose(mode: str, scores: list[float]) -> int:
+    """The chosen choice: the first highest score; Winogrande's first only when strictly higher."""
+    if mode == WINOGRANDE:
+        return 0 if scores[0] > scores[1] else 1
+    best = 0
+    for i in range(1, len(scores)):
+        if scores[i] > scores[best]:
+            best = i
+    return best
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Per task, in scoring order: the chosen choice, whether it is right, every choice's score."""
+
+    chosen: NDArray[np.int32]
+    correct: NDArray[np.bool_]
+    scores: tuple[tuple[float, ...], ...]
+
+
+def score(tasks: TaskSet, tokenize: Callable[[bytes], NDArray[np.int32]], ctx: BatchContext,
+          n_ctx: int, n_parallel: int, progress: Callable[[int, int], None] | None = None) -> Scored:
+    """Score every task of ``tasks`` in batches on ``ctx`` (a context of ``n_ctx`` tokens and
+    ``n_parallel`` sequences)."""
+    source = str(tasks.path)
+    prepared = [prepare(t, tokenize, tasks.mode, source) for t in tasks.tasks]
+    chosen = np.zeros(len(prepared), dtype=np.int32)
+    correct = np.zeros(len(prepared), dtype=np.bool_)
+    all_scores: list[tuple[float, ...]] = [()] * len(prepared)
+    done = 0
+    for members, batch, starts in batches(prepared, tasks.mode, n_ctx, n_parallel, source):
+        logits = ctx.decode(np.array(batch.tokens, dtype=np.int32),
+                            np.array(batch.pos, dtype=np.int32), batch.seq_ids,
+                            np.array(batch.outputs, dtype=np.bool_))
+        for i, start in zip(members, starts, strict=True):
+            p = prepared[i]
+            if tasks.mode == WINOGRANDE:
+                s = _winogrande_scores(p, logits, start)
+            else:
+                s = _mean_choice_scores(p, logits, start, tasks.mode)
+            chosen[i] = choose(tasks.mode, s)
+            correct[i] = int(chosen[i]) in p.task.correct
+            all_scores[i] = tuple(s)
+        done += len(members)
+        if progress:
+            progress(done, len(prepared))
+    return Scored(chosen, correct, tuple(all_scores))
