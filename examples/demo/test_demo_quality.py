@@ -7,6 +7,7 @@ pytest test; the markers add statistical checks decided per chunk of the evaluat
 import pytest
 
 from pytest_quantcheck.assertions import (
+    assert_flips_at_most,
     assert_kl_divergence_at_most,
     assert_perplexity_within,
     assert_top1_agreement_at_least,
@@ -26,11 +27,21 @@ def test_distribution_shift(quant_model):
     pass
 
 
+# Task accuracy on the built-in demo tasks (made from the held-out text; see the README), scored
+# as llama-perplexity --hellaswag / --winogrande / --multiple-choice scores them.
+@pytest.mark.accuracy_at_least("winogrande", 0.55)  # well above chance (0.5)
+@pytest.mark.accuracy_within("multiple-choice", points=10)  # paired with the base, task by task
+@pytest.mark.flips_at_most("hellaswag", fraction=0.3)  # answers that changed, right or wrong
+def test_task_accuracy(quant_model):
+    pass
+
+
 def test_q8_0_is_near_lossless(quantize):
     q8 = quantize("Q8_0")
     assert_perplexity_within(q8, pct=0.5)
     assert_kl_divergence_at_most(q8, 0.005)
     assert_top1_agreement_at_least(q8, 0.97)
+    assert_flips_at_most(q8, task="hellaswag", fraction=0.02)
 
 
 def test_more_bits_are_better(quantize):

@@ -12,8 +12,8 @@ reference), then the marker's arguments (the first ones positionally, as the mar
 for the others), and ``alpha=0.05`` / ``mode="detect"``. Models are the ``quant_model`` /
 ``quant_reference`` / ``quantize(...)`` fixtures' objects (or any object with ``name``,
 ``size_bytes``, ``bits_per_weight``, ``perplexity()`` and, for the other checks,
-``kl_divergence()``, ``throughput()`` or ``memory()``). A helper raises ``AssertionError`` with
-the full message on failure (and on an inconclusive ``prove``), and returns the outcome
+``kl_divergence()``, ``throughput()``, ``memory()`` or ``task(name)``). A helper raises
+``AssertionError`` with the full message on failure (and on an inconclusive ``prove``), and returns the outcome
 otherwise; a check that cannot be decided here (GPU memory without a GPU) raises
 :class:`pytest_quantcheck.checks.CheckSkipped`. On the fixtures' models the outcome also goes to
 the run's summary table, ``--quant-json``, ``--quant-junit`` and the GitHub summary, with the
@@ -61,8 +61,13 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
             raise checks.CheckArgumentError(f"{compared.name} has no {phase} throughput test")
         return checks.SpeedAgainst(compared.name, tests[phase])
 
+    def resolve_task(subject: Any, _of: str | None, task: str) -> checks.TaskAgainst:
+        compared = against()
+        return checks.TaskAgainst.of(compared.name, compared.task(task))
+
     check = checks.parse(kind.marker, args, kwargs)
-    outcome = check.evaluate(model, checks.Context(alpha, mode, resolve, resolve_speed))
+    outcome = check.evaluate(model, checks.Context(alpha, mode, resolve, resolve_speed,
+                                                   resolve_task=resolve_task))
     models = getattr(model, "models", None)
     if isinstance(models, Models):  # a fixture's model: the outcome joins the run's reports
         nodeid, file, line = _where()
@@ -108,3 +113,6 @@ assert_top1_agreement_at_least = _helper("top1_agreement_at_least")
 assert_size_at_most = _helper("size_at_most")
 assert_throughput_at_least = _helper("throughput_at_least")
 assert_memory_at_most = _helper("memory_at_most")
+assert_accuracy_at_least = _helper("accuracy_at_least")
+assert_accuracy_within = _helper("accuracy_within")
+assert_flips_at_most = _helper("flips_at_most")

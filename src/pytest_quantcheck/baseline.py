@@ -21,6 +21,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.metrics.tasks import TaskResult, pack_bits, unpack_bits
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
 
 SCHEMA = "pytest-quantcheck baseline"
@@ -143,6 +145,8 @@ def merge_record(old: dict[str, Any], new: dict[str, Any], keep_runs: int = 10) 
     throughput tests and memory replaced one by one, its new runs appended and the last
     ``keep_runs`` kept), other machines' entries are kept."""
     merged = {**old, **{k: v for k, v in new.items() if k != "machines"}}
+    if isinstance(old.get("tasks"), dict) and "tasks" in new:  # task sets merge by name
+        merged["tasks"] = {**old["tasks"], **new["tasks"]}
     machines = [dict(m) for m in old.get("machines", []) if isinstance(m, dict)]
     for entry in new.get("machines", []):
         same = next((m for m in machines if _same_machine(m, entry)), None)
@@ -212,9 +216,10 @@ class MeasuredElsewhere(Exception):
 def make_record(*, file_type: str | None, size_bytes: int, bits_per_weight: float,
                 ppl: PerplexityResult | None = None, kld: KLDResult | None = None,
                 fingerprint: Fingerprint | None = None, speed: ThroughputRun | None = None,
-                memory: MemoryUsage | None = None) -> dict[str, Any]:
-    """A variant's record: what paired comparisons need, per chunk, and per machine the
-    throughput samples and memory measured there."""
+                memory: MemoryUsage | None = None,
+                tasks: Mapping[str, TaskResult] | None = None) -> dict[str, Any]:
+    """A variant's record: what paired comparisons need, per chunk and per task (one bit a
+    task), and per machine the throughput samples and memory measured there."""
     record: dict[str, Any] = {"file_type": file_type, "size_bytes": size_bytes,
                               "bits_per_weight": bits_per_weight}
     if ppl is not None:
@@ -224,6 +229,11 @@ def make_record(*, file_type: str | None, size_bytes: int, bits_per_weight: floa
         record["kl_divergence"] = {"mean": kld.kld.value, "same_top": kld.same_top.value,
                                    "chunk_kld": kld.chunk_kld.tolist(),
                                    "chunk_same_top": kld.chunk_same_top.tolist()}
+    if tasks:
+        record["tasks"] = {name: {"mode": r.mode, "file_sha256": r.file_sha256,
+                                  "selection_sha256": r.selection(), "n_tasks": r.n_tasks,
+                                  "accuracy": r.accuracy, "correct": pack_bits(r.correct)}
+                           for name, r in sorted(tasks.items())}
     if fingerprint is not None and (speed is not None or memory is not None):
         entry: dict[str, Any] = {"fingerprint": fingerprint.to_dict()}
         if speed is not None:
@@ -246,6 +256,24 @@ def chunk_nll(stored: BaselineFile, variant: str, keys: dict[str, Any],
         raise BaselineError(f"{stored.path}: record of {variant} has no per-chunk NLL; recreate"
                             f" it with {UPDATE_FLAG}") from None
     return np.asarray(values, dtype=np.float64)
+
+
+def task_correct(stored: BaselineFile, variant: str, keys: dict[str, Any],
+                 ignore: tuple[str, ...], task: str) -> tuple[NDArray[np.bool_], str]:
+    """The stored per-task correctness of ``variant`` on the task set ``task`` and the digest of
+    the tasks it was scored on, after checking the keys its answers depend on (the model's
+    bytes and llama.cpp)."""
+    record = stored.record(variant, keys, ignore, SPEED_KEY_FIELDS)
+    entry = record.get("tasks", {}).get(task) if isinstance(record.get("tasks"), dict) else None
+    if not isinstance(entry, dict):
+        raise BaselineError(f"{stored.path}: record of {variant} has no {task!r} task results;"
+                            f" record them with {UPDATE_FLAG}")
+    try:
+        correct = unpack_bits(str(entry["correct"]), int(entry["n_tasks"]))
+        return correct, str(entry["selection_sha256"])
+    except (KeyError, TypeError, ValueError):
+        raise BaselineError(f"{stored.path}: the {task!r} task results of {variant} are"
+                            f" damaged; record them again with {UPDATE_FLAG}") from None
 
 
 def throughput(stored: BaselineFile, variant: str, keys: dict[str, Any], ignore: tuple[str, ...],

@@ -32,6 +32,19 @@ class ConfigError(QuantcheckError, ValueError):
         super().__init__(f"{source}: {key}: {problem}")
 
 
+TASK_MODES = ("hellaswag", "winogrande", "multiple-choice")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One entry of the ``tasks`` table: a task file, its layout (None: known from the name or
+    the file) and how many tasks to score (None: the ``task_limit`` setting)."""
+
+    file: Path
+    mode: str | None = None
+    limit: int | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     model: Path | None = None  # None: the built-in demo model
@@ -55,6 +68,10 @@ class Settings:
     fingerprint_ignore: tuple[str, ...] = ()
     baseline_runs: int = 10  # separate runs a baseline keeps per machine, for the between-run spread
     throughput_confirm: bool = False  # a failing throughput check measures again before failing
+    # task sets by name; empty: the demo model's three task files when the model is the demo's
+    tasks: Mapping[str, TaskSpec] = field(default_factory=dict)
+    task_limit: int | None = None  # tasks scored per set; None: llama-perplexity's default, 0: all
+    task_parallel: int = 4  # parallel sequences in task scoring, as llama-perplexity's -np
     verbose: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     bases: Mapping[str, Path] = field(default_factory=dict, compare=False, repr=False)
@@ -154,6 +171,32 @@ def _text(value: Any) -> str:
     return value.strip()
 
 
+def _tasks(value: Any) -> dict[str, TaskSpec]:
+    """``name = "file"`` or ``name = {file = "...", mode = "...", limit = N}`` entries (on the
+    command line and in ini files: ``name=file,name=file``)."""
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError(f"expected name=file,name=file, got {value!r}")
+        value = {name.strip(): file.strip() for name, file in pairs}
+    if not isinstance(value, Mapping):
+        raise ValueError('expected a table of name = "task file" (or name = {file = ...,'
+                         f' mode = ..., limit = ...}}), got {value!r}')
+    specs = {}
+    for name, entry in value.items():
+        raw = {"file": entry} if isinstance(entry, str) else entry
+        if not isinstance(raw, Mapping) or set(raw) - {"file", "mode", "limit"} or "file" not in raw:
+            raise ValueError(f"{name}: expected a file name or a table with file (and mode,"
+                             f" limit), got {entry!r}")
+        try:
+            mode = None if raw.get("mode") is None else _choice(TASK_MODES)(raw["mode"])
+            limit = _optional(_int(0))(raw.get("limit"))
+            specs[str(name)] = TaskSpec(Path(_text(raw["file"])), mode, limit)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return specs
+
+
 _PATH_KEYS = {"model", "eval_text", "baseline_dir", "imatrix"}
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "model": _optional(_text),
@@ -177,6 +220,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "fingerprint_ignore": _names(FINGERPRINT_FIELDS),
     "baseline_runs": _int(1),
     "throughput_confirm": _bool,
+    "tasks": _tasks,
+    "task_limit": _optional(_int(0)),
+    "task_parallel": _int(4),
     "verbose": _bool,
 }
 KEYS = tuple(_PARSERS)
@@ -238,6 +284,9 @@ def merge(layers: list[Layer]) -> Settings:
                 raise ConfigError(layer.source, key, str(exc)) from None
             if key in _PATH_KEYS and value is not None:
                 value = (layer.base / Path(value).expanduser()).resolve()
+            if key == "tasks":  # task files are relative to the file that names them
+                value = {name: replace(spec, file=(layer.base / spec.file.expanduser()).resolve())
+                         for name, spec in value.items()}
             values[key] = value
             sources[key] = layer.source
             bases[key] = layer.base

@@ -19,7 +19,7 @@ from pytest_quantcheck import cache, machine
 from pytest_quantcheck.backends import Backend, RunOptions
 from pytest_quantcheck.checks.outcome import Outcome
 from pytest_quantcheck.checks.registry import KL
-from pytest_quantcheck.config import Settings
+from pytest_quantcheck.config import Settings, TaskSpec
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import ScoringProtocol
 from pytest_quantcheck.gguf_file import GGUFError, read_gguf
@@ -27,11 +27,22 @@ from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
+from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import ThroughputRun
 from pytest_quantcheck.refstore import ReferenceStore
 from pytest_quantcheck.variants import FILE_TYPES, Variant, VariantError, from_path, quantize
 
 BASE = "base"
+
+
+def task_specs(settings: Settings) -> dict[str, TaskSpec]:
+    """The run's task sets by name: the ``tasks`` setting, or with the built-in demo model (no
+    ``model`` set) and no ``tasks``, the demo's three task files."""
+    if settings.tasks or settings.model is not None:
+        return dict(settings.tasks)
+    from pytest_quantcheck.demo.tasks import FILES, task_path
+
+    return {name.split(".")[0]: TaskSpec(task_path(name)) for name in FILES}
 
 
 class QuantModel:
@@ -73,6 +84,10 @@ class QuantModel:
         """Resident (and GPU) memory of load plus one evaluation batch."""
         return self.models.memory(self)
 
+    def task(self, name: str) -> TaskResult:
+        """Accuracy on the task set ``name`` (from the ``tasks`` setting), per task."""
+        return self.models.task(self, name)
+
     def fingerprint(self) -> Fingerprint:
         return self.models.fingerprint()
 
@@ -96,6 +111,7 @@ class Models:
     speed_pairs: dict[tuple[str, str], tuple[ThroughputRun, ThroughputRun]] = field(
         default_factory=dict)
     memory_usage: dict[str, MemoryUsage] = field(default_factory=dict)
+    task_results: dict[tuple[str, str], TaskResult] = field(default_factory=dict)  # (model, task)
     _engine: Engine | None = None
     _by_spec: dict[str, QuantModel] = field(default_factory=dict)
     _fingerprint: Fingerprint | None = None
@@ -216,6 +232,22 @@ class Models:
                     self.reference().path, model.path, self.eval_text(), self.protocol)
         return self.kld[model.name]
 
+    def task(self, model: QuantModel, name: str) -> TaskResult:
+        key = (model.name, name)
+        if key not in self.task_results:
+            specs = task_specs(self.settings)
+            if name not in specs:
+                raise VariantError(f"task set {name!r} is not in the tasks setting"
+                                   f" ({', '.join(specs) or 'none are set'}); add it there")
+            spec = specs[name]
+            limit = spec.limit if spec.limit is not None else self.settings.task_limit
+            s = self.settings
+            with self.step(f"{name} tasks of {model.name}"):
+                self.task_results[key] = self.engine.tasks(
+                    model.path, spec.file, spec.mode, limit, n_ctx=s.n_ctx,
+                    n_parallel=s.task_parallel, n_batch=s.n_batch, name=name)
+        return self.task_results[key]
+
     def fingerprint(self) -> Fingerprint:
         if self._fingerprint is None:
             self._fingerprint = self.engine.fingerprint()
@@ -259,8 +291,13 @@ class Models:
 
     def measured(self) -> dict[str, QuantModel]:
         """Models with at least one measurement, by name (a path variant's name is its stem)."""
-        return {m.name: m for m in self._by_spec.values() if any(
+        with_tasks = {model for model, _task in self.task_results}
+        return {m.name: m for m in self._by_spec.values() if m.name in with_tasks or any(
             m.name in table for table in (self.ppl, self.kld, self.speed, self.memory_usage))}
+
+    def tasks_of(self, name: str) -> dict[str, TaskResult]:
+        """The task results of the model ``name``, by task set."""
+        return {task: r for (model, task), r in self.task_results.items() if model == name}
 
     def quality_keys(self) -> dict[str, object]:
         """What the run's quality numbers depend on, as baseline keys."""

@@ -62,6 +62,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " --quant-update-baseline adds one (default: 10)",
         "throughput_confirm": "a failing throughput check measures again and fails only if that"
         " fails too (true/false, default: false)",
+        "tasks": "task sets as name=file,name=file: HellaSwag, Winogrande or multiple-choice"
+        " files (default: the demo model's when it is the model)",
+        "task_limit": "tasks scored per task set, drawn as llama-perplexity draws them; 0: all"
+        " (default: llama-perplexity's, 400 HellaSwag tasks and all others)",
+        "task_parallel": "parallel sequences when scoring tasks, as llama-perplexity -np"
+        " (default: 4)",
         "verbose": "show llama.cpp's log (true/false, default: false)",
     }
     for key, flag in _FLAGS.items():
@@ -108,6 +114,10 @@ def _settings(config: pytest.Config) -> Settings:
         path = getattr(settings, key)
         if path is not None and not path.is_file():
             raise ConfigError(settings.sources[key], key, f"{path} is not a file; fix the path")
+    for name, spec in settings.tasks.items():
+        if not spec.file.is_file():
+            raise ConfigError(settings.sources["tasks"], f"tasks.{name}",
+                              f"{spec.file} is not a file; fix the path")
     return settings
 
 

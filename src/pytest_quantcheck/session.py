@@ -24,13 +24,14 @@ from pytest_quantcheck.checks import (
     Context,
     Outcome,
     SpeedAgainst,
+    TaskAgainst,
     apply_holm,
 )
 from pytest_quantcheck.config import Settings
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.exchange import Decided
-from pytest_quantcheck.models import Models, QuantModel
+from pytest_quantcheck.models import Models, QuantModel, task_specs
 
 BaselinePayload = tuple[dict[str, Any], dict[str, dict[str, Any]]]  # keys, records by variant
 
@@ -115,7 +116,8 @@ class QuantSession:
 
     def context(self) -> Context:
         return Context(self.settings.alpha, self.settings.mode, self.resolve, self.resolve_speed,
-                       self.remeasure if self.settings.throughput_confirm else None)
+                       self.remeasure if self.settings.throughput_confirm else None,
+                       self.resolve_task)
 
     def remeasure(self, subject: Any, of: str | None) -> None:
         if of in (None, "baseline"):
@@ -137,6 +139,13 @@ class QuantSession:
         if phase not in other.tests:
             raise CheckSkipped(f"no {phase} test was run for {of}")
         return SpeedAgainst(of, other.tests[phase], mine=mine)
+
+    def resolve_task(self, subject: Any, of: str | None, task: str) -> TaskAgainst:
+        if of == "baseline":
+            return self.baseline_task(subject, task)
+        other = self.reference() if of is None else self.model(of)
+        label = f"{other.name} (reference)" if of is None else other.name
+        return TaskAgainst.of(label, other.task(task))
 
     def run_check(self, check: Check, model: QuantModel,
                   where: tuple[str, str, int] = ("", "", 0)) -> Outcome:
@@ -239,6 +248,14 @@ class QuantSession:
                                     self.settings.baseline_ignore)
         return Against(f"baseline {stored.path.name}", values, True)
 
+    def baseline_task(self, subject: Any, task: str) -> TaskAgainst:
+        if self.baseline_mode == "update":
+            return TaskAgainst.of("baseline (being updated)", subject.task(task), True)
+        stored = self._stored()
+        correct, selection = baseline.task_correct(stored, subject.name, self.models.speed_keys(),
+                                                   self.settings.baseline_ignore, task)
+        return TaskAgainst(f"baseline {stored.path.name}", correct, selection, True)
+
     def baseline_speed(self, subject: Any, phase: str) -> SpeedAgainst:
         """The stored throughput of ``subject`` measured on a machine like this one; a check
         against a baseline from another machine is skipped, with the differences as reason."""
@@ -270,7 +287,7 @@ class QuantSession:
                 bits_per_weight=model.bits_per_weight,
                 ppl=m.perplexity(model) if name in m.ppl or name in m.kld else None,
                 kld=m.kld.get(name), fingerprint=m.fingerprint() if has_speed else None,
-                speed=m.speed.get(name), memory=m.memory_usage.get(name))
+                speed=m.speed.get(name), memory=m.memory_usage.get(name), tasks=m.tasks_of(name))
         return m.quality_keys(), records
 
     # ---- across processes --------------------------------------------------------------------
@@ -287,6 +304,8 @@ class QuantSession:
                 point["kld"] = m.kld[name].kld.value
             for phase, result in m.speed[name].tests.items() if name in m.speed else ():
                 point[f"{phase}_tokens_per_s"] = result.mean
+            for task, scored in m.tasks_of(name).items():
+                point[f"{task}_accuracy"] = scored.accuracy
             out[name] = point
         return out
 
@@ -311,7 +330,10 @@ class QuantSession:
 
     def settings_summary(self) -> dict[str, Any]:
         summary = {k: (str(v) if isinstance(v, Path) else v)
-                   for k, v in self.settings.__dict__.items() if k not in ("sources", "bases")}
+                   for k, v in self.settings.__dict__.items()
+                   if k not in ("sources", "bases", "tasks")}
+        summary["tasks"] = {name: {"file": str(spec.file), "mode": spec.mode, "limit": spec.limit}
+                            for name, spec in task_specs(self.settings).items()}
         if self.shard is not None:
             summary["shard"] = f"{self.shard[0]}/{self.shard[1]}"
         return summary

@@ -2,7 +2,7 @@
 (:mod:`.outcome`). Importing this package registers every built-in check, in the order the README
 lists them."""
 
-from pytest_quantcheck.checks import quality, speed
+from pytest_quantcheck.checks import quality, speed, tasks
 from pytest_quantcheck.checks.outcome import (
     Against,
     CheckArgumentError,
@@ -11,6 +11,7 @@ from pytest_quantcheck.checks.outcome import (
     Outcome,
     SpeedAgainst,
     Subject,
+    TaskAgainst,
     apply_holm,
 )
 from pytest_quantcheck.checks.registry import (
@@ -35,10 +36,12 @@ __all__ = [
     "Param",
     "SpeedAgainst",
     "Subject",
+    "TaskAgainst",
     "apply_holm",
     "marker_lines",
     "marker_table",
     "parse",
     "quality",
     "speed",
+    "tasks",
 ]

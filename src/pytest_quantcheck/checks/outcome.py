@@ -18,6 +18,7 @@ from pytest_quantcheck.baseline import UPDATE_FLAG
 from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
 
 
@@ -45,6 +46,8 @@ class Subject(Protocol):
 
     def memory(self) -> MemoryUsage: ...
 
+    def task(self, name: str) -> TaskResult: ...
+
 
 @dataclass(frozen=True)
 class SpeedAgainst:
@@ -69,6 +72,24 @@ class Against:
     @property
     def ppl(self) -> float:
         return math.exp(float(np.mean(self.chunk_nll)))
+
+
+@dataclass(frozen=True)
+class TaskAgainst:
+    """What a task check compares with: another model's per-task correctness, or a baseline's."""
+
+    label: str
+    correct: np.ndarray[Any, np.dtype[np.bool_]]
+    selection: str  # TaskResult.selection(): answers pair only when it matches
+    is_baseline: bool = False
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if self.correct.size else 0.0
+
+    @classmethod
+    def of(cls, label: str, result: TaskResult, is_baseline: bool = False) -> TaskAgainst:
+        return cls(label, result.correct, result.selection(), is_baseline)
 
 
 @dataclass(frozen=True)
@@ -141,7 +162,9 @@ class Outcome:
             return f"{math.exp(d.low) - 1:+.2%} to {math.exp(d.high) - 1:+.2%}"
         if self.metric == "PPL":
             return f"{math.exp(d.low):.4g} to {math.exp(d.high):.4g}"
-        if self.metric == "top-1 agreement":
+        if self.metric.endswith(" accuracy") and self.change is not None:  # of the drop
+            return f"a drop of {100 * d.low:+.2f} to {100 * d.high:+.2f} points"
+        if self.metric == "top-1 agreement" or self.metric.endswith((" accuracy", " flips")):
             return f"{d.low:.2%} to {d.high:.2%}"
         if self.metric.endswith("t/s") and self.change is not None:
             return f"{math.exp(d.low) - 1:+.2%} to {math.exp(d.high) - 1:+.2%}"
@@ -166,6 +189,7 @@ class Context:
     # Measure throughput again (the subject, and ``of`` when it names a variant), to confirm a
     # failing check before it fails; None: a failure stands.
     remeasure: Callable[[Subject, str | None], None] | None = None
+    resolve_task: Callable[[Subject, str | None, str], TaskAgainst] | None = None  # (subject, of, task)
 
 
 def apply_holm(outcomes: list[Outcome]) -> list[Outcome]:

@@ -28,16 +28,21 @@ def speed(phase: str) -> str:
     return f"speed:{phase}"
 
 
+def task_need(name: str) -> str:
+    """The need of a check on the task set ``name`` (from the ``tasks`` setting)."""
+    return f"task:{name}"
+
+
 _REQUIRED = object()
 
 
 @dataclass(frozen=True)
 class Param:
-    """One argument of a check: a number (with bounds), one of ``choices``, or a ``target`` (a
-    variant name or ``"baseline"``)."""
+    """One argument of a check: a number (with bounds), one of ``choices``, a ``target`` (a
+    variant name or ``"baseline"``), or a ``name`` (a task set's, from the settings)."""
 
     name: str
-    kind: str = "number"  # "number", "choice" or "target"
+    kind: str = "number"  # "number", "choice", "target" or "name"
     default: Any = _REQUIRED
     low: float | None = None
     high: float | None = None
@@ -54,6 +59,10 @@ class Param:
                 raise CheckArgumentError(
                     f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
             return str(value)
+        if self.kind == "name":
+            if not isinstance(value, str) or not value:
+                raise CheckArgumentError(f"{self.name} must be a name, got {value!r}")
+            return value
         if self.kind == "target":
             if value is not None and (not isinstance(value, str) or not value):
                 raise CheckArgumentError(
@@ -75,7 +84,7 @@ class Param:
 
 class CheckType:
     """A kind of check. Subclasses set the class attributes and implement :meth:`evaluate`;
-    defining one registers it."""
+    defining one that sets ``marker`` registers it."""
 
     marker: ClassVar[str]
     params: ClassVar[tuple[Param, ...]]
@@ -87,6 +96,8 @@ class CheckType:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "marker" not in cls.__dict__:  # a shared base of several checks, not a check
+            return
         if cls.marker in REGISTRY:
             raise TypeError(f"two checks are named {cls.marker!r}")
         REGISTRY[cls.marker] = cls()

@@ -7,6 +7,7 @@ decide with exact binomial tests instead (see :mod:`pytest_quantcheck.stats`).
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,12 @@ def unpack_bits(text: str, n: int) -> NDArray[np.bool_]:
     return bits[:n].astype(np.bool_)
 
 
+def selection_digest(mode: str, file_sha256: str, task_numbers: NDArray[np.int32]) -> str:
+    h = hashlib.sha256(f"{mode}\n{file_sha256}\n".encode())
+    h.update(np.asarray(task_numbers, dtype="<i4").tobytes())
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class TaskResult:
     mode: str  # "hellaswag", "winogrande" or "multiple-choice"
@@ -65,9 +72,10 @@ class TaskResult:
     def interval(self) -> tuple[float, float]:
         return wilson(self.n_correct, self.n_tasks)
 
-    def selection_key(self) -> tuple[str, str, tuple[int, ...]]:
-        """What must match for two results to be paired task by task."""
-        return (self.mode, self.file_sha256, tuple(int(i) for i in self.task_numbers))
+    def selection(self) -> str:
+        """What must match for two results to be paired task by task: the file, the mode and
+        the tasks scored, in order."""
+        return selection_digest(self.mode, self.file_sha256, self.task_numbers)
 
     def to_dict(self) -> dict[str, Any]:
         low, high = self.interval()

@@ -1,0 +1,120 @@
+"""Task checks: accuracy on HellaSwag, Winogrande or multiple-choice tasks, its drop against
+another model, and the share of answers that flip between the two.
+
+Two models answer the same tasks, so comparisons are paired: only the discordant tasks (right
+for one model, wrong for the other) carry information, and "flips" counts them. The accuracy
+can stay put while many answers flip, which is why both are checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pytest_quantcheck import stats
+from pytest_quantcheck.checks.outcome import Context, Outcome, Subject, TaskAgainst
+from pytest_quantcheck.checks.registry import CheckType, Param, task_need
+
+if TYPE_CHECKING:
+    from pytest_quantcheck.config import Settings
+    from pytest_quantcheck.metrics.tasks import TaskResult
+
+
+class _TaskCheck(CheckType):
+    def needs(self, args: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset({task_need(args["task"])})
+
+    def conflict(self, args: Mapping[str, Any], settings: Settings) -> str | None:
+        from pytest_quantcheck.models import task_specs
+
+        known = task_specs(settings)
+        if args["task"] not in known:
+            names = ", ".join(known) or "none are set"
+            return (f"task {args['task']!r} is not in the tasks setting ({names}); add it under"
+                    " [tool.quantcheck.tasks]")
+        return None
+
+
+def _paired(subject: Subject, ctx: Context, task: str,
+            of: str | None) -> tuple[TaskResult, TaskAgainst, int, int]:
+    """This model's result, the other side's, and the tasks lost and gained against it."""
+    mine = subject.task(task)
+    if ctx.resolve_task is None:
+        raise ValueError("task checks need a context that resolves task results")
+    other = ctx.resolve_task(subject, of, task)
+    if other.selection != mine.selection():
+        raise _unpaired(task, other.label)
+    lost = int((other.correct & ~mine.correct).sum())
+    gained = int((~other.correct & mine.correct).sum())
+    return mine, other, lost, gained
+
+
+def _unpaired(task: str, label: str) -> Exception:
+    from pytest_quantcheck.baseline import UPDATE_FLAG, BaselineError
+
+    return BaselineError(f"task {task!r}: {label} scored other tasks (another file or task"
+                         f" limit), so answers cannot be paired; record it again with"
+                         f" {UPDATE_FLAG}")
+
+
+def _flip_note(lost: int, gained: int, n: int, against: str) -> str:
+    return (f"{lost + gained} of {n} answers flipped against {against} ({(lost + gained) / n:.2%}):"
+            f" {lost} right to wrong, {gained} wrong to right")
+
+
+class AccuracyAtLeast(_TaskCheck):
+    marker = "accuracy_at_least"
+    params = (Param("task", "name"), Param("value", low=0.0, high=1.0))
+    summary = ("accuracy on the named task set (a fraction, HellaSwag / Winogrande /"
+               " multiple-choice, as llama-perplexity scores it) at least `value`")
+
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+                 base: dict[str, Any]) -> Outcome:
+        res = subject.task(args["task"])
+        d = stats.rate_at_least(res.n_correct, res.n_tasks, args["value"], ctx.alpha, ctx.mode,
+                                "right answers")
+        return Outcome(metric=f"{args['task']} accuracy", verdict=d.verdict,
+                       measured=res.accuracy, compared=args["value"], change=None,
+                       limit=f">= {args['value']:.2%}", decision=d, against="limit", **base)
+
+
+class AccuracyWithin(_TaskCheck):
+    marker = "accuracy_within"
+    relative_to = "points"
+    params = (Param("task", "name"), Param("points", low=0.0, high=100.0),
+              Param("of", "target", default=None))
+    summary = ("accuracy at most `points` percentage points below the reference's (`of=None`),"
+               " another variant's or the baseline's, paired task by task (exact McNemar test;"
+               " Tango's score test with a margin)")
+
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+                 base: dict[str, Any]) -> Outcome:
+        mine, other, lost, gained = _paired(subject, ctx, args["task"], args["of"])
+        d = stats.paired_drop_at_most(lost, gained, mine.n_tasks, args["points"] / 100,
+                                      ctx.alpha, ctx.mode)
+        return Outcome(metric=f"{args['task']} accuracy", verdict=d.verdict,
+                       measured=mine.accuracy, compared=other.accuracy,
+                       change=mine.accuracy - other.accuracy,
+                       limit=f"drop <= {args['points']:g} points", decision=d,
+                       against=other.label, baseline=other.is_baseline,
+                       note=_flip_note(lost, gained, mine.n_tasks, other.label), **base)
+
+
+class FlipsAtMost(_TaskCheck):
+    marker = "flips_at_most"
+    relative_to = "fraction"
+    params = (Param("task", "name"), Param("fraction", low=0.0, high=1.0),
+              Param("of", "target", default=None))
+    summary = ("share of tasks answered right by one model and wrong by the other (the"
+               " reference, `of=` a variant or the baseline) at most `fraction` (exact binomial"
+               " test)")
+
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+                 base: dict[str, Any]) -> Outcome:
+        mine, other, lost, gained = _paired(subject, ctx, args["task"], args["of"])
+        d = stats.rate_at_most(lost + gained, mine.n_tasks, args["fraction"], ctx.alpha,
+                               ctx.mode, "flipped answers")
+        return Outcome(metric=f"{args['task']} flips", verdict=d.verdict, measured=d.estimate,
+                       compared=None, change=None, limit=f"<= {args['fraction']:.2%} of tasks",
+                       decision=d, against=other.label, baseline=other.is_baseline,
+                       note=_flip_note(lost, gained, mine.n_tasks, other.label), **base)
