@@ -13,8 +13,8 @@ for the others), and ``alpha=0.05`` / ``mode="detect"``. Models are the ``quant_
 ``quant_reference`` / ``quantize(...)`` fixtures' objects (or any object with ``name``,
 ``size_bytes``, ``bits_per_weight``, ``perplexity()`` and, for the other checks,
 ``kl_divergence()``, ``throughput()``, ``memory()`` or ``task(name)``). A helper raises
-``AssertionError`` with the full message on failure (and on an inconclusive ``prove``), and returns the outcome
-otherwise; a check that cannot be decided here (GPU memory without a GPU) raises
+``AssertionError`` with the full message on failure (and on an inconclusive ``prove``), and
+returns the outcome otherwise; a check that cannot be decided here (GPU memory without a GPU) raises
 :class:`pytest_quantcheck.checks.CheckSkipped`. On the fixtures' models the outcome also goes to
 the run's summary table, ``--quant-json``, ``--quant-junit`` and the GitHub summary, with the
 test's node id and the helper call's line.
