@@ -54,6 +54,14 @@ def small_gguf(path: Path) -> Path:
     return path
 
 
+def mc_cut_short(path: Path) -> Path:
+    from pytest_quantcheck.demo.tasks import write_multiple_choice
+
+    data = write_multiple_choice([("Which?", ["this", "that"], [1, 0])] * 3)
+    path.write_bytes(data[:-9])
+    return path
+
+
 def text(path: Path, content: str) -> Path:
     path.write_text(content)
     return path
@@ -208,6 +216,12 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
         "corrupt baseline": corrupt_baseline,
         "baseline of another model or protocol": other_protocol,
         "unwritable baseline directory": unwritable,
+        "HellaSwag file whose lines are not 6 a task": lambda: cli(
+            capsys, "hellaswag", small_gguf(tmp_path / "hs.gguf"), "-f",
+            text(tmp_path / "hs.txt", "context\n1\na\nb\nc\n")),
+        "multiple-choice file cut short": lambda: cli(
+            capsys, "multiple-choice", small_gguf(tmp_path / "mc.gguf"), "-f",
+            mc_cut_short(tmp_path / "mc.bin")),
     }
 
 
