@@ -24,7 +24,7 @@ def test_demo_suite_passes_against_its_committed_baseline(demo_model: Path, real
     result = run(["-m", "pytest", "--quant-baseline", "-p", "no:cacheprovider"],
                  ROOT / "examples" / "demo", real_cache)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "14 passed" in result.stdout
+    assert "18 passed" in result.stdout
     assert "quantcheck summary" in result.stdout
 
 

@@ -54,7 +54,9 @@ def test_json_and_junit_reports_carry_the_numbers(qc_project: pytest.Pytester,
     pytest_cases = [case for suite in JUnitXml.fromfile(str(qc_project.path / "out" / "pytest.xml"))
                     for case in suite]
     failed = next(c for c in pytest_cases if c.result and "Q2_K" in c.name and "gate" in c.name)
-    assert "perplexity_within(pct=3) FAIL for Q2_K: PPL" in failed.result[0].message
+    shown = f"{failed.result[0].message}\n{failed.result[0].text}"
+    assert "perplexity_within(pct=3) FAIL for Q2_K: PPL" in shown
+    assert "kl_divergence_at_most(value=0.05, stat='mean') FAIL for Q2_K" in shown
 
 
 def test_github_step_summary_and_annotations(qc_project: pytest.Pytester, run_both_ways: RunBothWays,

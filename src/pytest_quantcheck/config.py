@@ -72,6 +72,9 @@ class Settings:
     tasks: Mapping[str, TaskSpec] = field(default_factory=dict)
     task_limit: int | None = None  # tasks scored per set; None: llama-perplexity's default, 0: all
     task_parallel: int = 4  # parallel sequences in task scoring, as llama-perplexity's -np
+    sequential: bool = True  # decide chunk-based checks in looks, stopping when all are decided
+    min_chunks: int = 8  # chunks of the first look (no decision before)
+    result_cache: bool = True  # per-chunk results kept by content across runs
     verbose: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     bases: Mapping[str, Path] = field(default_factory=dict, compare=False, repr=False)
@@ -223,6 +226,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "tasks": _tasks,
     "task_limit": _optional(_int(0)),
     "task_parallel": _int(4),
+    "sequential": _bool,
+    "min_chunks": _int(2),
+    "result_cache": _bool,
     "verbose": _bool,
 }
 KEYS = tuple(_PARSERS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +20,24 @@ from pytest_quantcheck.evaluation import (
     EvalTextError,
     ScoringProtocol,
     check_length,
-    kl_divergence,
-    perplexity,
+    chunk_nll,
+    compare_chunks,
+    look_end,
     read_eval_text,
     tokens_digest,
 )
 from pytest_quantcheck.gguf_file import GGUFError, read_gguf
 from pytest_quantcheck.machine import Fingerprint
-from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
+from pytest_quantcheck.metrics.kld import (
+    COMPARISON_FIELDS,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TAIL_MASS,
+    KLDResult,
+    TokenComparison,
+    summarize,
+)
 from pytest_quantcheck.metrics.memory import MemoryUsage
-from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
 from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun, bytes_per_token
 from pytest_quantcheck.refstore import (
@@ -39,6 +47,7 @@ from pytest_quantcheck.refstore import (
     open_reference,
     write_reference,
 )
+from pytest_quantcheck.results import Cached, ResultCache, ResultKey
 from pytest_quantcheck.tasks.files import load as load_tasks
 from pytest_quantcheck.tasks.scoring import score as score_tasks
 from pytest_quantcheck.variants import check_gguf_path
@@ -51,22 +60,55 @@ class Engine:
     backend: Backend
     options: RunOptions = RunOptions()
     cache_dir: Path | None = None
+    result_cache: bool = True  # per-chunk results on disk, by content (results.py)
+    results: ResultCache = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "results", ResultCache(self.cache_dir, self.result_cache))
 
     @classmethod
-    def default(cls, options: RunOptions = RunOptions(), cache_dir: Path | None = None) -> Engine:
-        return cls(default_backend(), options, cache_dir)
+    def default(cls, options: RunOptions = RunOptions(), cache_dir: Path | None = None,
+                result_cache: bool = True) -> Engine:
+        return cls(default_backend(), options, cache_dir, result_cache)
+
+    def _result_key(self, kind: str, model_path: Path, text: bytes, proto: ScoringProtocol,
+                    reference: str = "") -> ResultKey:
+        return ResultKey(kind, cache.file_sha256(model_path, root=self.cache_dir),
+                         hashlib.sha256(text).hexdigest(), proto.describe(), self.backend.version,
+                         self.backend.system_info(), self.options.n_gpu_layers, reference)
 
     def perplexity(
         self, model_path: Path, text_path: Path, proto: ScoringProtocol,
         progress: Progress | None = None,
     ) -> PerplexityResult:
+        return self.perplexity_upto(model_path, text_path, proto, None, progress)[0]
+
+    def perplexity_upto(
+        self, model_path: Path, text_path: Path, proto: ScoringProtocol, upto: int | None,
+        progress: Progress | None = None,
+    ) -> tuple[PerplexityResult, int]:
+        """Perplexity over the first ``upto`` chunks (None: all; rounded up to whole groups of
+        ``n_seq``), from the result cache where it holds them, and how many chunks were decoded
+        now (0: all from the cache)."""
         check_gguf_path(model_path)
         text = read_eval_text(text_path)
-        model = self.backend.load(model_path, self.options)
-        try:
-            return perplexity(model, text, proto, source=str(text_path), progress=progress)
-        finally:
-            model.close()
+        def compute(start: int, want: int | None) -> Cached:
+            model = self.backend.load(model_path, self.options)
+            try:
+                tokens = model.tokenize(text)
+                n_total = check_length(tokens, proto, str(text_path))
+                end = look_end(proto, n_total, want)
+                nll = chunk_nll(model, tokens, proto, end, start, progress)
+                return Cached({"token_nll": nll}, n_total,
+                              tokens_digest(tokens[: n_total * proto.n_ctx]))
+            finally:
+                model.close()
+
+        key = self._result_key("nll", model_path, text, proto)
+        entry, decoded = self.results.extend(key, model_path.stem, upto, compute)
+        end = look_end(proto, entry.n_total, upto)
+        return perplexity_from_nll(entry.arrays["token_nll"][:end], proto.n_ctx,
+                                   entry.tokens_sha256, entry.n_total), decoded
 
     def reference(
         self, ref_path: Path, text_path: Path, proto: ScoringProtocol,
@@ -104,24 +146,47 @@ class Engine:
         tail_mass: float = DEFAULT_TAIL_MASS, max_tokens: int = DEFAULT_MAX_TOKENS,
         progress: Progress | None = None,
     ) -> KLDResult:
+        return self.kl_divergence_upto(ref_path, model_path, text_path, proto, None, tail_mass,
+                                       max_tokens, progress)[0]
+
+    def kl_divergence_upto(
+        self, ref_path: Path, model_path: Path, text_path: Path, proto: ScoringProtocol,
+        upto: int | None, tail_mass: float = DEFAULT_TAIL_MASS,
+        max_tokens: int = DEFAULT_MAX_TOKENS, progress: Progress | None = None,
+    ) -> tuple[KLDResult, int]:
+        """:meth:`kl_divergence` over the first ``upto`` chunks, cached as
+        :meth:`perplexity_upto` is."""
         store = self.reference(ref_path, text_path, proto, tail_mass, max_tokens, progress)
         check_gguf_path(model_path)
         text = read_eval_text(text_path)
-        model = self.backend.load(model_path, self.options)
-        try:
-            tokens = model.tokenize(text)
-            n_chunks = check_length(tokens, proto, str(text_path))
-            if n_chunks != store.n_chunks or model.n_vocab != store.meta["n_vocab"] or (
-                tokens_digest(tokens[: n_chunks * proto.n_ctx]) != store.meta["tokens_sha256"]
-            ):
-                raise EvalTextError(
-                    f"{model_path}: tokenizes {text_path} differently from the reference"
-                    f" {ref_path}; KL divergence needs models that share a vocabulary"
-                )
-            return kl_divergence(model, tokens, proto, store.rows(), n_chunks=n_chunks,
-                                 progress=progress)
-        finally:
-            model.close()
+
+        def compute(start: int, want: int | None) -> Cached:
+            model = self.backend.load(model_path, self.options)
+            try:
+                tokens = model.tokenize(text)
+                n_chunks = check_length(tokens, proto, str(text_path))
+                if n_chunks != store.n_chunks or model.n_vocab != store.meta["n_vocab"] or (
+                    tokens_digest(tokens[: n_chunks * proto.n_ctx]) != store.meta["tokens_sha256"]
+                ):
+                    raise EvalTextError(
+                        f"{model_path}: tokenizes {text_path} differently from the reference"
+                        f" {ref_path}; KL divergence needs models that share a vocabulary"
+                    )
+                end = look_end(proto, n_chunks, want)
+                found = compare_chunks(model, tokens, proto, store.rows(start), end, start,
+                                       progress)
+                arrays = {name: np.stack([getattr(c, name) for c in found])
+                          for name in COMPARISON_FIELDS}
+                return Cached(arrays, n_chunks, str(store.meta["tokens_sha256"]))
+            finally:
+                model.close()
+
+        key = self._result_key("kld", model_path, text, proto, reference=store.path.name)
+        entry, decoded = self.results.extend(key, model_path.stem, upto, compute)
+        end = look_end(proto, entry.n_total, upto)
+        chunks = [TokenComparison(**{name: entry.arrays[name][i] for name in COMPARISON_FIELDS})
+                  for i in range(end)]
+        return summarize(chunks, int(store.meta["n_vocab"])), decoded
 
 
     def tasks(

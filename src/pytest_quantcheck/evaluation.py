@@ -20,7 +20,13 @@ from numpy.typing import NDArray
 
 from pytest_quantcheck.backends import Model
 from pytest_quantcheck.errors import QuantcheckError
-from pytest_quantcheck.metrics.kld import KLDResult, ReferenceRows, compare_tokens, summarize
+from pytest_quantcheck.metrics.kld import (
+    KLDResult,
+    ReferenceRows,
+    TokenComparison,
+    compare_tokens,
+    summarize,
+)
 from pytest_quantcheck.metrics.logprobs import target_logprobs
 from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
 
@@ -110,12 +116,14 @@ def scored_groups(
     proto: ScoringProtocol,
     n_chunks: int,
     progress: Callable[[int, int], None] | None = None,
+    start_chunk: int = 0,
 ) -> Iterator[ScoredGroup]:
-    """Decode the chunks ``n_seq`` at a time and yield the logits of their scored positions."""
+    """Decode chunks ``start_chunk .. n_chunks-1`` ``n_seq`` at a time and yield the logits of
+    their scored positions (``start_chunk`` starts a group: a multiple of ``n_seq``)."""
     n_ctx, first = proto.n_ctx, proto.first
     ctx = model.open_context(n_ctx, proto.n_seq, proto.n_batch)
     try:
-        for start in range(0, n_chunks, proto.n_seq):
+        for start in range(start_chunk, n_chunks, proto.n_seq):
             k = min(proto.n_seq, n_chunks - start)
             inputs = tokens[start * n_ctx : (start + k) * n_ctx].reshape(k, n_ctx).copy()
             if model.add_bos:
@@ -129,6 +137,26 @@ def scored_groups(
         ctx.close()
 
 
+def look_end(proto: ScoringProtocol, n_total: int, upto: int | None) -> int:
+    """Chunks to decode for ``upto`` (None: all): whole groups of ``n_seq``, as a full run
+    decodes them, so a partial result holds the very values of the full one."""
+    if upto is None or upto >= n_total:
+        return n_total
+    return min(n_total, -(-max(1, upto) // proto.n_seq) * proto.n_seq)
+
+
+def chunk_nll(
+    model: Model, tokens: NDArray[np.int32], proto: ScoringProtocol, n_chunks: int,
+    start_chunk: int = 0, progress: Callable[[int, int], None] | None = None,
+) -> NDArray[np.float64]:
+    """Per-token NLL of chunks ``start_chunk .. n_chunks-1``, shape ``(chunks, scored)``."""
+    nll = np.empty((n_chunks - start_chunk, proto.scored_per_chunk), dtype=np.float64)
+    for group in scored_groups(model, tokens, proto, n_chunks, progress, start_chunk):
+        for row, (targets, logits) in enumerate(zip(group.targets, group.logits, strict=True)):
+            nll[group.first_chunk - start_chunk + row] = -target_logprobs(logits, targets)
+    return nll
+
+
 def perplexity(
     model: Model,
     text: bytes,
@@ -139,10 +167,7 @@ def perplexity(
 ) -> PerplexityResult:
     tokens = model.tokenize(text)
     n_chunks = check_length(tokens, proto, source)
-    nll = np.empty((n_chunks, proto.scored_per_chunk), dtype=np.float64)
-    for group in scored_groups(model, tokens, proto, n_chunks, progress):
-        for row, (targets, logits) in enumerate(zip(group.targets, group.logits, strict=True)):
-            nll[group.first_chunk + row] = -target_logprobs(logits, targets)
+    nll = chunk_nll(model, tokens, proto, n_chunks, progress=progress)
     return perplexity_from_nll(nll, proto.n_ctx, tokens_digest(tokens[: n_chunks * proto.n_ctx]))
 
 
@@ -156,8 +181,19 @@ def kl_divergence(
     progress: Callable[[int, int], None] | None = None,
 ) -> KLDResult:
     """Compare ``model`` chunk by chunk with reference rows (one :class:`ReferenceRows` a chunk)."""
+    return summarize(compare_chunks(model, tokens, proto, reference, n_chunks, 0, progress),
+                     model.n_vocab)
+
+
+def compare_chunks(
+    model: Model, tokens: NDArray[np.int32], proto: ScoringProtocol,
+    reference: Iterator[ReferenceRows], n_chunks: int, start_chunk: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[TokenComparison]:
+    """Chunks ``start_chunk .. n_chunks-1`` of ``model`` against the reference's rows of the
+    same chunks."""
     comparisons = []
-    for group in scored_groups(model, tokens, proto, n_chunks, progress):
+    for group in scored_groups(model, tokens, proto, n_chunks, progress, start_chunk):
         for targets, logits in zip(group.targets, group.logits, strict=True):
             comparisons.append(compare_tokens(next(reference), logits, targets))
-    return summarize(comparisons, model.n_vocab)
+    return comparisons

@@ -12,7 +12,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pytest_quantcheck import cache, machine
@@ -43,6 +43,24 @@ def task_specs(settings: Settings) -> dict[str, TaskSpec]:
     from pytest_quantcheck.demo.tasks import FILES, task_path
 
     return {name.split(".")[0]: TaskSpec(task_path(name)) for name in FILES}
+
+
+def _first_chunks(res: PerplexityResult, upto: int | None) -> PerplexityResult:
+    if upto is None or upto >= res.n_chunks:
+        return res
+    return perplexity_from_nll(res.token_nll[:upto], res.n_ctx, res.tokens_sha256,
+                               res.n_available)
+
+
+def _first_kld_chunks(res: KLDResult, upto: int | None) -> KLDResult:
+    """The chunk-level arrays of the first ``upto`` chunks (what checks are decided on); the
+    summary figures stay those of every chunk computed."""
+    if upto is None or upto >= res.n_chunks:
+        return res
+    return replace(res, n_chunks=upto, n_tokens=upto * res.token_kld.shape[1],
+                   token_kld=res.token_kld[:upto], token_nll=res.token_nll[:upto],
+                   chunk_kld=res.chunk_kld[:upto], chunk_nll=res.chunk_nll[:upto],
+                   chunk_nll_ref=res.chunk_nll_ref[:upto], chunk_same_top=res.chunk_same_top[:upto])
 
 
 class QuantModel:
@@ -112,6 +130,11 @@ class Models:
         default_factory=dict)
     memory_usage: dict[str, MemoryUsage] = field(default_factory=dict)
     task_results: dict[tuple[str, str], TaskResult] = field(default_factory=dict)  # (model, task)
+    # per model: chunks decoded in this run, and the seconds its decoding took
+    decoded: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    _partial_ppl: dict[str, PerplexityResult] = field(default_factory=dict)
+    _partial_kld: dict[str, KLDResult] = field(default_factory=dict)
     _engine: Engine | None = None
     _by_spec: dict[str, QuantModel] = field(default_factory=dict)
     _fingerprint: Fingerprint | None = None
@@ -123,7 +146,8 @@ class Models:
         if self._engine is None:
             options = RunOptions(self.settings.threads, self.settings.n_gpu_layers,
                                  self.settings.verbose)
-            self._engine = Engine(self.backend_factory(), options)
+            self._engine = Engine(self.backend_factory(), options,
+                                  result_cache=self.settings.result_cache)
         return self._engine
 
     def base_path(self) -> Path:
@@ -200,23 +224,43 @@ class Models:
         so neither is decoded twice."""
         self._wants_kl = {variant for variant, wants in needs if KL in wants}
 
-    def perplexity(self, model: QuantModel) -> PerplexityResult:
-        if model.name not in self.ppl:
-            if model.name not in self.kld and model.name in self._wants_kl:
-                self.kl_divergence(model)
-            if model.name in self.kld:
-                store = self._reference_store()
-                self.ppl[model.name] = perplexity_from_nll(
-                    self.kld[model.name].token_nll, self.protocol.n_ctx,
-                    str(store.meta["tokens_sha256"]))
-            elif self._wants_kl and model.name == self.reference().name:
-                with self.step(f"perplexity of {model.name} (from its cached log-probs)"):
-                    self.ppl[model.name] = self._reference_store().perplexity()
-            else:
-                with self.step(f"perplexity of {model.name}"):
-                    self.ppl[model.name] = self.engine.perplexity(model.path, self.eval_text(),
-                                                                  self.protocol)
-        return self.ppl[model.name]
+    def perplexity(self, model: QuantModel, upto: int | None = None) -> PerplexityResult:
+        """The model's perplexity over all chunks, or the first ``upto`` (a sequential look)."""
+        if model.name in self.ppl:
+            return _first_chunks(self.ppl[model.name], upto)
+        if model.name in self.kld or model.name in self._wants_kl:
+            kld = self.kl_divergence(model, upto)
+            store = self._reference_store()
+            res = perplexity_from_nll(kld.token_nll, self.protocol.n_ctx,
+                                      str(store.meta["tokens_sha256"]), store.n_chunks)
+        elif self._wants_kl and model.name == self.reference().name:
+            with self.step(f"perplexity of {model.name} (from its cached log-probs)"):
+                res = self._reference_store().perplexity()
+        else:
+            partial = self._partial_ppl.get(model.name)
+            if partial is not None and upto is not None and partial.n_chunks >= upto:
+                return _first_chunks(partial, upto)
+            with self._measured(model, "perplexity") as note:
+                res, decoded = self.engine.perplexity_upto(model.path, self.eval_text(),
+                                                           self.protocol, upto)
+                note(res.n_chunks, decoded)
+        if res.n_chunks >= res.n_available:
+            self.ppl[model.name] = res
+        else:
+            self._partial_ppl[model.name] = res
+        return _first_chunks(res, upto)
+
+    @contextlib.contextmanager
+    def _measured(self, model: QuantModel, what: str) -> Iterator[Callable[[int, int], None]]:
+        """A decoding step: its time, and how many chunks it decoded (the step calls the
+        function it gets with the chunks it returns and those it decoded)."""
+        start = time.perf_counter()
+        counts: list[int] = []
+        with self.step(f"{what} of {model.name}"):
+            yield lambda used, decoded: counts.extend((used, decoded))
+        seconds = time.perf_counter() - start
+        self.seconds[model.name] = self.seconds.get(model.name, 0.0) + seconds
+        self.decoded[model.name] = self.decoded.get(model.name, 0) + (counts[1] if counts else 0)
 
     def _reference_store(self) -> ReferenceStore:
         if self._store is None:  # the text is hashed and the store opened once per run
@@ -225,12 +269,39 @@ class Models:
                                                     self.protocol)
         return self._store
 
-    def kl_divergence(self, model: QuantModel) -> KLDResult:
-        if model.name not in self.kld:
-            with self.step(f"KL divergence of {model.name} (reference log-probs cached)"):
-                self.kld[model.name] = self.engine.kl_divergence(
-                    self.reference().path, model.path, self.eval_text(), self.protocol)
-        return self.kld[model.name]
+    def kl_divergence(self, model: QuantModel, upto: int | None = None) -> KLDResult:
+        if model.name in self.kld:
+            return _first_kld_chunks(self.kld[model.name], upto)
+        partial = self._partial_kld.get(model.name)
+        if partial is not None and upto is not None and partial.n_chunks >= upto:
+            return _first_kld_chunks(partial, upto)
+        store = self._reference_store()
+        with self._measured(model, "KL divergence (reference log-probs cached)") as note:
+            res, decoded = self.engine.kl_divergence_upto(
+                self.reference().path, model.path, self.eval_text(), self.protocol, upto)
+            note(res.n_chunks, decoded)
+        if res.n_chunks >= store.n_chunks:
+            self.kld[model.name] = res
+        else:
+            self._partial_kld[model.name] = res
+        return _first_kld_chunks(res, upto)
+
+    def chunks_used(self, name: str) -> int:
+        """The most chunks of ``name`` this run has looked at."""
+        found = [r.n_chunks for table in (self.ppl, self._partial_ppl, self.kld, self._partial_kld)
+                 for key, r in table.items() if key == name]
+        return max(found, default=0)
+
+    def model_table(self) -> dict[str, dict[str, float | int]]:
+        """Per model: chunks decoded in this run, taken from the result cache, looked at, and
+        the seconds its decoding took."""
+        names = set(self.decoded) | set(self.ppl) | set(self.kld) | set(self._partial_ppl)
+        return {name: {"chunks_decoded": self.decoded.get(name, 0),
+                       "chunks_from_cache": max(0, self.chunks_used(name)
+                                                - self.decoded.get(name, 0)),
+                       "chunks_used": self.chunks_used(name),
+                       "seconds": round(self.seconds.get(name, 0.0), 3)}
+                for name in sorted(names)}
 
     def task(self, model: QuantModel, name: str) -> TaskResult:
         key = (model.name, name)
@@ -292,8 +363,17 @@ class Models:
     def measured(self) -> dict[str, QuantModel]:
         """Models with at least one measurement, by name (a path variant's name is its stem)."""
         with_tasks = {model for model, _task in self.task_results}
-        return {m.name: m for m in self._by_spec.values() if m.name in with_tasks or any(
-            m.name in table for table in (self.ppl, self.kld, self.speed, self.memory_usage))}
+        return {m.name: m for m in self._by_spec.values() if m.name in with_tasks
+                or self.has_quality(m.name) or m.name in self.speed or m.name in self.memory_usage}
+
+    def has_quality(self, name: str) -> bool:
+        """Whether this run computed perplexity (or KL divergence) of ``name``, in full or in
+        part."""
+        return any(name in table for table in (self.ppl, self._partial_ppl, self.kld,
+                                               self._partial_kld))
+
+    def has_kl(self, name: str) -> bool:
+        return name in self.kld or name in self._partial_kld
 
     def tasks_of(self, name: str) -> dict[str, TaskResult]:
         """The task results of the model ``name``, by task set."""

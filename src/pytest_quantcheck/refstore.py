@@ -70,14 +70,15 @@ class ReferenceStore:
                                    int(self.meta["protocol"]["n_ctx"]),
                                    str(self.meta["tokens_sha256"]))
 
-    def rows(self) -> Iterator[ReferenceRows]:
-        """One :class:`ReferenceRows` per chunk, read lazily from the memory-mapped files."""
+    def rows(self, start: int = 0) -> Iterator[ReferenceRows]:
+        """One :class:`ReferenceRows` per chunk from chunk ``start``, read lazily from the
+        memory-mapped files."""
         offsets = np.load(self.path / "offsets.npy", mmap_mode="r")
         dense = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in _DENSE}
         flat = {name: np.memmap(self.path / f"{name}.bin", dtype=dt, mode="r")
                 for name, dt in _FLAT.items()}
         s = int(self.meta["scored_per_chunk"])
-        for i in range(self.n_chunks):
+        for i in range(start, self.n_chunks):
             off = np.asarray(offsets[i * s : (i + 1) * s + 1])
             lo, hi = int(off[0]), int(off[-1])
             yield ReferenceRows(

@@ -27,11 +27,14 @@ from pytest_quantcheck.checks import (
     TaskAgainst,
     apply_holm,
 )
+from pytest_quantcheck.checks.registry import KL, PPL
 from pytest_quantcheck.config import Settings
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.exchange import Decided
 from pytest_quantcheck.models import Models, QuantModel, task_specs
+from pytest_quantcheck.sequential import look_alphas, look_schedule
+from pytest_quantcheck.stats import FAIL, PASS
 
 BaselinePayload = tuple[dict[str, Any], dict[str, dict[str, Any]]]  # keys, records by variant
 
@@ -57,6 +60,25 @@ class CheckedTest:
     properties: list[tuple[str, str]] = field(default_factory=list)
 
 
+CHUNK_NEEDS = frozenset({PPL, KL})  # checks decided on chunks, which looks can stop early
+
+
+class _Look:
+    """A model as a look sees it: its perplexity and KL divergence over the first ``n`` chunks."""
+
+    def __init__(self, model: QuantModel, n: int) -> None:
+        self._model, self._n = model, n
+
+    def perplexity(self) -> Any:
+        return self._model.models.perplexity(self._model, self._n)
+
+    def kl_divergence(self) -> Any:
+        return self._model.models.kl_divergence(self._model, self._n)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
 @dataclass
 class QuantSession:
     settings: Settings
@@ -73,6 +95,7 @@ class QuantSession:
     _merged_baselines: list[BaselinePayload] = field(default_factory=list)
     _merged_points: dict[str, dict[str, float]] = field(default_factory=dict)
     _document: BaselinePayload | None = None
+    _looked: Decided = field(default_factory=dict)  # checks decided in looks (sequential)
 
     def __post_init__(self) -> None:
         self.models = Models(self.settings, self.backend_factory, record=self.record)
@@ -151,8 +174,16 @@ class QuantSession:
                   where: tuple[str, str, int] = ("", "", 0)) -> Outcome:
         """Decide one collected check (``where``: the test's node id, file and line). With Holm
         correction all collected checks are decided together the first time, since an adjusted
-        p-value depends on every p-value of the run."""
-        if self.settings.correction == "holm":
+        p-value depends on every p-value of the run; sequentially, all chunk-based checks of a
+        model are decided together, in looks."""
+        if self._sequential(check) and (check.label, model.name) not in self._looked:
+            self._looked.update(self._decide_in_looks(model))
+        if (check.label, model.name) in self._looked:
+            looked = self._looked[(check.label, model.name)]
+            if isinstance(looked, Exception):
+                raise looked
+            outcome = looked
+        elif self.settings.correction == "holm":
             if self._holm is None:
                 self._holm = self._holm_outcomes()
             found = self._holm.get((check.label, model.name))
@@ -192,6 +223,76 @@ class QuantSession:
         if out.skipped:
             out.properties.append(("quantcheck skipped", "; ".join(out.skipped)))
         return out
+
+    def _sequential(self, check: Check) -> bool:
+        return (self.settings.sequential and self.settings.correction == "none"
+                and bool(check.needs & CHUNK_NEEDS))
+
+    def _decide_in_looks(self, model: QuantModel) -> Decided:
+        """Every collected chunk-based check of ``model``, decided in looks (sequential.py):
+        the model (and what its checks compare with) is decoded only as far as the checks
+        still open need."""
+        checks = []
+        for check, spec in self.collected:
+            if not self._sequential(check) or check in checks:
+                continue
+            if check.compares_with == "baseline" and self.baseline_mode == "off":
+                continue  # skipped at its turn, saying why
+            if self.model(spec).name == model.name:
+                checks.append(check)
+        found: Decided = {}
+        if not checks:
+            return found
+        s = self.settings
+        group = self.models.protocol.n_seq
+        first = look_schedule(10**9, s.min_chunks, group)[0]
+        try:
+            n_total = self.models.perplexity(model, first).n_available
+        except Exception as exc:  # reported at each check's turn
+            return {(check.label, model.name): exc for check in checks}
+        looks = look_schedule(n_total, s.min_chunks, group)
+        alphas = look_alphas(looks, s.alpha)
+        pending = list(checks)
+        other_mode = "prove" if s.mode == "detect" else "detect"
+        for i, (n, level) in enumerate(zip(looks, alphas, strict=True)):
+            last = i == len(looks) - 1
+            contexts = {mode: Context(level, mode, functools.partial(self._resolve_at, n=n),
+                                      self.resolve_speed, None, self.resolve_task)
+                        for mode in (s.mode, other_mode)}
+            view = _Look(model, n)
+            for check in list(pending):
+                key = (check.label, model.name)
+                try:
+                    outcome = check.evaluate(view, contexts[s.mode])
+                    # an interim look decides when the data settle the check at its level:
+                    # beyond the tolerance (detect's failure) or within it (prove's pass)
+                    other = None if last else check.evaluate(view, contexts[other_mode])
+                except Exception as exc:
+                    found[key] = exc
+                    pending.remove(check)
+                    continue
+                verdicts = {outcome.mode: outcome.verdict}
+                if other is not None:
+                    verdicts[other.mode] = other.verdict
+                if last or verdicts["detect"] == FAIL or verdicts["prove"] == PASS:
+                    when = f"all {n} chunks" if n == n_total else f"{n} of {n_total} chunks"
+                    note = (f"sequential: decided after {when} (look {i + 1} of {len(looks)};"
+                            f" alpha {s.alpha:g} spent over all looks)")
+                    found[key] = replace(outcome, note="; ".join(x for x in (outcome.note, note)
+                                                                 if x))
+                    pending.remove(check)
+            if not pending:
+                break
+        return found
+
+    def _resolve_at(self, subject: Any, of: str | None, n: int) -> Against:
+        """What a check compares with, over the first ``n`` chunks (a look)."""
+        if of == "baseline":
+            stored = self.baseline_against(subject)
+            return replace(stored, chunk_nll=stored.chunk_nll[:n])
+        other = self.reference() if of is None else self.model(of)
+        label = f"{other.name} (reference)" if of is None else other.name
+        return Against(label, self.models.perplexity(other, n).chunk_nll)
 
     def record(self, outcome: Outcome) -> None:
         """Keep an outcome for the summary and the reports (markers' and helpers' alike)."""
@@ -285,8 +386,9 @@ class QuantSession:
             records[name] = baseline.make_record(
                 file_type=model.file_type, size_bytes=model.size_bytes,
                 bits_per_weight=model.bits_per_weight,
-                ppl=m.perplexity(model) if name in m.ppl or name in m.kld else None,
-                kld=m.kld.get(name), fingerprint=m.fingerprint() if has_speed else None,
+                # a baseline holds every chunk: a model decided early is decoded to the end
+                ppl=m.perplexity(model) if m.has_quality(name) else None,
+                kld=m.kl_divergence(model) if m.has_kl(name) else None, fingerprint=m.fingerprint() if has_speed else None,
                 speed=m.speed.get(name), memory=m.memory_usage.get(name), tasks=m.tasks_of(name))
         return m.quality_keys(), records
 
@@ -298,10 +400,11 @@ class QuantSession:
         out = dict(self._merged_points)
         for name, model in m.measured().items():
             point = {"bits_per_weight": model.bits_per_weight, "size_bytes": model.size_bytes}
-            if name in m.ppl or name in m.kld:
-                point["ppl"] = m.ppl[name].ppl if name in m.ppl else m.kld[name].ppl.value
-            if name in m.kld:
-                point["kld"] = m.kld[name].kld.value
+            used = m.chunks_used(name)  # what this run decoded, perhaps stopped early
+            if m.has_quality(name):
+                point["ppl"] = m.perplexity(model, used).ppl
+            if m.has_kl(name):
+                point["kld"] = float(m.kl_divergence(model, used).chunk_kld.mean())
             for phase, result in m.speed[name].tests.items() if name in m.speed else ():
                 point[f"{phase}_tokens_per_s"] = result.mean
             for task, scored in m.tasks_of(name).items():

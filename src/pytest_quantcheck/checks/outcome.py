@@ -147,7 +147,7 @@ class Outcome:
             p = f"p = {d.p_value:.3g}"
             if self.p_adjusted is not None:
                 p += f" (Holm-adjusted {self.p_adjusted:.3g})"
-            parts.append(f"{d.test}, {p}, mode {self.mode}, alpha {self.alpha:g}")
+            parts.append(f"{d.test}, {p}, mode {self.mode}, alpha {self.alpha:.3g}")
             if d.more_needed is not None:
                 parts.append(f"about {d.more_needed} {d.unit} would likely decide")
         if self.note:

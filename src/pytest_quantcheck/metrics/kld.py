@@ -110,6 +110,9 @@ class TokenComparison:
     ref_tail_mass: NDArray[np.float64]  # reference mass outside the kept tokens
 
 
+COMPARISON_FIELDS = ("kld", "nll", "nll_ref", "p_diff", "same_top", "ref_tail_mass")
+
+
 def compare_tokens(
     ref: ReferenceRows, logits: NDArray[np.float32], targets: NDArray[np.int32]
 ) -> TokenComparison:

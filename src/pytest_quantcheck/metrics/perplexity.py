@@ -27,6 +27,7 @@ class PerplexityResult:
     chunk_nll: NDArray[np.float64] = field(repr=False)  # mean NLL of each chunk
     token_nll: NDArray[np.float64] = field(repr=False)  # (n_chunks, scored per chunk)
     tokens_sha256: str = ""  # of the evaluated tokens: what baselines compare
+    n_available: int = 0  # chunks the text offers under the protocol (0: n_chunks)
 
     def to_dict(self, *, tokens: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -45,7 +46,7 @@ class PerplexityResult:
 
 
 def perplexity_from_nll(token_nll: NDArray[np.float64], n_ctx: int,
-                        tokens_sha256: str = "") -> PerplexityResult:
+                        tokens_sha256: str = "", n_available: int = 0) -> PerplexityResult:
     """Summarize per-token NLL of shape ``(n_chunks, scored per chunk)``."""
     if token_nll.ndim != 2 or token_nll.size < 2:
         raise ValueError("need a (chunks, tokens) array of at least two scored tokens")
@@ -65,4 +66,5 @@ def perplexity_from_nll(token_nll: NDArray[np.float64], n_ctx: int,
         chunk_nll=token_nll.mean(axis=1),
         token_nll=token_nll,
         tokens_sha256=tokens_sha256,
+        n_available=n_available or token_nll.shape[0],
     )

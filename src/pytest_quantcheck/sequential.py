@@ -1,0 +1,41 @@
+"""Sequential looks: when a chunk-based check may be decided, and at what level.
+
+A model is decoded in looks of growing size: the first after ``min_chunks`` chunks, then at twice
+as many, and so on, the last look at every chunk (``chunks``, or all the text offers). The look
+before the last is at most half the total, so the last look keeps a real share of ``alpha``.
+
+The error rate is held by alpha spending with the union bound: look ``k`` tests at level
+``alpha * (t_k - t_{k-1})``, where ``t_k`` is the share of the chunks seen by look ``k`` (the
+linear spending function), so the levels of all looks sum to ``alpha``. Whatever the correlation
+between looks, the chance of any false decision is at most their sum (Bonferroni), so optional
+stopping cannot raise it above ``alpha``; the bound ignores that looks share chunks, which makes
+it conservative (the price, measured by ``benchmarks/sequential_calibration.py``, is a little
+power at the last look). At an interim look a check is decided only when the data settle it at
+that look's level: shown within its tolerance (pass) or shown beyond it (fail); otherwise the
+model is decoded further. At the last look the check is decided as a fixed-length check would be,
+in the run's mode, at the level left.
+"""
+
+from __future__ import annotations
+
+
+def look_schedule(n_total: int, min_chunks: int, group: int = 1) -> list[int]:
+    """Chunk counts at which to look: ``min_chunks`` (rounded up to whole groups of ``group``
+    chunks, the batch the protocol decodes together), doubling while at most half of
+    ``n_total``, then ``n_total``."""
+    if n_total < 1:
+        raise ValueError("no chunks to look at")
+    first = -(-max(2, min_chunks) // group) * group
+    looks = []
+    n = first
+    while n <= n_total // 2:
+        looks.append(n)
+        n *= 2
+    return [*looks, n_total]
+
+
+def look_alphas(looks: list[int], alpha: float) -> list[float]:
+    """Each look's level under linear alpha spending; they sum to ``alpha``."""
+    total = looks[-1]
+    shares = [n / total for n in looks]
+    return [alpha * (t - prev) for prev, t in zip([0.0, *shares[:-1]], shares, strict=True)]
