@@ -75,6 +75,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     _shape_args(p)
     p.add_argument("--chunks", type=_positive, default=None,
                    help="score at most this many chunks (default: all)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write per-chunk results in the cache (default: an"
+                   " unchanged model and text are never decoded twice)")
     _run_args(p)
 
 
@@ -264,7 +267,8 @@ def _merge(args: argparse.Namespace) -> int:
         print(f"baseline written to {folder / stored[0]['file']}", file=sys.stderr)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report.to_json(outcomes, settings, document))
+        models = {name: row for r in reports for name, row in r.models.items()}
+        args.output.write_text(report.to_json(outcomes, settings, document, models))
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(report.markdown(outcomes))
@@ -330,7 +334,7 @@ def _run(args: argparse.Namespace) -> int:
             check_gguf_path(path)
     if args.command in ("perplexity", "kld"):
         read_eval_text(args.file)
-    engine = Engine.default(_options(args))
+    engine = Engine.default(_options(args), result_cache=not getattr(args, "no_cache", False))
     if args.command == "bench":
         run = engine.throughput(args.model, args.n_prompt, args.n_gen, args.repetitions,
                                 args.batch_size, args.ubatch_size)

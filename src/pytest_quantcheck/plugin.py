@@ -329,6 +329,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_sep("-", "quantcheck steps")
         for step in session.steps:
             terminalreporter.write_line(step)
+    cached = session.cache_note()
+    if cached:
+        terminalreporter.write_line(f"quantcheck: {cached}")
     if not session.outcomes:
         return
     terminalreporter.write_sep("=", "quantcheck summary")

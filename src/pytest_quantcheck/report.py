@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +77,14 @@ def _ordered(outcomes: Sequence[Outcome]) -> list[Outcome]:
 
 
 def to_json(outcomes: Sequence[Outcome], settings: dict[str, Any],
-            baseline: dict[str, Any] | None = None) -> str:
-    """The ``--quant-json`` report: every check's numbers, the run's settings and, when the run
-    updated the baseline, its keys and records (so shards' reports merge into one file)."""
+            baseline: dict[str, Any] | None = None,
+            models: dict[str, dict[str, Any]] | None = None) -> str:
+    """The ``--quant-json`` report: every check's numbers, the run's settings, the models table
+    (per model: chunks decoded, taken from the result cache, looked at, seconds) and, when the
+    run updated the baseline, its keys and records (so shards' reports merge into one file)."""
     data: dict[str, Any] = {"schema": REPORT_SCHEMA, "tool": f"pytest-quantcheck {__version__}",
-                            "settings": settings, "checks": [o.to_dict() for o in _ordered(outcomes)]}
+                            "settings": settings, "models": dict(sorted((models or {}).items())),
+                            "checks": [o.to_dict() for o in _ordered(outcomes)]}
     if baseline is not None:
         data["baseline"] = baseline
     return json.dumps(data, indent=1, default=str)
@@ -93,6 +96,7 @@ class Report:
     settings: dict[str, Any]
     outcomes: list[Outcome]
     baseline: dict[str, Any] | None  # {"file", "keys", "records"}
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def read_report(path: Path) -> Report:
@@ -110,7 +114,9 @@ def read_report(path: Path) -> Report:
         settings = dict(data["settings"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ReportError(f"{path}: damaged report ({exc!r}); run the shard again") from None
-    return Report(path, settings, outcomes, data.get("baseline"))
+    models = data.get("models", {})
+    return Report(path, settings, outcomes, data.get("baseline"),
+                  models if isinstance(models, dict) else {})
 
 
 def merge_reports(reports: Sequence[Report]) -> tuple[dict[str, Any], list[Outcome]]:

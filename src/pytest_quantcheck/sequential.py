@@ -18,6 +18,11 @@ in the run's mode, at the level left.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from pytest_quantcheck.stats import FAIL, PASS
+
 
 def look_schedule(n_total: int, min_chunks: int, group: int = 1) -> list[int]:
     """Chunk counts at which to look: ``min_chunks`` (rounded up to whole groups of ``group``
@@ -39,3 +44,28 @@ def look_alphas(looks: list[int], alpha: float) -> list[float]:
     total = looks[-1]
     shares = [n / total for n in looks]
     return [alpha * (t - prev) for prev, t in zip([0.0, *shares[:-1]], shares, strict=True)]
+
+
+class _Decided(Protocol):
+    @property
+    def verdict(self) -> str: ...
+
+
+D = TypeVar("D", bound=_Decided)
+
+
+def decide(looks: list[int], alphas: list[float], mode: str,
+           evaluate: Callable[[int, float, str], D]) -> tuple[D, int]:
+    """Decide one check in looks: ``evaluate(n, level, mode)`` decides it on the first ``n``
+    chunks at ``level``. An interim look settles the check when the data show it beyond the
+    tolerance (detect's failure) or within it (prove's pass); the last look decides in ``mode``.
+    Returns the outcome (in ``mode``) and the index of the look that decided."""
+    other = "prove" if mode == "detect" else "detect"
+    for i, (n, level) in enumerate(zip(looks, alphas, strict=True)):
+        outcome = evaluate(n, level, mode)
+        if i == len(looks) - 1:
+            return outcome, i
+        verdicts = {mode: outcome.verdict, other: evaluate(n, level, other).verdict}
+        if verdicts["detect"] == FAIL or verdicts["prove"] == PASS:
+            return outcome, i
+    raise ValueError("no looks")

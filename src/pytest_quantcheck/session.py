@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_quantcheck import baseline, exchange, report
+from pytest_quantcheck import baseline, exchange, report, sequential
 from pytest_quantcheck.backends import Backend
 from pytest_quantcheck.checks import (
     Against,
@@ -34,7 +34,6 @@ from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.exchange import Decided
 from pytest_quantcheck.models import Models, QuantModel, task_specs
 from pytest_quantcheck.sequential import look_alphas, look_schedule
-from pytest_quantcheck.stats import FAIL, PASS
 
 BaselinePayload = tuple[dict[str, Any], dict[str, dict[str, Any]]]  # keys, records by variant
 
@@ -95,7 +94,7 @@ class QuantSession:
     _merged_baselines: list[BaselinePayload] = field(default_factory=list)
     _merged_points: dict[str, dict[str, float]] = field(default_factory=dict)
     _document: BaselinePayload | None = None
-    _looked: Decided = field(default_factory=dict)  # checks decided in looks (sequential)
+    _merged_models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.models = Models(self.settings, self.backend_factory, record=self.record)
@@ -174,15 +173,10 @@ class QuantSession:
                   where: tuple[str, str, int] = ("", "", 0)) -> Outcome:
         """Decide one collected check (``where``: the test's node id, file and line). With Holm
         correction all collected checks are decided together the first time, since an adjusted
-        p-value depends on every p-value of the run; sequentially, all chunk-based checks of a
-        model are decided together, in looks."""
-        if self._sequential(check) and (check.label, model.name) not in self._looked:
-            self._looked.update(self._decide_in_looks(model))
-        if (check.label, model.name) in self._looked:
-            looked = self._looked[(check.label, model.name)]
-            if isinstance(looked, Exception):
-                raise looked
-            outcome = looked
+        p-value depends on every p-value of the run; a chunk-based check is otherwise decided
+        in looks, unless ``sequential`` is off."""
+        if self._sequential(check):
+            outcome = self._in_looks(check, model)
         elif self.settings.correction == "holm":
             if self._holm is None:
                 self._holm = self._holm_outcomes()
@@ -228,62 +222,27 @@ class QuantSession:
         return (self.settings.sequential and self.settings.correction == "none"
                 and bool(check.needs & CHUNK_NEEDS))
 
-    def _decide_in_looks(self, model: QuantModel) -> Decided:
-        """Every collected chunk-based check of ``model``, decided in looks (sequential.py):
-        the model (and what its checks compare with) is decoded only as far as the checks
-        still open need."""
-        checks = []
-        for check, spec in self.collected:
-            if not self._sequential(check) or check in checks:
-                continue
-            if check.compares_with == "baseline" and self.baseline_mode == "off":
-                continue  # skipped at its turn, saying why
-            if self.model(spec).name == model.name:
-                checks.append(check)
-        found: Decided = {}
-        if not checks:
-            return found
+    def _in_looks(self, check: Check, model: QuantModel) -> Outcome:
+        """``check`` decided in looks (sequential.py): the model, and what the check compares
+        with, are decoded only as far as the looks go (every model's decoding is shared by its
+        checks, so a model stops when the last of them is decided)."""
         s = self.settings
         group = self.models.protocol.n_seq
-        first = look_schedule(10**9, s.min_chunks, group)[0]
-        try:
-            n_total = self.models.perplexity(model, first).n_available
-        except Exception as exc:  # reported at each check's turn
-            return {(check.label, model.name): exc for check in checks}
+        first = look_schedule(2**31, s.min_chunks, group)[0]
+        n_total = self.models.perplexity(model, first).n_available
         looks = look_schedule(n_total, s.min_chunks, group)
-        alphas = look_alphas(looks, s.alpha)
-        pending = list(checks)
-        other_mode = "prove" if s.mode == "detect" else "detect"
-        for i, (n, level) in enumerate(zip(looks, alphas, strict=True)):
-            last = i == len(looks) - 1
-            contexts = {mode: Context(level, mode, functools.partial(self._resolve_at, n=n),
-                                      self.resolve_speed, None, self.resolve_task)
-                        for mode in (s.mode, other_mode)}
-            view = _Look(model, n)
-            for check in list(pending):
-                key = (check.label, model.name)
-                try:
-                    outcome = check.evaluate(view, contexts[s.mode])
-                    # an interim look decides when the data settle the check at its level:
-                    # beyond the tolerance (detect's failure) or within it (prove's pass)
-                    other = None if last else check.evaluate(view, contexts[other_mode])
-                except Exception as exc:
-                    found[key] = exc
-                    pending.remove(check)
-                    continue
-                verdicts = {outcome.mode: outcome.verdict}
-                if other is not None:
-                    verdicts[other.mode] = other.verdict
-                if last or verdicts["detect"] == FAIL or verdicts["prove"] == PASS:
-                    when = f"all {n} chunks" if n == n_total else f"{n} of {n_total} chunks"
-                    note = (f"sequential: decided after {when} (look {i + 1} of {len(looks)};"
-                            f" alpha {s.alpha:g} spent over all looks)")
-                    found[key] = replace(outcome, note="; ".join(x for x in (outcome.note, note)
-                                                                 if x))
-                    pending.remove(check)
-            if not pending:
-                break
-        return found
+
+        def evaluate(n: int, level: float, mode: str) -> Outcome:
+            ctx = Context(level, mode, functools.partial(self._resolve_at, n=n),
+                          self.resolve_speed, None, self.resolve_task)
+            return check.evaluate(_Look(model, n), ctx)
+
+        outcome, i = sequential.decide(looks, look_alphas(looks, s.alpha), s.mode, evaluate)
+        n = looks[i]
+        when = f"all {n} chunks" if n == n_total else f"{n} of {n_total} chunks"
+        note = (f"sequential: decided after {when} (look {i + 1} of {len(looks)}; alpha"
+                f" {s.alpha:g} spent over all looks)")
+        return replace(outcome, note="; ".join(x for x in (outcome.note, note) if x))
 
     def _resolve_at(self, subject: Any, of: str | None, n: int) -> Against:
         """What a check compares with, over the first ``n`` chunks (a look)."""
@@ -388,7 +347,8 @@ class QuantSession:
                 bits_per_weight=model.bits_per_weight,
                 # a baseline holds every chunk: a model decided early is decoded to the end
                 ppl=m.perplexity(model) if m.has_quality(name) else None,
-                kld=m.kl_divergence(model) if m.has_kl(name) else None, fingerprint=m.fingerprint() if has_speed else None,
+                kld=m.kl_divergence(model) if m.has_kl(name) else None,
+                fingerprint=m.fingerprint() if has_speed else None,
                 speed=m.speed.get(name), memory=m.memory_usage.get(name), tasks=m.tasks_of(name))
         return m.quality_keys(), records
 
@@ -417,7 +377,8 @@ class QuantSession:
         when updating, its baseline records."""
         payload = self.baseline_payload() if self.baseline_mode == "update" else None
         return json.dumps({"outcomes": [o.to_dict() for o in self.outcomes], "baseline": payload,
-                           "points": self.points(), "steps": self.steps}, default=str)
+                           "points": self.points(), "steps": self.steps,
+                           "models": self.models.model_table()}, default=str)
 
     def merge(self, data: str, worker: str = "worker") -> None:
         """Take in a worker's payload (on the controller)."""
@@ -425,11 +386,27 @@ class QuantSession:
         self.outcomes.extend(Outcome.from_dict(o) for o in payload["outcomes"])
         self.steps.extend(f"[{worker}] {step}" for step in payload.get("steps", []))
         self._merged_points.update(payload.get("points", {}))
+        self._merged_models.update(payload.get("models", {}))
         if payload.get("baseline"):
             keys, records = payload["baseline"]
             self._merged_baselines.append((keys, records))
 
     # ---- the end of the run ------------------------------------------------------------------
+
+    def model_table(self) -> dict[str, dict[str, Any]]:
+        """Per model of the run (every worker's): chunks decoded, taken from the result cache,
+        looked at, and seconds of decoding."""
+        return {**self._merged_models, **self.models.model_table()}
+
+    def cache_note(self) -> str | None:
+        """Which models' per-chunk results came from the result cache, for the summary."""
+        cached = {name: row for name, row in self.model_table().items()
+                  if row["chunks_from_cache"]}
+        if not cached:
+            return None
+        parts = [f"{name} ({row['chunks_from_cache']} of {row['chunks_used']} chunks)"
+                 for name, row in sorted(cached.items())]
+        return "results from the cache: " + ", ".join(parts)
 
     def settings_summary(self) -> dict[str, Any]:
         summary = {k: (str(v) if isinstance(v, Path) else v)
@@ -486,7 +463,8 @@ class QuantSession:
     def write_reports(self, to: ReportPaths) -> None:
         outcomes = self.outcomes
         texts: dict[Path | None, Callable[[], str]] = {
-            to.json: lambda: report.to_json(outcomes, self.settings_summary(), self._baseline_for_report()),
+            to.json: lambda: report.to_json(outcomes, self.settings_summary(),
+                                            self._baseline_for_report(), self.model_table()),
             to.markdown: lambda: report.markdown(outcomes)}
         for target, text in texts.items():
             if target is not None:
