@@ -86,7 +86,7 @@ class ResultCache:
             return None
         path = self.path(key, label)
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 if meta.get("key") != key.digest() or meta.get("format") != FORMAT_VERSION:
                     return None
