@@ -73,3 +73,19 @@ def test_models_with_different_tokenization_are_refused(tmp_path: Path, text_fil
     monkeypatch.setattr(FakeModel, "tokenize", lambda self, text: original(self, text[::-1]))
     with pytest.raises(EvalTextError, match="tokenizes"):
         engine.kl_divergence(ref, other, text_file, PROTO)
+
+
+def test_a_store_built_in_looks_equals_one_built_at_once(tmp_path: Path, text_file: Path) -> None:
+    """A look that needs more of the reference extends the entry held (its chunks copied, the
+    rest decoded) into the very store a full build writes."""
+    ref = write_fake_gguf(tmp_path / "ref.gguf")
+    once = Engine(FakeBackend(), cache_dir=tmp_path / "a").reference(ref, text_file, PROTO)
+    engine = Engine(FakeBackend(), cache_dir=tmp_path / "b")
+    small = engine.reference(ref, text_file, PROTO, upto=3)
+    assert small.n_chunks < once.n_chunks and small.decoded == small.n_chunks
+    grown = engine.reference(ref, text_file, PROTO)
+    assert grown.decoded == once.n_chunks - small.n_chunks and grown.meta["complete"]
+    for a, b in zip(once.rows(), grown.rows(), strict=True):
+        for name in ("offsets", "ids", "logp", "tail_logp", "target_logp", "top1"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert engine.reference(ref, text_file, PROTO, upto=2).decoded == 0  # served by the full one

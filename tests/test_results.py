@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import FakeBackend, word_text, write_fake_gguf
 
 from pytest_quantcheck.backends import RunOptions
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import ScoringProtocol
+
+from fakes import FakeBackend, word_text, write_fake_gguf
 
 PROTO = ScoringProtocol(n_ctx=64, n_batch=256)  # 4 chunks a group
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -113,33 +113,53 @@ class Engine:
     def reference(
         self, ref_path: Path, text_path: Path, proto: ScoringProtocol,
         tail_mass: float = DEFAULT_TAIL_MASS, max_tokens: int = DEFAULT_MAX_TOKENS,
-        progress: Progress | None = None,
+        progress: Progress | None = None, upto: int | None = None,
     ) -> ReferenceStore:
-        """The reference's log-probabilities on this text, from the cache or computed now."""
+        """The reference's log-probabilities on this text, from the cache or computed now: of
+        every chunk, or of at least the first ``upto`` (whole groups; a sequential look). An
+        entry holding more chunks serves fewer; a larger one is built by extending the largest
+        held (its chunks copied, not decoded). Smaller entries stay (another process may be
+        reading them); together they take less room than the full one."""
         check_gguf_path(ref_path)
         text = read_eval_text(text_path)
         root = self.cache_dir or cache.cache_root()
         ref_sha = cache.file_sha256(ref_path, root=root)
         text_sha = hashlib.sha256(text).hexdigest()
-        key = cache.key_digest(ref_sha, text_sha, proto.describe(), proto.n_chunks, tail_mass, max_tokens,
-                               self.backend.version)
-        final = root / "reference" / f"{ref_path.stem}-{key[:20]}"
+        key = cache.key_digest(ref_sha, text_sha, proto.describe(), proto.n_chunks, tail_mass,
+                               max_tokens, self.backend.version)
+        folder = root / "reference"
+        prefix = f"{ref_path.stem}-{key[:20]}-"
+        previous = None  # the largest entry held, extended rather than decoded again
+        for entry in sorted(folder.glob(f"{prefix}*")) if folder.is_dir() else ():
+            if entry.name.startswith(".") or not is_valid(entry):
+                continue
+            store = open_reference(entry)
+            if store.meta.get("complete") or (upto is not None and store.n_chunks >= upto):
+                return store
+            if previous is None or store.n_chunks > previous.n_chunks:
+                previous = store
+        final = folder / f"{prefix}{'all' if upto is None else look_end(proto, 2**31, upto)}"
 
         def build(tmp: Path) -> None:
             model = self.backend.load(ref_path, self.options)
             try:
                 tokens = model.tokenize(text)
-                n_chunks = check_length(tokens, proto, str(text_path))
+                n_total = check_length(tokens, proto, str(text_path))
+                n_chunks = look_end(proto, n_total, upto)
                 meta = {"model_sha256": ref_sha, "text_sha256": text_sha,
-                        "tokens_sha256": tokens_digest(tokens[: n_chunks * proto.n_ctx]),
-                        "backend": self.backend.version}
+                        "tokens_sha256": tokens_digest(tokens[: n_total * proto.n_ctx]),
+                        "backend": self.backend.version, "reference_key": key,
+                        "n_available": n_total, "complete": n_chunks == n_total}
                 write_reference(tmp, model, tokens, proto, n_chunks, meta, tail_mass, max_tokens,
-                                progress)
+                                progress, previous)
             finally:
                 model.close()
 
-        cache.publish(final, build, is_valid)
-        return open_reference(final)
+        built = cache.publish(final, build, is_valid)
+        store = open_reference(final)
+        copied = 0 if previous is None else min(previous.n_chunks, store.n_chunks)
+        store = replace(store, decoded=store.n_chunks - copied if built else 0)
+        return store
 
     def kl_divergence(
         self, ref_path: Path, model_path: Path, text_path: Path, proto: ScoringProtocol,
@@ -156,7 +176,7 @@ class Engine:
     ) -> tuple[KLDResult, int]:
         """:meth:`kl_divergence` over the first ``upto`` chunks, cached as
         :meth:`perplexity_upto` is."""
-        store = self.reference(ref_path, text_path, proto, tail_mass, max_tokens, progress)
+        store = self.reference(ref_path, text_path, proto, tail_mass, max_tokens, progress, upto)
         check_gguf_path(model_path)
         text = read_eval_text(text_path)
 
@@ -165,7 +185,7 @@ class Engine:
             try:
                 tokens = model.tokenize(text)
                 n_chunks = check_length(tokens, proto, str(text_path))
-                if n_chunks != store.n_chunks or model.n_vocab != store.meta["n_vocab"] or (
+                if n_chunks != store.n_available or model.n_vocab != store.meta["n_vocab"] or (
                     tokens_digest(tokens[: n_chunks * proto.n_ctx]) != store.meta["tokens_sha256"]
                 ):
                     raise EvalTextError(
@@ -181,7 +201,8 @@ class Engine:
             finally:
                 model.close()
 
-        key = self._result_key("kld", model_path, text, proto, reference=store.path.name)
+        key = self._result_key("kld", model_path, text, proto,
+                               reference=str(store.meta["reference_key"]))
         entry, decoded = self.results.extend(key, model_path.stem, upto, compute)
         end = look_end(proto, entry.n_total, upto)
         chunks = [TokenComparison(**{name: entry.arrays[name][i] for name in COMPARISON_FIELDS})

@@ -230,12 +230,11 @@ class Models:
             return _first_chunks(self.ppl[model.name], upto)
         if model.name in self.kld or model.name in self._wants_kl:
             kld = self.kl_divergence(model, upto)
-            store = self._reference_store()
+            store = self._reference_store(upto)
             res = perplexity_from_nll(kld.token_nll, self.protocol.n_ctx,
-                                      str(store.meta["tokens_sha256"]), store.n_chunks)
+                                      str(store.meta["tokens_sha256"]), store.n_available)
         elif self._wants_kl and model.name == self.reference().name:
-            with self.step(f"perplexity of {model.name} (from its cached log-probs)"):
-                res = self._reference_store().perplexity()
+            res = self._reference_store(upto).perplexity()
         else:
             partial = self._partial_ppl.get(model.name)
             if partial is not None and upto is not None and partial.n_chunks >= upto:
@@ -262,12 +261,19 @@ class Models:
         self.seconds[model.name] = self.seconds.get(model.name, 0.0) + seconds
         self.decoded[model.name] = self.decoded.get(model.name, 0) + (counts[1] if counts else 0)
 
-    def _reference_store(self) -> ReferenceStore:
-        if self._store is None:  # the text is hashed and the store opened once per run
-            with self.step("reference log-probs"):
-                self._store = self.engine.reference(self.reference().path, self.eval_text(),
-                                                    self.protocol)
-        return self._store
+    def _reference_store(self, upto: int | None = None) -> ReferenceStore:
+        """The reference's log-probabilities, of every chunk or at least the first ``upto``:
+        opened once per run, and built further only when a look needs more."""
+        store = self._store
+        if store is None or (not store.meta.get("complete") and (
+                upto is None or store.n_chunks < upto)):
+            ref = self.reference()
+            with self._measured(ref, "reference log-probs") as note:
+                store = self.engine.reference(ref.path, self.eval_text(), self.protocol,
+                                              upto=upto)
+                note(store.n_chunks, store.decoded)
+            self._store = store
+        return store
 
     def kl_divergence(self, model: QuantModel, upto: int | None = None) -> KLDResult:
         if model.name in self.kld:
@@ -275,12 +281,12 @@ class Models:
         partial = self._partial_kld.get(model.name)
         if partial is not None and upto is not None and partial.n_chunks >= upto:
             return _first_kld_chunks(partial, upto)
-        store = self._reference_store()
+        store = self._reference_store(upto)
         with self._measured(model, "KL divergence (reference log-probs cached)") as note:
             res, decoded = self.engine.kl_divergence_upto(
                 self.reference().path, model.path, self.eval_text(), self.protocol, upto)
             note(res.n_chunks, decoded)
-        if res.n_chunks >= store.n_chunks:
+        if res.n_chunks >= store.n_available:
             self.kld[model.name] = res
         else:
             self._partial_kld[model.name] = res
@@ -290,12 +296,16 @@ class Models:
         """The most chunks of ``name`` this run has looked at."""
         found = [r.n_chunks for table in (self.ppl, self._partial_ppl, self.kld, self._partial_kld)
                  for key, r in table.items() if key == name]
+        if self._store is not None and name == self.reference().name:
+            found.append(self._store.n_chunks)  # its log-probabilities
         return max(found, default=0)
 
     def model_table(self) -> dict[str, dict[str, float | int]]:
         """Per model: chunks decoded in this run, taken from the result cache, looked at, and
         the seconds its decoding took."""
         names = set(self.decoded) | set(self.ppl) | set(self.kld) | set(self._partial_ppl)
+        if self._store is not None:
+            names.add(self.reference().name)
         return {name: {"chunks_decoded": self.decoded.get(name, 0),
                        "chunks_from_cache": max(0, self.chunks_used(name)
                                                 - self.decoded.get(name, 0)),

@@ -57,10 +57,16 @@ class ReferenceStoreError(QuantcheckError, ValueError):
 class ReferenceStore:
     path: Path
     meta: dict[str, Any]
+    decoded: int = 0  # chunks decoded by the call that returned it (0: found in the cache)
 
     @property
     def n_chunks(self) -> int:
         return int(self.meta["n_chunks"])
+
+    @property
+    def n_available(self) -> int:
+        """Chunks the text offers under the protocol (the entry may hold the first ones only)."""
+        return int(self.meta.get("n_available", self.n_chunks))
 
     def perplexity(self) -> PerplexityResult:
         """The reference's own perplexity, from its stored next-token log-probabilities: the same
@@ -68,7 +74,7 @@ class ReferenceStore:
         target_logp = np.load(self.path / "target_logp.npy")
         return perplexity_from_nll(-np.asarray(target_logp, dtype=np.float64),
                                    int(self.meta["protocol"]["n_ctx"]),
-                                   str(self.meta["tokens_sha256"]))
+                                   str(self.meta["tokens_sha256"]), self.n_available)
 
     def rows(self, start: int = 0) -> Iterator[ReferenceRows]:
         """One :class:`ReferenceRows` per chunk from chunk ``start``, read lazily from the
@@ -101,16 +107,29 @@ def write_reference(
     tail_mass: float = DEFAULT_TAIL_MASS,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     progress: Callable[[int, int], None] | None = None,
+    previous: ReferenceStore | None = None,
 ) -> None:
-    """Evaluate the reference ``model`` and write an entry at ``dest`` (a new directory)."""
+    """Evaluate the reference ``model`` and write an entry at ``dest`` (a new directory),
+    starting with ``previous``'s chunks where given (an entry of the same inputs holding the
+    first chunks: copied, not decoded again)."""
     dest.mkdir(parents=True)
     n, s = n_chunks, proto.scored_per_chunk
+    have = 0 if previous is None else min(previous.n_chunks, n)
     dense = {name: open_memmap(dest / f"{name}.npy", "w+", dt, (n, s))
              for name, dt in _DENSE.items()}
     offsets = open_memmap(dest / "offsets.npy", "w+", np.int64, (n * s + 1,))
     offsets[0] = 0
     with (dest / "ids.bin").open("wb") as ids_out, (dest / "logp.bin").open("wb") as logp_out:
-        for group in scored_groups(model, tokens, proto, n_chunks, progress):
+        if previous is not None and have:
+            old_offsets = np.load(previous.path / "offsets.npy", mmap_mode="r")
+            offsets[: have * s + 1] = old_offsets[: have * s + 1]
+            for name in _DENSE:
+                dense[name][:have] = np.load(previous.path / f"{name}.npy", mmap_mode="r")[:have]
+            kept = int(old_offsets[have * s])
+            for out, name in ((ids_out, "ids"), (logp_out, "logp")):
+                with (previous.path / f"{name}.bin").open("rb") as src:
+                    out.write(src.read(kept * _FLAT[name].itemsize))
+        for group in scored_groups(model, tokens, proto, n_chunks, progress, have):
             for row, (targets, logits) in enumerate(zip(group.targets, group.logits, strict=True)):
                 rows = reference_rows(logits, targets, tail_mass, max_tokens)
                 i = group.first_chunk + row
