@@ -47,7 +47,7 @@ def expected_ppl(demo_model: Path, demo_text: Path, real_cache: Path, spec: str)
 # xdist path is the same for every backend and runs both ways on the fake one (run_both_ways).
 def test_a_few_percent_passes_and_a_big_regression_fails(
         project: pytest.Pytester, demo_model: Path, demo_text: Path, real_cache: Path) -> None:
-    result = project.runpytest_subprocess()
+    result = project.runpytest_subprocess("--quant-sequential", "false")  # every chunk
     result.assert_outcomes(passed=1, failed=1)
     base, q4, q5 = (expected_ppl(demo_model, demo_text, real_cache, spec)
                     for spec in ("base", "Q4_K_M", "Q5_K_M"))
@@ -59,6 +59,11 @@ def test_a_few_percent_passes_and_a_big_regression_fails(
         " chunk mean NLL differences, p = *, mode detect, alpha 0.05*",
         f"*Q5_K_M*perplexity_within(pct=3)*{q5:.4g}*{base:.4g}*{q5 / base - 1:+.2%}*PASS*",
     ])
+    # sequentially (the default), the same verdicts; +19% is settled long before the last look
+    looked = project.runpytest_subprocess()
+    looked.assert_outcomes(passed=1, failed=1)
+    looked.stdout.fnmatch_lines(["*perplexity_within(pct=3) FAIL for Q4_K_M: PPL *; sequential:"
+                                 " decided after * of 142 chunks (look [1-4] of 5;*"])
 
 
 def test_baseline_round_trip_and_a_mismatch(project: pytest.Pytester) -> None:

@@ -74,7 +74,8 @@ class Engine:
     def _result_key(self, kind: str, model_path: Path, text: bytes, proto: ScoringProtocol,
                     reference: str = "") -> ResultKey:
         return ResultKey(kind, cache.file_sha256(model_path, root=self.cache_dir),
-                         hashlib.sha256(text).hexdigest(), proto.describe(), self.backend.version,
+                         hashlib.sha256(text).hexdigest(),
+                         {**proto.describe(), "n_chunks": proto.n_chunks}, self.backend.version,
                          self.backend.system_info(), self.options.n_gpu_layers, reference)
 
     def perplexity(
