@@ -95,3 +95,18 @@ def test_the_cache_off_writes_nothing(setup: tuple[Path, Path, Path]) -> None:
     _res, decoded = engine.perplexity_upto(model, text, PROTO, 8)
     assert decoded == 4  # extended in memory all the same
     assert not (root / "results").exists()
+
+
+def test_task_answers_are_cached(tmp_path: Path) -> None:
+    from test_tasks import hellaswag_file
+
+    path = hellaswag_file(tmp_path / "hs.txt", 12)
+    model = write_fake_gguf(tmp_path / "m.gguf", noise=0.3)
+    root = tmp_path / "cache"
+    first = Engine(FakeBackend(), RunOptions(1), root).tasks(model, path)
+    backend = FakeBackend()
+    again = Engine(backend, RunOptions(1), root).tasks(model, path)
+    assert backend.loads == 0  # answered from the cache
+    assert np.array_equal(again.correct, first.correct) and again.accuracy == first.accuracy
+    fewer = Engine(backend, RunOptions(1), root).tasks(model, path, limit=5)
+    assert backend.loads == 1 and fewer.n_tasks == 5  # another selection: scored

@@ -223,19 +223,33 @@ class Engine:
         task_set = load_tasks(task_path, mode, limit, name)
         n_parallel = max(4, n_parallel)
         total = n_parallel * n_ctx
-        model = self.backend.load(model_path, self.options)
-        try:
-            ctx = model.open_batch(total, n_parallel, min(n_batch, total))
+        numbers = np.array([t.number for t in task_set.tasks], dtype=np.int32)
+
+        def compute(_start: int, _upto: int | None) -> Cached:
+            model = self.backend.load(model_path, self.options)
             try:
-                scored = score_tasks(task_set, model.tokenize, ctx, total, n_parallel, progress)
+                ctx = model.open_batch(total, n_parallel, min(n_batch, total))
+                try:
+                    scored = score_tasks(task_set, model.tokenize, ctx, total, n_parallel,
+                                         progress)
+                finally:
+                    ctx.close()
             finally:
-                ctx.close()
-        finally:
-            model.close()
-        return TaskResult(task_set.mode, str(task_path), task_set.sha256,
-                          task_set.n_available,
-                          np.array([t.number for t in task_set.tasks], dtype=np.int32),
-                          scored.correct, scored.chosen)
+                model.close()
+            return Cached({"correct": scored.correct, "chosen": scored.chosen}, len(numbers),
+                          task_set.sha256)
+
+        # the answers, by content: the model, the task file and its selection, the batch layout
+        key = ResultKey("tasks", cache.file_sha256(model_path, root=self.cache_dir),
+                        task_set.sha256, {"mode": task_set.mode, "n_ctx": n_ctx,
+                                          "n_parallel": n_parallel, "n_batch": n_batch,
+                                          "tasks": hashlib.sha256(numbers.tobytes()).hexdigest()},
+                        self.backend.version, self.backend.system_info(),
+                        self.options.n_gpu_layers)
+        entry, _decoded = self.results.extend(key, model_path.stem, None, compute)
+        return TaskResult(task_set.mode, str(task_path), task_set.sha256, task_set.n_available,
+                          numbers, entry.arrays["correct"].astype(np.bool_),
+                          entry.arrays["chosen"].astype(np.int32))
 
     def memory(self, model_path: Path, proto: ScoringProtocol) -> MemoryUsage:
         """Resident (and GPU) memory of loading the model and decoding one batch of the scoring
