@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from pytest_quantcheck import cache, machine
 from pytest_quantcheck.backends import Backend, RunOptions
@@ -61,6 +62,29 @@ def _first_kld_chunks(res: KLDResult, upto: int | None) -> KLDResult:
                    token_kld=res.token_kld[:upto], token_nll=res.token_nll[:upto],
                    chunk_kld=res.chunk_kld[:upto], chunk_nll=res.chunk_nll[:upto],
                    chunk_nll_ref=res.chunk_nll_ref[:upto], chunk_same_top=res.chunk_same_top[:upto])
+
+
+R = TypeVar("R", PerplexityResult, KLDResult)
+
+
+def _held(full: dict[str, R], partial: dict[str, R], name: str, upto: int | None,
+          cut: Callable[[R, int | None], R]) -> R | None:
+    """The result of ``name`` this run holds for ``upto`` chunks (None: all), if any."""
+    if name in full:
+        return cut(full[name], upto)
+    some = partial.get(name)
+    if some is not None and upto is not None and some.n_chunks >= upto:
+        return cut(some, upto)
+    return None
+
+
+def _keep(full: dict[str, R], partial: dict[str, R], name: str, res: R, n_available: int) -> None:
+    """Hold a new result: complete when it covers every chunk, else partial."""
+    if res.n_chunks >= n_available:
+        full[name] = res
+        partial.pop(name, None)
+    else:
+        partial[name] = res
 
 
 class QuantModel:
@@ -226,8 +250,9 @@ class Models:
 
     def perplexity(self, model: QuantModel, upto: int | None = None) -> PerplexityResult:
         """The model's perplexity over all chunks, or the first ``upto`` (a sequential look)."""
-        if model.name in self.ppl:
-            return _first_chunks(self.ppl[model.name], upto)
+        held = _held(self.ppl, self._partial_ppl, model.name, upto, _first_chunks)
+        if held is not None:
+            return held
         if model.name in self.kld or model.name in self._wants_kl:
             kld = self.kl_divergence(model, upto)
             store = self._reference_store(upto)
@@ -236,17 +261,11 @@ class Models:
         elif self._wants_kl and model.name == self.reference().name:
             res = self._reference_store(upto).perplexity()
         else:
-            partial = self._partial_ppl.get(model.name)
-            if partial is not None and upto is not None and partial.n_chunks >= upto:
-                return _first_chunks(partial, upto)
             with self._measured(model, "perplexity") as note:
                 res, decoded = self.engine.perplexity_upto(model.path, self.eval_text(),
                                                            self.protocol, upto)
                 note(res.n_chunks, decoded)
-        if res.n_chunks >= res.n_available:
-            self.ppl[model.name] = res
-        else:
-            self._partial_ppl[model.name] = res
+        _keep(self.ppl, self._partial_ppl, model.name, res, res.n_available)
         return _first_chunks(res, upto)
 
     @contextlib.contextmanager
@@ -276,20 +295,15 @@ class Models:
         return store
 
     def kl_divergence(self, model: QuantModel, upto: int | None = None) -> KLDResult:
-        if model.name in self.kld:
-            return _first_kld_chunks(self.kld[model.name], upto)
-        partial = self._partial_kld.get(model.name)
-        if partial is not None and upto is not None and partial.n_chunks >= upto:
-            return _first_kld_chunks(partial, upto)
+        held = _held(self.kld, self._partial_kld, model.name, upto, _first_kld_chunks)
+        if held is not None:
+            return held
         store = self._reference_store(upto)
         with self._measured(model, "KL divergence (reference log-probs cached)") as note:
             res, decoded = self.engine.kl_divergence_upto(
                 self.reference().path, model.path, self.eval_text(), self.protocol, upto)
             note(res.n_chunks, decoded)
-        if res.n_chunks >= store.n_available:
-            self.kld[model.name] = res
-        else:
-            self._partial_kld[model.name] = res
+        _keep(self.kld, self._partial_kld, model.name, res, store.n_available)
         return _first_kld_chunks(res, upto)
 
     def chunks_used(self, name: str) -> int:
