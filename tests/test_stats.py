@@ -240,3 +240,26 @@ def test_two_level_test_matches_a_prediction_interval_when_runs_are_alike() -> N
     d = stats.run_ratio_at_least(current, baseline, 1.0, 0.05, "detect")
     assert d.p_value == pytest.approx(sps.t.cdf(t, 2), rel=1e-9)
     assert d.n == 3 and "3 baseline runs (2 df" in d.test
+
+
+@pytest.mark.parametrize("df", [1, 3, 7.5, 40, 1000])
+def test_special_function_distributions_are_scipy_stats(df: float) -> None:
+    # the plugin evaluates t, normal, binomial and beta through scipy.special (scipy.stats takes
+    # a second to import); each must be the distribution scipy.stats gives, to rounding
+    for x in (-4.0, -1.3, 0.0, 0.7, 2.5):
+        assert stats._t_cdf(x, df) == pytest.approx(sps.t.cdf(x, df), rel=1e-12, abs=1e-300)
+        assert stats._t_sf(x, df) == pytest.approx(sps.t.sf(x, df), rel=1e-12, abs=1e-300)
+        assert stats._norm_cdf(x) == pytest.approx(sps.norm.cdf(x), rel=1e-12)
+        assert stats._norm_sf(x) == pytest.approx(sps.norm.sf(x), rel=1e-12)
+    for q in (0.001, 0.025, 0.5, 0.95, 0.999):
+        assert stats._t_ppf(q, df) == pytest.approx(sps.t.ppf(q, df), rel=1e-10)
+        assert stats._norm_ppf(q) == pytest.approx(sps.norm.ppf(q), rel=1e-12)
+    n = int(min(df, 200)) + 5
+    for k in range(n + 1):
+        assert stats._binomial_less(k, n, 0.3) == pytest.approx(sps.binom.cdf(k, n, 0.3),
+                                                                rel=1e-9, abs=1e-300)
+        assert stats._binomial_more(k, n, 0.3) == pytest.approx(sps.binom.sf(k - 1, n, 0.3),
+                                                                rel=1e-9, abs=1e-300)
+        low, high = stats._clopper_pearson(k, n, 0.05)
+        assert low == (0.0 if k == 0 else pytest.approx(sps.beta.ppf(0.05, k, n - k + 1)))
+        assert high == (1.0 if k == n else pytest.approx(sps.beta.ppf(0.95, k + 1, n - k)))

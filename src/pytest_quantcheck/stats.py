@@ -29,12 +29,39 @@ import numpy as np
 from numpy.typing import NDArray
 
 
-def _scipy() -> Any:
-    """scipy.stats, imported on first use: it takes about a second, and the plugin is loaded by
-    every pytest run in the environment, including runs that check no model."""
-    from scipy import stats
+def _special() -> Any:
+    """scipy.special, imported on first use (the plugin is loaded by every pytest run in the
+    environment, including runs that check no model). The distributions below are the special
+    functions scipy.stats evaluates for them; scipy.stats itself takes a second to import, about
+    half of a run whose results all come from the result cache, so only the rank test of the
+    speed checks loads it."""
+    from scipy import special
 
-    return stats
+    return special
+
+
+def _t_cdf(t: float, df: float) -> float:
+    return float(_special().stdtr(df, t))
+
+
+def _t_sf(t: float, df: float) -> float:
+    return float(_special().stdtr(df, -t))
+
+
+def _t_ppf(q: float, df: float) -> float:
+    return float(_special().stdtrit(df, q))
+
+
+def _norm_cdf(x: float) -> float:
+    return float(_special().ndtr(x))
+
+
+def _norm_sf(x: float) -> float:
+    return float(_special().ndtr(-x))
+
+
+def _norm_ppf(q: float) -> float:
+    return float(_special().ndtri(q))
 
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
@@ -73,14 +100,14 @@ def mean_at_most(
     mean = float(x.mean())
     sd = float(x.std(ddof=1))
     se = sd / math.sqrt(n)
-    t_crit = float(_scipy().t.ppf(1.0 - alpha, n - 1))
+    t_crit = _t_ppf(1.0 - alpha, n - 1)
     if se == 0.0:
         excess_p = 0.0 if mean > limit else 1.0
         within_p = 0.0 if mean < limit else 1.0
     else:
         t = (mean - limit) / se
-        excess_p = float(_scipy().t.sf(t, n - 1))
-        within_p = float(_scipy().t.cdf(t, n - 1))
+        excess_p = _t_sf(t, n - 1)
+        within_p = _t_cdf(t, n - 1)
     verdict, p = _decide(excess_p, within_p, alpha, mode)
     more = None
     if verdict == INCONCLUSIVE and mean < limit:
@@ -122,13 +149,13 @@ def proportion_at_least(
     var_cluster = float(props.var(ddof=1)) / m
     deff = max(1.0, var_cluster / var_iid) if var_iid > 0 else 1.0
     n_eff = max(float(m), total / deff)
-    z = float(_scipy().norm.ppf(1.0 - alpha))
+    z = _norm_ppf(1.0 - alpha)
     centre = (p_hat + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
     half = z * math.sqrt(p_hat * (1 - p_hat) / n_eff + z * z / (4 * n_eff**2)) / (1 + z * z / n_eff)
     if 0.0 < limit < 1.0:
         score = (p_hat - limit) / math.sqrt(limit * (1 - limit) / n_eff)
-        short_p = float(_scipy().norm.cdf(score))  # evidence the proportion is below the limit
-        above_p = float(_scipy().norm.sf(score))
+        short_p = _norm_cdf(score)  # evidence the proportion is below the limit
+        above_p = _norm_sf(score)
     else:
         short_p = 0.0 if p_hat < limit else 1.0
         above_p = 0.0 if p_hat > limit else 1.0
@@ -232,8 +259,9 @@ def ratio_at_least(
         pooled = np.concatenate([lx, shifted])
         exact = np.unique(pooled).size == pooled.size and n1 + n2 <= 60
         method = "exact" if exact else "asymptotic"
-        short_p = float(_scipy().mannwhitneyu(lx, shifted, alternative="less", method=method).pvalue)
-        within_p = float(_scipy().mannwhitneyu(lx, shifted, alternative="greater", method=method).pvalue)
+        rank_test = _scipy_stats().mannwhitneyu
+        short_p = float(rank_test(lx, shifted, alternative="less", method=method).pvalue)
+        within_p = float(rank_test(lx, shifted, alternative="greater", method=method).pvalue)
         diffs = np.sort((lx[:, None] - ly[None, :]).ravel())
         estimate = float(np.median(diffs))
         # The one-sided bounds are the k-th smallest and k-th largest pairwise differences,
@@ -241,7 +269,7 @@ def ratio_at_least(
         if exact:
             k = int(np.searchsorted(_u_null_cdf(n1, n2), alpha, side="right"))
         else:
-            z = float(_scipy().norm.ppf(1 - alpha))
+            z = _norm_ppf(1 - alpha)
             k = math.floor(n1 * n2 / 2 - z * math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12))
         k = min(max(k, 1), diffs.size)
         low, high = float(diffs[k - 1]), float(diffs[diffs.size - k])
@@ -258,15 +286,15 @@ def ratio_at_least(
         else:
             df = (vx + vy) ** 2 / (vx**2 / (n1 - 1) + vy**2 / (n2 - 1))
             t = (estimate - margin) / se
-            short_p, within_p = float(_scipy().t.cdf(t, df)), float(_scipy().t.sf(t, df))
-            t_crit = float(_scipy().t.ppf(1 - alpha, df))
+            short_p, within_p = _t_cdf(t, df), _t_sf(t, df)
+            t_crit = _t_ppf(1 - alpha, df)
             low, high = estimate - t_crit * se, estimate + t_crit * se
         test = f"Welch's t-test on {samples}"
         sd = float(np.sqrt((lx.var(ddof=1) + ly.var(ddof=1)) / 2))
     verdict, p = _decide(short_p, within_p, alpha, mode)
     more = None
     if verdict == INCONCLUSIVE and estimate > margin and sd > 0:
-        z = float(_scipy().norm.ppf(1 - alpha))
+        z = _norm_ppf(1 - alpha)
         more = max(max(n1, n2) + 1, math.ceil(2 * (z * sd / (estimate - margin)) ** 2))
     return Decision(verdict, estimate, low, high, p, min(n1, n2), test, more, "repetitions")
 
@@ -314,8 +342,8 @@ def run_ratio_at_least(
         low = high = estimate
     else:
         t = (estimate - margin) / se
-        short_p, within_p = float(_scipy().t.cdf(t, df)), float(_scipy().t.sf(t, df))
-        t_crit = float(_scipy().t.ppf(1 - alpha, df))
+        short_p, within_p = _t_cdf(t, df), _t_sf(t, df)
+        t_crit = _t_ppf(1 - alpha, df)
         low, high = estimate - t_crit * se, estimate + t_crit * se
     verdict, p = _decide(short_p, within_p, alpha, mode)
     test = (f"two-level t-test of this run against {j} baseline runs ({df} df; between-run sd"
@@ -336,24 +364,24 @@ def run_ratio_at_least(
 
 def _binomial_more(k: int, n: int, p: float) -> float:
     """P(X >= k) for X ~ Binomial(n, p)."""
-    return 1.0 if k <= 0 else float(_scipy().binom.sf(k - 1, n, p))
+    return 1.0 if k <= 0 else float(_special().bdtrc(k - 1, n, p))
 
 
 def _binomial_less(k: int, n: int, p: float) -> float:
     """P(X <= k)."""
-    return float(_scipy().binom.cdf(k, n, p))
+    return float(_special().bdtr(k, n, p))
 
 
 def _clopper_pearson(k: int, n: int, alpha: float) -> tuple[float, float]:
     """The one-sided ``1 - alpha`` bounds (together a ``1 - 2 alpha`` interval) of k / n."""
-    beta = _scipy().beta
-    low = 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
-    high = 1.0 if k == n else float(beta.ppf(1 - alpha, k + 1, n - k))
+    inverse = _special().betaincinv  # the beta distribution's quantile function
+    low = 0.0 if k == 0 else float(inverse(k, n - k + 1, alpha))
+    high = 1.0 if k == n else float(inverse(k + 1, n - k, 1 - alpha))
     return low, high
 
 
 def _binomial_more_needed(p_hat: float, limit: float, alpha: float) -> int:
-    z = float(_scipy().norm.ppf(1 - alpha))
+    z = _norm_ppf(1 - alpha)
     return math.ceil(z * z * limit * (1 - limit) / (p_hat - limit) ** 2)
 
 
@@ -405,7 +433,7 @@ _CONTINUITY = 0.5
 def _tango_bounds(b: int, c: int, n: int, alpha: float) -> tuple[float, float]:
     """The ``1 - 2 alpha`` score interval of (b - c) / n: the deltas the corrected one-sided
     tests keep."""
-    z = float(_scipy().norm.ppf(1 - alpha))
+    z = _norm_ppf(1 - alpha)
     brentq = _optimize().brentq
     eps = 1e-12
     lo_end, hi_end, mid = -1.0 + eps, 1.0 - eps, (b - c) / n
@@ -419,6 +447,12 @@ def _tango_bounds(b: int, c: int, n: int, alpha: float) -> tuple[float, float]:
     low = lo_end if low_z(lo_end) <= 0 else (mid if low_z(mid) >= 0 else brentq(low_z, lo_end, mid))
     high = hi_end if high_z(hi_end) >= 0 else (mid if high_z(mid) <= 0 else brentq(high_z, mid, hi_end))
     return float(low), float(high)
+
+
+def _scipy_stats() -> Any:
+    from scipy import stats
+
+    return stats
 
 
 def _optimize() -> Any:
@@ -445,9 +479,8 @@ def paired_drop_at_most(lost: int, gained: int, n: int, margin: float, alpha: fl
         within_p = _binomial_less(lost, m, 0.5) if m else 1.0
         test = f"exact McNemar test on {m} discordant of {n} tasks ({lost} lost, {gained} gained)"
     else:
-        norm = _scipy().norm
-        excess_p = float(norm.sf(_tango_z(lost, gained, n, margin, -_CONTINUITY)))
-        within_p = float(norm.cdf(_tango_z(lost, gained, n, margin, _CONTINUITY)))
+        excess_p = _norm_sf(_tango_z(lost, gained, n, margin, -_CONTINUITY))
+        within_p = _norm_cdf(_tango_z(lost, gained, n, margin, _CONTINUITY))
         test = (f"Tango's paired score test on {m} discordant of {n} tasks ({lost} lost,"
                 f" {gained} gained)")
     verdict, p = _decide(excess_p, within_p, alpha, mode)
@@ -455,7 +488,7 @@ def paired_drop_at_most(lost: int, gained: int, n: int, margin: float, alpha: fl
     estimate = (lost - gained) / n
     more = None
     if verdict == INCONCLUSIVE and estimate < margin:
-        zc = float(_scipy().norm.ppf(1 - alpha))
+        zc = _norm_ppf(1 - alpha)
         spread = max(m / n, 1.0 / n)  # variance of one task's difference ~ discordant share
         more = max(n + 1, math.ceil(zc * zc * spread / (margin - estimate) ** 2))
     return Decision(verdict, estimate, low, high, p, n, test, more, "tasks")
