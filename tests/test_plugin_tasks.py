@@ -172,3 +172,33 @@ def test_missing_task_file_is_a_settings_error(qc_project: pytest.Pytester) -> N
     assert result.ret != 0
     assert "pyproject.toml [tool.quantcheck]: tasks.arc: " in result.stderr.str()
     assert "arc.bin is not a file; fix the path" in result.stderr.str()
+
+
+def test_task_checks_are_decided_in_looks(task_project: pytest.Pytester) -> None:
+    task_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.accuracy_at_least("hellaswag", 0.3)
+        @pytest.mark.flips_at_most("hellaswag", fraction=0.9)
+        def test_clear(quant_model):
+            pass
+        """
+    )
+    result = task_project.runpytest("--quant-min-tasks", "40", "--quant-json", "report.json",
+                                    "--quant-update-baseline")
+    result.assert_outcomes(passed=2)
+    checks = json.loads((task_project.path / "report.json").read_text())["checks"]
+    assert len(checks) == 4
+    for outcome in checks:  # 80 % right and about 10 % flipped: settled by the first look
+        assert outcome["verdict"] == "pass" and outcome["decision"]["n"] == 40
+        assert "sequential: decided after 40 of 120 tasks (look 1 of 2;" in outcome["note"]
+    # the baseline holds every task all the same: a look's stop is no excuse for a short record
+    stored = json.loads(next((task_project.path / "baselines").glob("*.json")).read_text())
+    assert stored["records"]["Q2_K"]["tasks"]["hellaswag"]["n_tasks"] == 120
+    # a fixed-length run decides on all of them
+    result = task_project.runpytest("--quant-min-tasks", "40", "--quant-json", "report.json",
+                                    "--quant-sequential", "false")
+    result.assert_outcomes(passed=2)
+    checks = json.loads((task_project.path / "report.json").read_text())["checks"]
+    assert {o["decision"]["n"] for o in checks} == {120}

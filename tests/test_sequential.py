@@ -50,6 +50,28 @@ def test_false_alarms_stay_within_alpha_under_optional_stopping(mode: str) -> No
     assert alarms / runs <= 0.05 + slack
 
 
+@pytest.mark.parametrize("mode", ["detect", "prove"])
+def test_task_looks_keep_false_alarms_within_alpha(mode: str) -> None:
+    """Task checks in looks of 100, 200 and 400 tasks (exact binomial tests at the spent
+    levels): at an accuracy equal to the limit, detect must not fail and prove must not pass
+    more often than alpha."""
+    rng = np.random.default_rng(17 if mode == "detect" else 18)
+    runs, limit = 2000, 0.6
+    looks = look_schedule(400, 100)
+    assert looks == [100, 200, 400]
+    alarms = 0
+    for _ in range(runs):
+        right = rng.random(400) < limit
+
+        def evaluate(n: int, level: float, m: str) -> stats.Decision:
+            return stats.rate_at_least(int(right[:n].sum()), n, limit, level, m, "right answers")
+
+        outcome, _i = decide(looks, look_alphas(looks, 0.05), mode, evaluate)
+        alarms += outcome.verdict == (stats.FAIL if mode == "detect" else stats.PASS)
+    slack = 3 * math.sqrt(0.05 * 0.95 / runs)
+    assert alarms / runs <= 0.05 + slack
+
+
 def test_clear_cases_stop_at_the_first_look_and_agree_with_the_full_test() -> None:
     rng = np.random.default_rng(3)
     margin = math.log1p(0.03)

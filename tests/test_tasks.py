@@ -324,3 +324,35 @@ def test_demo_tasks_on_the_demo_model(demo_model: Path, name: str,
         ctx.close()
     finally:
         model.close()
+
+
+def test_scoring_in_pieces_gives_the_full_runs_answers(tmp_path: Path) -> None:
+    # a sequential look scores the first tasks in the full run's batches, and the next look
+    # goes on from the batch after: the same decodes, so the same answers
+    path = hellaswag_file(tmp_path / "hs.txt", 30)
+    task_set = load(path, limit=0)
+    model = FakeModel(write_fake_gguf(tmp_path / "m.gguf"))
+    whole = score(task_set, model.tokenize, model.open_batch(1024, 8, 256), 1024, 8)
+    ctx = model.open_batch(1024, 8, 256)
+    first = score(task_set, model.tokenize, ctx, 1024, 8, upto=7)
+    assert 7 <= first.correct.size < 30 and first.correct.size % 2 == 0  # whole batches of two
+    rest = score(task_set, model.tokenize, ctx, 1024, 8, start=first.correct.size)
+    np.testing.assert_array_equal(np.concatenate([first.chosen, rest.chosen]), whole.chosen)
+    assert (*first.scores, *rest.scores) == whole.scores
+
+
+def test_engine_extends_cached_answers(tmp_path: Path) -> None:
+    path = hellaswag_file(tmp_path / "hs.txt", 30)
+    model = write_fake_gguf(tmp_path / "m.gguf")
+    whole = Engine(FakeBackend(), RunOptions(1), cache_dir=tmp_path / "c1").tasks(model, path)
+    backend = FakeBackend()
+    engine = Engine(backend, RunOptions(1), cache_dir=tmp_path / "c2")
+    part = engine.tasks(model, path, upto=10)
+    assert 10 <= part.n_tasks < 30 and not part.complete
+    assert part.selection() == whole.selection()  # pairs with the whole result
+    np.testing.assert_array_equal(part.correct, whole.correct[:part.n_tasks])
+    assert part.first(5).n_tasks == 5 and part.first(5).selection() == whole.selection()
+    later = Engine(backend, RunOptions(1), cache_dir=tmp_path / "c2").tasks(model, path)
+    assert later.complete
+    np.testing.assert_array_equal(later.chosen, whole.chosen)
+    assert later.to_dict()["task_numbers"] == whole.to_dict()["task_numbers"]

@@ -72,8 +72,9 @@ class Settings:
     tasks: Mapping[str, TaskSpec] = field(default_factory=dict)
     task_limit: int | None = None  # tasks scored per set; None: llama-perplexity's default, 0: all
     task_parallel: int = 4  # parallel sequences in task scoring, as llama-perplexity's -np
-    sequential: bool = True  # decide chunk-based checks in looks, stopping when all are decided
+    sequential: bool = True  # decide chunk and task checks in looks, stopping when decided
     min_chunks: int = 8  # chunks of the first look (no decision before)
+    min_tasks: int = 100  # tasks of a task check's first look
     result_cache: bool = True  # per-chunk results kept by content across runs
     verbose: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -228,6 +229,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "task_parallel": _int(4),
     "sequential": _bool,
     "min_chunks": _int(2),
+    "min_tasks": _int(2),
     "result_cache": _bool,
     "verbose": _bool,
 }

@@ -214,24 +214,26 @@ class Engine:
     def tasks(
         self, model_path: Path, task_path: Path, mode: str | None = None,
         limit: int | None = None, n_ctx: int = 512, n_parallel: int = 4, n_batch: int = 2048,
-        progress: Progress | None = None, name: str | None = None,
+        progress: Progress | None = None, name: str | None = None, upto: int | None = None,
     ) -> TaskResult:
         """Accuracy on a HellaSwag, Winogrande or multiple-choice file with llama-perplexity's
         protocol: ``--<mode>-tasks limit -c n_ctx -np n_parallel -b n_batch`` (``n_parallel`` at
-        least 4, as llama-perplexity raises it)."""
+        least 4, as llama-perplexity raises it). ``upto``: score (or take from the result cache)
+        at least the first ``upto`` tasks of the selection, not all (a sequential look); the
+        batches are the full run's, so each answer is the one a full run gives."""
         check_gguf_path(model_path)
         task_set = load_tasks(task_path, mode, limit, name)
         n_parallel = max(4, n_parallel)
         total = n_parallel * n_ctx
         numbers = np.array([t.number for t in task_set.tasks], dtype=np.int32)
 
-        def compute(_start: int, _upto: int | None) -> Cached:
+        def compute(start: int, upto: int | None) -> Cached:
             model = self.backend.load(model_path, self.options)
             try:
                 ctx = model.open_batch(total, n_parallel, min(n_batch, total))
                 try:
                     scored = score_tasks(task_set, model.tokenize, ctx, total, n_parallel,
-                                         progress)
+                                         progress, start, upto)
                 finally:
                     ctx.close()
             finally:
@@ -246,7 +248,7 @@ class Engine:
                                           "tasks": hashlib.sha256(numbers.tobytes()).hexdigest()},
                         self.backend.version, self.backend.system_info(),
                         self.options.n_gpu_layers)
-        entry, _decoded = self.results.extend(key, model_path.stem, None, compute)
+        entry, _decoded = self.results.extend(key, model_path.stem, upto, compute)
         return TaskResult(task_set.mode, str(task_path), task_set.sha256, task_set.n_available,
                           numbers, entry.arrays["correct"].astype(np.bool_),
                           entry.arrays["chosen"].astype(np.int32))

@@ -315,21 +315,28 @@ class Models:
         return max(found, default=0)
 
     def model_table(self) -> dict[str, dict[str, float | int]]:
-        """Per model: chunks decoded in this run, taken from the result cache, looked at, and
-        the seconds its decoding took."""
+        """Per model: chunks decoded in this run, taken from the result cache, looked at, the
+        seconds its decoding took, and the tasks answered."""
         names = set(self.decoded) | set(self.ppl) | set(self.kld) | set(self._partial_ppl)
+        names |= {model for model, _task in self.task_results}
         if self._store is not None:
             names.add(self.reference().name)
         return {name: {"chunks_decoded": self.decoded.get(name, 0),
                        "chunks_from_cache": max(0, self.chunks_used(name)
                                                 - self.decoded.get(name, 0)),
                        "chunks_used": self.chunks_used(name),
-                       "seconds": round(self.seconds.get(name, 0.0), 3)}
+                       "seconds": round(self.seconds.get(name, 0.0), 3),
+                       # tasks answered (scored now or taken from the cache), over all task sets
+                       "tasks_scored": sum(r.n_tasks for r in self.tasks_of(name).values())}
                 for name in sorted(names)}
 
-    def task(self, model: QuantModel, name: str) -> TaskResult:
+    def task(self, model: QuantModel, name: str, upto: int | None = None) -> TaskResult:
+        """The model's answers on the task set ``name``: every selected task, or the first
+        ``upto`` (a sequential look), scored once and extended when a look needs more."""
         key = (model.name, name)
-        if key not in self.task_results:
+        held = self.task_results.get(key)
+        if held is None or held.n_tasks < (held.task_numbers.size if upto is None else
+                                           min(upto, held.task_numbers.size)):
             specs = task_specs(self.settings)
             if name not in specs:
                 raise VariantError(f"task set {name!r} is not in the tasks setting"
@@ -338,10 +345,10 @@ class Models:
             limit = spec.limit if spec.limit is not None else self.settings.task_limit
             s = self.settings
             with self.step(f"{name} tasks of {model.name}"):
-                self.task_results[key] = self.engine.tasks(
+                held = self.task_results[key] = self.engine.tasks(
                     model.path, spec.file, spec.mode, limit, n_ctx=s.n_ctx,
-                    n_parallel=s.task_parallel, n_batch=s.n_batch, name=name)
-        return self.task_results[key]
+                    n_parallel=s.task_parallel, n_batch=s.n_batch, name=name, upto=upto)
+        return held.first(upto)
 
     def fingerprint(self) -> Fingerprint:
         if self._fingerprint is None:
@@ -399,9 +406,15 @@ class Models:
     def has_kl(self, name: str) -> bool:
         return name in self.kld or name in self._partial_kld
 
-    def tasks_of(self, name: str) -> dict[str, TaskResult]:
-        """The task results of the model ``name``, by task set."""
-        return {task: r for (model, task), r in self.task_results.items() if model == name}
+    def tasks_of(self, name: str, complete: bool = False) -> dict[str, TaskResult]:
+        """The task results of the model ``name``, by task set: as far as this run scored them,
+        or (``complete``) every selected task, scoring the rest of a set a look stopped early."""
+        found = {task: r for (model, task), r in self.task_results.items() if model == name}
+        if complete:
+            by_name = {m.name: m for m in self._by_spec.values()}
+            found = {task: r if r.complete else self.task(by_name[name], task)
+                     for task, r in found.items()}
+        return found
 
     def quality_keys(self) -> dict[str, object]:
         """What the run's quality numbers depend on, as baseline keys."""

@@ -68,9 +68,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " (default: llama-perplexity's, 400 HellaSwag tasks and all others)",
         "task_parallel": "parallel sequences when scoring tasks, as llama-perplexity -np"
         " (default: 4)",
-        "sequential": "decide perplexity and KL checks in looks of growing size, stopping each"
-        " model when its checks are decided; chunks is the maximum (true/false, default: true)",
+        "sequential": "decide perplexity, KL and task checks in looks of growing size, stopping"
+        " each model when its checks are decided; chunks is the maximum (true/false, default:"
+        " true)",
         "min_chunks": "chunks of the first look, before which nothing is decided (default: 8)",
+        "min_tasks": "tasks of a task check's first look, before which nothing is decided"
+        " (default: 100)",
         "result_cache": "keep per-chunk results by content, so an unchanged model is never"
         " decoded twice (true/false, default: true)",
         "verbose": "show llama.cpp's log (true/false, default: false)",

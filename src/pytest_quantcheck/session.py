@@ -27,7 +27,7 @@ from pytest_quantcheck.checks import (
     TaskAgainst,
     apply_holm,
 )
-from pytest_quantcheck.checks.registry import KL, PPL
+from pytest_quantcheck.checks.registry import KL, PPL, tasks_needed
 from pytest_quantcheck.config import Settings
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.errors import QuantcheckError
@@ -63,7 +63,8 @@ CHUNK_NEEDS = frozenset({PPL, KL})  # checks decided on chunks, which looks can 
 
 
 class _Look:
-    """A model as a look sees it: its perplexity and KL divergence over the first ``n`` chunks."""
+    """A model as a look sees it: its perplexity and KL divergence over the first ``n`` chunks,
+    or its answers to the first ``n`` tasks of a set (a check looks at chunks or at tasks)."""
 
     def __init__(self, model: QuantModel, n: int) -> None:
         self._model, self._n = model, n
@@ -73,6 +74,9 @@ class _Look:
 
     def kl_divergence(self) -> Any:
         return self._model.models.kl_divergence(self._model, self._n)
+
+    def task(self, name: str) -> Any:
+        return self._model.models.task(self._model, name, self._n)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
@@ -162,12 +166,15 @@ class QuantSession:
             raise CheckSkipped(f"no {phase} test was run for {of}")
         return SpeedAgainst(of, other.tests[phase], mine=mine)
 
-    def resolve_task(self, subject: Any, of: str | None, task: str) -> TaskAgainst:
+    def resolve_task(self, subject: Any, of: str | None, task: str,
+                     n: int | None = None) -> TaskAgainst:
+        """What a task check compares with, over every task or the first ``n`` (a look; a
+        baseline's are stored whole, and the check pairs the first ``n``)."""
         if of == "baseline":
             return self.baseline_task(subject, task)
         other = self.reference() if of is None else self.model(of)
         label = f"{other.name} (reference)" if of is None else other.name
-        return TaskAgainst.of(label, other.task(task))
+        return TaskAgainst.of(label, self.models.task(other, task, n))
 
     def run_check(self, check: Check, model: QuantModel,
                   where: tuple[str, str, int] = ("", "", 0)) -> Outcome:
@@ -220,26 +227,33 @@ class QuantSession:
 
     def _sequential(self, check: Check) -> bool:
         return (self.settings.sequential and self.settings.correction == "none"
-                and bool(check.needs & CHUNK_NEEDS))
+                and (bool(check.needs & CHUNK_NEEDS) or len(tasks_needed(check.needs)) == 1))
 
     def _in_looks(self, check: Check, model: QuantModel) -> Outcome:
-        """``check`` decided in looks (sequential.py): the model, and what the check compares
-        with, are decoded only as far as the looks go (every model's decoding is shared by its
-        checks, so a model stops when the last of them is decided)."""
+        """``check`` decided in looks (sequential.py) of chunks, or of tasks for a task check:
+        the model, and what the check compares with, are decoded (scored) only as far as the
+        looks go (every model's decoding is shared by its checks, so a model stops when the last
+        of them is decided)."""
         s = self.settings
-        group = self.models.protocol.n_seq
-        first = look_schedule(2**31, s.min_chunks, group)[0]
-        n_total = self.models.perplexity(model, first).n_available
-        looks = look_schedule(n_total, s.min_chunks, group)
+        if check.needs & CHUNK_NEEDS:
+            unit, least, group = "chunks", s.min_chunks, self.models.protocol.n_seq
+            first = look_schedule(2**31, least, group)[0]
+            n_total = self.models.perplexity(model, first).n_available
+        else:
+            (task,) = tasks_needed(check.needs)
+            unit, least, group = "tasks", s.min_tasks, 1
+            first = look_schedule(2**31, least, group)[0]
+            n_total = int(self.models.task(model, task, first).task_numbers.size)
+        looks = look_schedule(n_total, least, group)
 
         def evaluate(n: int, level: float, mode: str) -> Outcome:
             ctx = Context(level, mode, functools.partial(self._resolve_at, n=n),
-                          self.resolve_speed, None, self.resolve_task)
+                          self.resolve_speed, None, functools.partial(self.resolve_task, n=n))
             return check.evaluate(_Look(model, n), ctx)
 
         outcome, i = sequential.decide(looks, look_alphas(looks, s.alpha), s.mode, evaluate)
         n = looks[i]
-        when = f"all {n} chunks" if n == n_total else f"{n} of {n_total} chunks"
+        when = f"all {n} {unit}" if n == n_total else f"{n} of {n_total} {unit}"
         note = (f"sequential: decided after {when} (look {i + 1} of {len(looks)}; alpha"
                 f" {s.alpha:g} spent over all looks)")
         return replace(outcome, note="; ".join(x for x in (outcome.note, note) if x))
@@ -349,7 +363,8 @@ class QuantSession:
                 ppl=m.perplexity(model) if m.has_quality(name) else None,
                 kld=m.kl_divergence(model) if m.has_kl(name) else None,
                 fingerprint=m.fingerprint() if has_speed else None,
-                speed=m.speed.get(name), memory=m.memory_usage.get(name), tasks=m.tasks_of(name))
+                speed=m.speed.get(name), memory=m.memory_usage.get(name),
+                tasks=m.tasks_of(name, complete=True))
         return m.quality_keys(), records
 
     # ---- across processes --------------------------------------------------------------------

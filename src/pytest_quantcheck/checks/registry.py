@@ -33,6 +33,11 @@ def task_need(name: str) -> str:
     return f"task:{name}"
 
 
+def tasks_needed(needs: frozenset[str]) -> list[str]:
+    """The task sets named by ``needs``."""
+    return sorted(need.removeprefix("task:") for need in needs if need.startswith("task:"))
+
+
 _REQUIRED = object()
 
 

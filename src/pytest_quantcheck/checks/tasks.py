@@ -9,6 +9,7 @@ can stay put while many answers flip, which is why both are checked.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pytest_quantcheck import stats
@@ -44,6 +45,10 @@ def _paired(subject: Subject, ctx: Context, task: str,
     other = ctx.resolve_task(subject, of, task)
     if other.selection != mine.selection():
         raise _unpaired(task, other.label)
+    if other.correct.size < mine.n_tasks:
+        raise ValueError(f"task {task!r}: {other.label} has {other.correct.size} tasks scored,"
+                         f" fewer than the {mine.n_tasks} to pair")
+    other = replace(other, correct=other.correct[:mine.n_tasks])  # a look: the first tasks
     lost = int((other.correct & ~mine.correct).sum())
     gained = int((~other.correct & mine.correct).sum())
     return mine, other, lost, gained

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -53,9 +53,22 @@ class TaskResult:
     source: str  # the task file
     file_sha256: str
     n_available: int  # tasks in the file
-    task_numbers: NDArray[np.int32] = field(repr=False)  # each scored task's number in the file
-    correct: NDArray[np.bool_] = field(repr=False)  # per scored task, in scoring order
-    chosen: NDArray[np.int32] = field(repr=False)  # the choice the model picked
+    # the selection: each selected task's number in the file, in scoring order
+    task_numbers: NDArray[np.int32] = field(repr=False)
+    # per task scored, the first n_tasks of the selection (all of them unless a sequential look
+    # stopped early): whether the answer is right, and the choice the model picked
+    correct: NDArray[np.bool_] = field(repr=False)
+    chosen: NDArray[np.int32] = field(repr=False)
+
+    @property
+    def complete(self) -> bool:
+        return self.correct.size >= self.task_numbers.size
+
+    def first(self, n: int | None) -> TaskResult:
+        """The result over the first ``n`` tasks of the selection (None: as it is)."""
+        if n is None or n >= self.n_tasks:
+            return self
+        return replace(self, correct=self.correct[:n], chosen=self.chosen[:n])
 
     @property
     def n_tasks(self) -> int:
@@ -74,7 +87,8 @@ class TaskResult:
 
     def selection(self) -> str:
         """What must match for two results to be paired task by task: the file, the mode and
-        the tasks scored, in order."""
+        the tasks selected, in order (two results of one selection pair on the tasks both
+        scored)."""
         return selection_digest(self.mode, self.file_sha256, self.task_numbers)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,7 +97,8 @@ class TaskResult:
                 "accuracy": self.accuracy, "interval95": [low, high], "n_tasks": self.n_tasks,
                 "n_correct": self.n_correct, "n_available": self.n_available,
                 "correct": [bool(c) for c in self.correct],
-                "task_numbers": [int(i) for i in self.task_numbers],
+                "task_numbers": [int(i) for i in self.task_numbers[:self.n_tasks]],
+                "n_selected": int(self.task_numbers.size),
                 "chosen": [int(c) for c in self.chosen]}
 
     def readable(self) -> str:

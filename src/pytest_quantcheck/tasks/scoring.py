@@ -209,29 +209,37 @@ class Scored:
 
 
 def score(tasks: TaskSet, tokenize: Callable[[bytes], NDArray[np.int32]], ctx: BatchContext,
-          n_ctx: int, n_parallel: int, progress: Callable[[int, int], None] | None = None) -> Scored:
-    """Score every task of ``tasks`` in batches on ``ctx`` (a context of ``n_ctx`` tokens and
-    ``n_parallel`` sequences)."""
+          n_ctx: int, n_parallel: int, progress: Callable[[int, int], None] | None = None,
+          start: int = 0, upto: int | None = None) -> Scored:
+    """Score the tasks of ``tasks`` in batches on ``ctx`` (a context of ``n_ctx`` tokens and
+    ``n_parallel`` sequences): from task ``start`` until at least ``upto`` tasks (None: all) are
+    scored, in whole batches of the full run's packing, so a task's answer does not depend on
+    where a run stopped. Returns the tasks from ``start`` to the end of the last batch scored."""
     source = str(tasks.path)
     prepared = [prepare(t, tokenize, tasks.mode, source) for t in tasks.tasks]
+    end = len(prepared) if upto is None else min(len(prepared), max(upto, start))
     chosen = np.zeros(len(prepared), dtype=np.int32)
     correct = np.zeros(len(prepared), dtype=np.bool_)
     all_scores: list[tuple[float, ...]] = [()] * len(prepared)
-    done = 0
+    done = start
     for members, batch, starts in batches(prepared, tasks.mode, n_ctx, n_parallel, source):
+        if members[-1] < start:
+            continue  # scored before
+        if members[0] >= end:
+            break
         logits = ctx.decode(np.array(batch.tokens, dtype=np.int32),
                             np.array(batch.pos, dtype=np.int32), batch.seq_ids,
                             np.array(batch.outputs, dtype=np.bool_))
-        for i, start in zip(members, starts, strict=True):
+        for i, first in zip(members, starts, strict=True):
             p = prepared[i]
             if tasks.mode == WINOGRANDE:
-                s = _winogrande_scores(p, logits, start)
+                s = _winogrande_scores(p, logits, first)
             else:
-                s = _mean_choice_scores(p, logits, start, tasks.mode)
+                s = _mean_choice_scores(p, logits, first, tasks.mode)
             chosen[i] = choose(tasks.mode, s)
             correct[i] = int(chosen[i]) in p.task.correct
             all_scores[i] = tuple(s)
-        done += len(members)
+        done = members[-1] + 1
         if progress:
             progress(done, len(prepared))
-    return Scored(chosen, correct, tuple(all_scores))
+    return Scored(chosen[start:done], correct[start:done], tuple(all_scores[start:done]))
