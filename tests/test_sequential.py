@@ -63,7 +63,8 @@ def test_task_looks_keep_false_alarms_within_alpha(mode: str) -> None:
     for _ in range(runs):
         right = rng.random(400) < limit
 
-        def evaluate(n: int, level: float, m: str) -> stats.Decision:
+        def evaluate(n: int, level: float, m: str,
+                     right: np.ndarray = right) -> stats.Decision:
             return stats.rate_at_least(int(right[:n].sum()), n, limit, level, m, "right answers")
 
         outcome, _i = decide(looks, look_alphas(looks, 0.05), mode, evaluate)
