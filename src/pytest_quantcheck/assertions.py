@@ -7,12 +7,13 @@ semantics and messages.
         assert_perplexity_within(quant_model, quant_reference, pct=3)
 
 ``assert_<marker>(model, ...)`` takes the model to check, then, for checks that compare with
-another model (``perplexity_within``, ``throughput_at_least``), that model (default: the run's
-reference), then the marker's arguments (the first ones positionally, as the marker takes them,
-for the others), and ``alpha=0.05`` / ``mode="detect"``. Models are the ``quant_model`` /
-``quant_reference`` / ``quantize(...)`` fixtures' objects (or any object with ``name``,
-``size_bytes``, ``bits_per_weight``, ``perplexity()`` and, for the other checks,
-``kl_divergence()``, ``throughput()``, ``memory()`` or ``task(name)``). A helper raises
+another model (``perplexity_within``, ``throughput_at_least``, the task comparisons), that model
+(default: the run's reference), then the marker's arguments (the first ones positionally, as the
+marker takes them, for the others), and ``alpha=0.05`` / ``mode="detect"``. The KL checks take
+the model to take the divergence from as the keyword ``of=`` (default: the run's reference).
+Models are the ``quant_model`` / ``quant_reference`` / ``quantize(...)`` fixtures' objects (or
+any object with ``name``, ``size_bytes``, ``bits_per_weight``, ``perplexity()`` and, for the
+other checks, ``kl_divergence()``, ``throughput()``, ``memory()`` or ``task(name)``). A helper raises
 ``AssertionError`` with the full message on failure (and on an inconclusive ``prove``), and
 returns the outcome otherwise; a check that cannot be decided here (GPU memory without a GPU) raises
 :class:`pytest_quantcheck.checks.CheckSkipped`. On the fixtures' models the outcome also goes to
@@ -65,9 +66,13 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
         compared = against()
         return checks.TaskAgainst.of(compared.name, compared.task(task))
 
+    def resolve_kl(subject: Any, _of: str) -> Any:
+        return subject.kl_divergence(against())
+
     check = checks.parse(kind.marker, args, kwargs)
     outcome = check.evaluate(model, checks.Context(alpha, mode, resolve, resolve_speed,
-                                                   resolve_task=resolve_task))
+                                                   resolve_task=resolve_task,
+                                                   resolve_kl=resolve_kl))
     models = getattr(model, "models", None)
     if isinstance(models, Models):  # a fixture's model: the outcome joins the run's reports
         nodeid, file, line = _where()
@@ -86,7 +91,14 @@ def _helper(marker: str) -> Helper:
                **kwargs: Any) -> checks.Outcome:
         __tracebackhide__ = True
         of = None
-        if of_param is not None:
+        if of_param is not None and of_param.kind == "model":  # KL checks: of= by keyword only
+            of = kwargs.pop("of", None)
+            if isinstance(of, str):
+                raise checks.CheckArgumentError(
+                    f"assert_{marker}: of= takes a model (a fixture's object), not {of!r}")
+            if of is not None:
+                kwargs["of"] = of.name
+        elif of_param is not None:
             if len(args) > 1:
                 raise checks.CheckArgumentError(
                     f"assert_{marker} takes the model, the model to compare with, and keywords")

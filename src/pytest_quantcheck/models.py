@@ -110,9 +110,9 @@ class QuantModel:
     def perplexity(self) -> PerplexityResult:
         return self.models.perplexity(self)
 
-    def kl_divergence(self) -> KLDResult:
-        """KL divergence from the run's reference model."""
-        return self.models.kl_divergence(self)
+    def kl_divergence(self, reference: QuantModel | None = None) -> KLDResult:
+        """KL divergence from the run's reference model, or from ``reference``."""
+        return self.models.kl_divergence(self, reference=reference)
 
     def reference(self) -> QuantModel:
         """The model relative checks compare this one with by default."""
@@ -164,6 +164,11 @@ class Models:
     _fingerprint: Fingerprint | None = None
     _wants_kl: set[str] = field(default_factory=set)
     _store: ReferenceStore | None = None
+    # KL passes from other models than the reference (a check's of=), by (model, other); each
+    # other model's log-probabilities are kept as the reference's are, by content
+    _kld_from: dict[str, KLDResult] = field(default_factory=dict)
+    _partial_kld_from: dict[str, KLDResult] = field(default_factory=dict)
+    _stores: dict[str, ReferenceStore] = field(default_factory=dict)
 
     @property
     def engine(self) -> Engine:
@@ -280,30 +285,45 @@ class Models:
         self.seconds[model.name] = self.seconds.get(model.name, 0.0) + seconds
         self.decoded[model.name] = self.decoded.get(model.name, 0) + (counts[1] if counts else 0)
 
-    def _reference_store(self, upto: int | None = None) -> ReferenceStore:
-        """The reference's log-probabilities, of every chunk or at least the first ``upto``:
-        opened once per run, and built further only when a look needs more."""
-        store = self._store
+    def _reference_store(self, upto: int | None = None,
+                         other: QuantModel | None = None) -> ReferenceStore:
+        """The log-probabilities of the reference (or of ``other``, a check's of=), of every
+        chunk or at least the first ``upto``: opened once per run, and built further only when
+        a look needs more."""
+        ref = self.reference() if other is None else other
+        store = self._store if other is None else self._stores.get(ref.name)
         if store is None or (not store.meta.get("complete") and (
                 upto is None or store.n_chunks < upto)):
-            ref = self.reference()
             with self._measured(ref, "reference log-probs") as note:
                 store = self.engine.reference(ref.path, self.eval_text(), self.protocol,
                                               upto=upto)
                 note(store.n_chunks, store.decoded)
-            self._store = store
+            if other is None:
+                self._store = store
+            else:
+                self._stores[ref.name] = store
         return store
 
-    def kl_divergence(self, model: QuantModel, upto: int | None = None) -> KLDResult:
-        held = _held(self.kld, self._partial_kld, model.name, upto, _first_kld_chunks)
+    def kl_divergence(self, model: QuantModel, upto: int | None = None,
+                      reference: QuantModel | None = None) -> KLDResult:
+        """The model's KL pass against the run's reference, or against ``reference`` (another
+        model of the run or a file), over every chunk or the first ``upto``."""
+        if reference is not None and reference.name == self.reference().name:
+            reference = None
+        full, partial, key = self.kld, self._partial_kld, model.name
+        if reference is not None:
+            full, partial = self._kld_from, self._partial_kld_from
+            key = f"{model.name}\0{reference.name}"
+        held = _held(full, partial, key, upto, _first_kld_chunks)
         if held is not None:
             return held
-        store = self._reference_store(upto)
+        store = self._reference_store(upto, reference)
+        ref_path = (reference or self.reference()).path
         with self._measured(model, "KL divergence (reference log-probs cached)") as note:
             res, decoded = self.engine.kl_divergence_upto(
-                self.reference().path, model.path, self.eval_text(), self.protocol, upto)
+                ref_path, model.path, self.eval_text(), self.protocol, upto)
             note(res.n_chunks, decoded)
-        _keep(self.kld, self._partial_kld, model.name, res, store.n_available)
+        _keep(full, partial, key, res, store.n_available)
         return _first_kld_chunks(res, upto)
 
     def chunks_used(self, name: str) -> int:
@@ -312,13 +332,16 @@ class Models:
                  for key, r in table.items() if key == name]
         if self._store is not None and name == self.reference().name:
             found.append(self._store.n_chunks)  # its log-probabilities
+        if name in self._stores:
+            found.append(self._stores[name].n_chunks)
         return max(found, default=0)
 
     def model_table(self) -> dict[str, dict[str, float | int]]:
         """Per model: chunks decoded in this run, taken from the result cache, looked at, the
         seconds its decoding took, and the tasks answered."""
         names = set(self.decoded) | set(self.ppl) | set(self.kld) | set(self._partial_ppl)
-        names |= {model for model, _task in self.task_results}
+        names |= {model for model, _task in self.task_results} | set(self._stores)
+        names |= {key.split("\0")[0] for key in (*self._kld_from, *self._partial_kld_from)}
         if self._store is not None:
             names.add(self.reference().name)
         return {name: {"chunks_decoded": self.decoded.get(name, 0),

@@ -72,8 +72,8 @@ class _Look:
     def perplexity(self) -> Any:
         return self._model.models.perplexity(self._model, self._n)
 
-    def kl_divergence(self) -> Any:
-        return self._model.models.kl_divergence(self._model, self._n)
+    def kl_divergence(self, reference: QuantModel | None = None) -> Any:
+        return self._model.models.kl_divergence(self._model, self._n, reference)
 
     def task(self, name: str) -> Any:
         return self._model.models.task(self._model, name, self._n)
@@ -143,7 +143,12 @@ class QuantSession:
     def context(self) -> Context:
         return Context(self.settings.alpha, self.settings.mode, self.resolve, self.resolve_speed,
                        self.remeasure if self.settings.throughput_confirm else None,
-                       self.resolve_task)
+                       self.resolve_task, self.resolve_kl)
+
+    def resolve_kl(self, subject: Any, of: str, n: int | None = None) -> Any:
+        """``subject``'s KL divergence from the model ``of`` names (a variant or a .gguf path),
+        over every chunk or the first ``n`` (a look)."""
+        return self.models.kl_divergence(subject, n, self.model(of))  # a look passes as its model
 
     def remeasure(self, subject: Any, of: str | None) -> None:
         if of in (None, "baseline"):
@@ -248,7 +253,8 @@ class QuantSession:
 
         def evaluate(n: int, level: float, mode: str) -> Outcome:
             ctx = Context(level, mode, functools.partial(self._resolve_at, n=n),
-                          self.resolve_speed, None, functools.partial(self.resolve_task, n=n))
+                          self.resolve_speed, None, functools.partial(self.resolve_task, n=n),
+                          functools.partial(self.resolve_kl, n=n))
             return check.evaluate(_Look(model, n), ctx)
 
         outcome, i = sequential.decide(looks, look_alphas(looks, s.alpha), s.mode, evaluate)

@@ -190,6 +190,8 @@ class Context:
     # failing check before it fails; None: a failure stands.
     remeasure: Callable[[Subject, str | None], None] | None = None
     resolve_task: Callable[[Subject, str | None, str], TaskAgainst] | None = None  # (subject, of, task)
+    # the subject's KL divergence from the model ``of`` names (not the run's reference)
+    resolve_kl: Callable[[Subject, str], KLDResult] | None = None
 
 
 def apply_holm(outcomes: list[Outcome]) -> list[Outcome]:

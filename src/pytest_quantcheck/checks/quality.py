@@ -11,6 +11,7 @@ import numpy as np
 from pytest_quantcheck import stats
 from pytest_quantcheck.checks.outcome import Context, Outcome, Subject
 from pytest_quantcheck.checks.registry import KL, PPL, SIZE, CheckType, Param
+from pytest_quantcheck.metrics.kld import KLDResult
 
 KLD_STATS = {"mean": None, "median": 0.5, "p90": 0.90, "p95": 0.95, "p99": 0.99,
              "p99.9": 0.999, "max": 1.0}
@@ -56,19 +57,32 @@ class PerplexityAtMost(CheckType):
                        **base)
 
 
+def _kl_from(subject: Subject, ctx: Context, of: str | None) -> tuple[KLDResult, str]:
+    """The subject's KL pass against the run's reference (``of=None``) or the model ``of``
+    names, and the words the metric's name ends with."""
+    if of is None:
+        return subject.kl_divergence(), ""
+    if ctx.resolve_kl is None:
+        raise ValueError("a KL check with of= needs a context that resolves other models")
+    return ctx.resolve_kl(subject, of), f" from {of}"
+
+
 class KLDivergenceAtMost(CheckType):
     marker = "kl_divergence_at_most"
+    relative_to = "value"
     params = (Param("value", low=0.0), Param("stat", "choice", default="mean",
-                                             choices=tuple(KLD_STATS)))
-    summary = ("KLD from the reference at most `value`; `stat` is `mean`, `median`, `p90`, `p95`,"
-               " `p99`, `p99.9` or `max`")
+                                             choices=tuple(KLD_STATS)),
+              Param("of", "model", default=None))
+    summary = ("KLD from the reference (`of=None`) or another model (`of=\"Q8_0\"`, a variant or a"
+               " .gguf path) at most `value`; `stat` is `mean`, `median`, `p90`, `p95`, `p99`,"
+               " `p99.9` or `max`")
 
     def needs(self, args: Mapping[str, Any]) -> frozenset[str]:
         return frozenset({KL})
 
     def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
                  base: dict[str, Any]) -> Outcome:
-        kld = subject.kl_divergence()
+        kld, source = _kl_from(subject, ctx, args["of"])
         q = KLD_STATS[args["stat"]]
         if q is None:
             d = stats.mean_at_most(kld.chunk_kld, args["value"], ctx.alpha, ctx.mode,
@@ -76,26 +90,28 @@ class KLDivergenceAtMost(CheckType):
         else:
             d = stats.bootstrap_stat_at_most(list(kld.token_kld), q, args["value"], ctx.alpha,
                                              ctx.mode)
-        return Outcome(metric=f"KLD {args['stat']}", verdict=d.verdict, measured=d.estimate,
-                       compared=args["value"], change=None, limit=f"<= {args['value']:g}",
-                       decision=d, against="limit", **base)
+        return Outcome(metric=f"KLD {args['stat']}{source}", verdict=d.verdict,
+                       measured=d.estimate, compared=args["value"], change=None,
+                       limit=f"<= {args['value']:g}", decision=d, against="limit", **base)
 
 
 class Top1AgreementAtLeast(CheckType):
     marker = "top1_agreement_at_least"
-    params = (Param("fraction", low=0.0, high=1.0),)
-    summary = "the same top token as the reference at least this often"
+    relative_to = "fraction"
+    params = (Param("fraction", low=0.0, high=1.0), Param("of", "model", default=None))
+    summary = ("the same top token as the reference (`of=None`) or another model (a variant or a"
+               " .gguf path) at least this often")
 
     def needs(self, args: Mapping[str, Any]) -> frozenset[str]:
         return frozenset({KL})
 
     def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
                  base: dict[str, Any]) -> Outcome:
-        kld = subject.kl_divergence()
+        kld, source = _kl_from(subject, ctx, args["of"])
         per_chunk = kld.n_tokens // kld.n_chunks
         d = stats.proportion_at_least(kld.chunk_same_top, per_chunk, args["fraction"], ctx.alpha,
                                       ctx.mode)
-        return Outcome(metric="top-1 agreement", verdict=d.verdict, measured=d.estimate,
+        return Outcome(metric=f"top-1 agreement{source}", verdict=d.verdict, measured=d.estimate,
                        compared=args["fraction"], change=None,
                        limit=f">= {args['fraction']:.2%}", decision=d, against="limit", **base)
 

@@ -44,10 +44,11 @@ _REQUIRED = object()
 @dataclass(frozen=True)
 class Param:
     """One argument of a check: a number (with bounds), one of ``choices``, a ``target`` (a
-    variant name or ``"baseline"``), or a ``name`` (a task set's, from the settings)."""
+    variant name or ``"baseline"``), a ``model`` (a variant name or a ``.gguf`` path, not the
+    baseline), or a ``name`` (a task set's, from the settings)."""
 
     name: str
-    kind: str = "number"  # "number", "choice", "target" or "name"
+    kind: str = "number"  # "number", "choice", "target", "model" or "name"
     default: Any = _REQUIRED
     low: float | None = None
     high: float | None = None
@@ -72,6 +73,13 @@ class Param:
             if value is not None and (not isinstance(value, str) or not value):
                 raise CheckArgumentError(
                     f"{self.name} must be a variant name or 'baseline', got {value!r}")
+            return value
+        if self.kind == "model":
+            if value is not None and (not isinstance(value, str) or not value
+                                      or value == "baseline"):
+                raise CheckArgumentError(
+                    f"{self.name} must be a variant name or a .gguf path, got {value!r} (a"
+                    " baseline keeps no log-probabilities to take a KL divergence from)")
             return value
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise CheckArgumentError(f"{self.name} must be a number, got {value!r}")
