@@ -158,3 +158,53 @@ def test_demo_model_build_is_deterministic(demo_model: Path, tmp_path: Path) -> 
     again = tmp_path / "again.gguf"
     build_demo_model(again, default_backend())
     assert cache.sha256_of(again) == cache.sha256_of(demo_model)
+
+
+def test_ggml_type_table_is_libggmls() -> None:
+    # the table tensor sizes and hashes are computed from (gguf_check.GGML_TYPE_SIZES, names in
+    # tensor_mix) against the ggml that llama-cpp-python ships
+    import ctypes
+
+    import llama_cpp
+
+    from pytest_quantcheck.gguf_check import GGML_TYPE_SIZES
+    from pytest_quantcheck.tensor_mix import GGML_TYPE_NAMES
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    ggml = ctypes.CDLL(str(next(lib_dir.glob("libggml-base.so*"))))
+    ggml.ggml_type_size.restype = ctypes.c_size_t
+    ggml.ggml_blck_size.restype = ctypes.c_int64
+    ggml.ggml_type_name.restype = ctypes.c_char_p
+    for type_id, (block, size) in GGML_TYPE_SIZES.items():
+        assert (ggml.ggml_blck_size(type_id), ggml.ggml_type_size(type_id)) == (block, size)
+        assert ggml.ggml_type_name(type_id).decode().upper() == GGML_TYPE_NAMES[type_id]
+    assert set(GGML_TYPE_NAMES) == set(GGML_TYPE_SIZES)
+
+
+def test_narrow_rows_fall_back_and_make_q6_k_q8_0(tmp_path: Path, real_cache: Path) -> None:
+    # rows of 64 values cannot take Q6_K's 256-value blocks: llama.cpp writes Q8_0 instead, so
+    # the two file types hold the same tensors, and the notices say so
+    import subprocess
+    import sys
+
+    from pytest_quantcheck.tensor_mix import fallback_notice, identical_notices, read_mix
+
+    root = Path(__file__).resolve().parent.parent
+    narrow = tmp_path / "narrow.gguf"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "synthetic_model.py"), str(narrow),
+                    "--embd", "64", "--layers", "1", "--ff", "128", "--heads", "4"], check=True,
+                   capture_output=True)
+    backend = default_backend()
+    mixes = {name: read_mix(quantize(narrow, name, backend=backend, cache_dir=real_cache).path,
+                            real_cache) for name in ("Q6_K", "Q8_0", "Q4_K_M")}
+    assert set(mixes["Q6_K"].by_type()) == {"Q8_0", "F32"}
+    notice = fallback_notice("Q6_K", "Q6_K", mixes["Q6_K"])
+    assert notice is not None and "are not Q6_K's 256-value blocks, because their rows (64, 128" \
+        " values) are not a multiple of 256; llama.cpp fell back: " in notice
+    assert "to Q8_0 (" in notice
+    assert fallback_notice("Q8_0", "Q8_0", mixes["Q8_0"]) is None
+    assert identical_notices({n: m.data_sha256() for n, m in mixes.items()}) == [
+        "Q6_K and Q8_0 hold identical tensors (every tensor's type and bytes are equal): their"
+        " results are one model's, measured more than once"]
+    # Q4_K falls back to Q5_0 (and its Q6_K tensors to Q8_0), so Q4_K_M differs from both
+    assert "Q5_0" in mixes["Q4_K_M"].by_type()

@@ -69,10 +69,18 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
     def resolve_kl(subject: Any, _of: str) -> Any:
         return subject.kl_divergence(against())
 
+    def resolve_tensors(subject: Any, _of: str) -> tuple[str, dict[str, list[str]]]:
+        if of is None:
+            raise checks.CheckArgumentError(
+                f"assert_{kind.marker} compares two files: pass the other model (a helper"
+                " cannot read the baseline; use the marker for that)")
+        return of.name, of.tensor_mix().hashes()
+
     check = checks.parse(kind.marker, args, kwargs)
     outcome = check.evaluate(model, checks.Context(alpha, mode, resolve, resolve_speed,
                                                    resolve_task=resolve_task,
-                                                   resolve_kl=resolve_kl))
+                                                   resolve_kl=resolve_kl,
+                                                   resolve_tensors=resolve_tensors))
     models = getattr(model, "models", None)
     if isinstance(models, Models):  # a fixture's model: the outcome joins the run's reports
         nodeid, file, line = _where()
@@ -128,3 +136,4 @@ assert_memory_at_most = _helper("memory_at_most")
 assert_accuracy_at_least = _helper("accuracy_at_least")
 assert_accuracy_within = _helper("accuracy_within")
 assert_flips_at_most = _helper("flips_at_most")
+assert_tensors_unchanged = _helper("tensors_unchanged")

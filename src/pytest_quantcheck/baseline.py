@@ -217,11 +217,15 @@ def make_record(*, file_type: str | None, size_bytes: int, bits_per_weight: floa
                 ppl: PerplexityResult | None = None, kld: KLDResult | None = None,
                 fingerprint: Fingerprint | None = None, speed: ThroughputRun | None = None,
                 memory: MemoryUsage | None = None,
-                tasks: Mapping[str, TaskResult] | None = None) -> dict[str, Any]:
+                tasks: Mapping[str, TaskResult] | None = None,
+                tensors: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
     """A variant's record: what paired comparisons need, per chunk and per task (one bit a
-    task), and per machine the throughput samples and memory measured there."""
+    task), per machine the throughput samples and memory measured there, and per tensor its
+    type and the SHA-256 of its bytes."""
     record: dict[str, Any] = {"file_type": file_type, "size_bytes": size_bytes,
                               "bits_per_weight": bits_per_weight}
+    if tensors is not None:
+        record["tensors"] = dict(tensors)
     if ppl is not None:
         record["perplexity"] = {"ppl": ppl.ppl, "ppl_err": ppl.ppl_err, "n_chunks": ppl.n_chunks,
                                 "chunk_nll": ppl.chunk_nll.tolist()}
@@ -274,6 +278,19 @@ def task_correct(stored: BaselineFile, variant: str, keys: dict[str, Any],
     except (KeyError, TypeError, ValueError):
         raise BaselineError(f"{stored.path}: the {task!r} task results of {variant} are"
                             f" damaged; record them again with {UPDATE_FLAG}") from None
+
+
+def tensor_hashes(stored: BaselineFile, variant: str, keys: dict[str, Any],
+                  ignore: tuple[str, ...]) -> dict[str, list[str]]:
+    """The stored type and hash of each tensor of ``variant``, after checking only the base
+    model's hash: the point is to compare what two llama.cpp builds write for it."""
+    record = stored.record(variant, keys, ignore, ("model_sha256",))
+    tensors = record.get("tensors")
+    if not isinstance(tensors, dict) or not all(
+            isinstance(v, list) and len(v) == 2 for v in tensors.values()):
+        raise BaselineError(f"{stored.path}: record of {variant} has no tensor hashes; record"
+                            f" them with {UPDATE_FLAG}")
+    return {str(k): [str(v[0]), str(v[1])] for k, v in tensors.items()}
 
 
 def throughput(stored: BaselineFile, variant: str, keys: dict[str, Any], ignore: tuple[str, ...],

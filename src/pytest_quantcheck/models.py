@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pytest_quantcheck import cache, machine
 from pytest_quantcheck.backends import Backend, RunOptions
@@ -31,6 +31,7 @@ from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_fr
 from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import ThroughputRun
 from pytest_quantcheck.refstore import ReferenceStore
+from pytest_quantcheck.tensor_mix import TensorMix, fallback_notice, read_mix
 from pytest_quantcheck.variants import FILE_TYPES, Variant, VariantError, from_path, quantize
 
 BASE = "base"
@@ -133,6 +134,10 @@ class QuantModel:
     def fingerprint(self) -> Fingerprint:
         return self.models.fingerprint()
 
+    def tensor_mix(self) -> TensorMix:
+        """The tensor types llama.cpp wrote into this file, and a hash per tensor."""
+        return self.models.tensor_mix(self)
+
     def __repr__(self) -> str:
         return f"QuantModel({self.name!r}, {self.path})"
 
@@ -169,6 +174,7 @@ class Models:
     _kld_from: dict[str, KLDResult] = field(default_factory=dict)
     _partial_kld_from: dict[str, KLDResult] = field(default_factory=dict)
     _stores: dict[str, ReferenceStore] = field(default_factory=dict)
+    _mixes: dict[str, TensorMix] = field(default_factory=dict)
 
     @property
     def engine(self) -> Engine:
@@ -336,10 +342,22 @@ class Models:
             found.append(self._stores[name].n_chunks)
         return max(found, default=0)
 
-    def model_table(self) -> dict[str, dict[str, float | int]]:
+    def tensor_mix(self, model: QuantModel) -> TensorMix:
+        """The tensor types and per-tensor hashes of the model's file (read once per file
+        content, see tensor_mix.py)."""
+        if model.name not in self._mixes:
+            with self.step(f"tensor hashes of {model.name}"):
+                self._mixes[model.name] = read_mix(model.path, self.engine.cache_dir)
+        return self._mixes[model.name]
+
+    def model_table(self) -> dict[str, dict[str, Any]]:
         """Per model: chunks decoded in this run, taken from the result cache, looked at, the
-        seconds its decoding took, and the tasks answered."""
+        seconds its decoding took, the tasks answered, and what its file holds: the tensor
+        types (count and bytes of each), one digest of all tensors, and the tensors that fell
+        back from the file type's blocks."""
+        by_name = {m.name: m for m in self._by_spec.values()}
         names = set(self.decoded) | set(self.ppl) | set(self.kld) | set(self._partial_ppl)
+        names |= set(self.measured())
         names |= {model for model, _task in self.task_results} | set(self._stores)
         names |= {key.split("\0")[0] for key in (*self._kld_from, *self._partial_kld_from)}
         if self._store is not None:
@@ -350,8 +368,15 @@ class Models:
                        "chunks_used": self.chunks_used(name),
                        "seconds": round(self.seconds.get(name, 0.0), 3),
                        # tasks answered (scored now or taken from the cache), over all task sets
-                       "tasks_scored": sum(r.n_tasks for r in self.tasks_of(name).values())}
+                       "tasks_scored": sum(r.n_tasks for r in self.tasks_of(name).values()),
+                       **(self._file_row(by_name[name]) if name in by_name else {})}
                 for name in sorted(names)}
+
+    def _file_row(self, model: QuantModel) -> dict[str, Any]:
+        mix = self.tensor_mix(model)
+        return {"file_type": model.file_type, "tensor_types": mix.by_type(),
+                "tensor_data_sha256": mix.data_sha256(),
+                "fallback": fallback_notice(model.name, model.file_type, mix)}
 
     def task(self, model: QuantModel, name: str, upto: int | None = None) -> TaskResult:
         """The model's answers on the task set ``name``: every selected task, or the first
@@ -418,7 +443,8 @@ class Models:
         """Models with at least one measurement, by name (a path variant's name is its stem)."""
         with_tasks = {model for model, _task in self.task_results}
         return {m.name: m for m in self._by_spec.values() if m.name in with_tasks
-                or self.has_quality(m.name) or m.name in self.speed or m.name in self.memory_usage}
+                or self.has_quality(m.name) or m.name in self.speed or m.name in self.memory_usage
+                or m.name in self._mixes}
 
     def has_quality(self, name: str) -> bool:
         """Whether this run computed perplexity (or KL divergence) of ``name``, in full or in

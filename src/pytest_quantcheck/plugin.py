@@ -335,6 +335,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     cached = session.cache_note()
     if cached:
         terminalreporter.write_line(f"quantcheck: {cached}")
+    for notice in session.tensor_notes():
+        terminalreporter.write_line(f"quantcheck: notice: {notice}", yellow=True)
     if not session.outcomes:
         return
     terminalreporter.write_sep("=", "quantcheck summary")

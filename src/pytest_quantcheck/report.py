@@ -5,7 +5,7 @@ annotations, JSON and a dedicated JUnit file. Pure functions of the outcomes; no
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,26 @@ def text_table(outcomes: Sequence[Outcome]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
 
 
-def markdown(outcomes: Sequence[Outcome]) -> str:
+def markdown(outcomes: Sequence[Outcome], models: Mapping[str, Mapping[str, Any]] | None = None,
+             notices: Sequence[str] = ()) -> str:
+    """The run's summary in Markdown: the checks, then (given the models table) what each
+    model's file holds, tensor types by bytes, and the notices about it."""
     failed = sum(not o.passed for o in outcomes)
     head = f"### quantcheck: {len(outcomes) - failed} of {len(outcomes)} checks passed\n\n"
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows(outcomes):
         cells = [c.replace("|", "\\|") for c in r]
         lines.append("| " + " | ".join(cells) + " |")
+    mixes = {name: row["tensor_types"] for name, row in (models or {}).items()
+             if row.get("tensor_types")}
+    if mixes:
+        lines += ["", "#### Tensor types (tensors, MiB)", "", "| model | types |", "|---|---|"]
+        for name, types in sorted(mixes.items()):
+            shown = ", ".join(f"{t} {v['tensors']} ({v['bytes'] / 2**20:.2f})"
+                              for t, v in types.items())
+            lines.append(f"| {name} | {shown} |")
+    if notices:
+        lines += ["", *(f"- {n}" for n in notices)]
     return head + "\n".join(lines) + "\n"
 
 

@@ -34,6 +34,7 @@ from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.exchange import Decided
 from pytest_quantcheck.models import Models, QuantModel, task_specs
 from pytest_quantcheck.sequential import look_alphas, look_schedule
+from pytest_quantcheck.tensor_mix import identical_notices
 
 BaselinePayload = tuple[dict[str, Any], dict[str, dict[str, Any]]]  # keys, records by variant
 
@@ -143,7 +144,19 @@ class QuantSession:
     def context(self) -> Context:
         return Context(self.settings.alpha, self.settings.mode, self.resolve, self.resolve_speed,
                        self.remeasure if self.settings.throughput_confirm else None,
-                       self.resolve_task, self.resolve_kl)
+                       self.resolve_task, self.resolve_kl, self.resolve_tensors)
+
+    def resolve_tensors(self, subject: Any, of: str) -> tuple[str, dict[str, list[str]]]:
+        """The baseline's tensor types and hashes of ``subject``, or another model's."""
+        if of != "baseline":
+            other = self.model(of)
+            return other.name, other.tensor_mix().hashes()
+        if self.baseline_mode == "update":
+            return "baseline (being updated)", subject.tensor_mix().hashes()
+        stored = self._stored()
+        return (f"baseline {stored.path.name}",
+                baseline.tensor_hashes(stored, subject.name, self.models.speed_keys(),
+                                       self.settings.baseline_ignore))
 
     def resolve_kl(self, subject: Any, of: str, n: int | None = None) -> Any:
         """``subject``'s KL divergence from the model ``of`` names (a variant or a .gguf path),
@@ -370,7 +383,7 @@ class QuantSession:
                 kld=m.kl_divergence(model) if m.has_kl(name) else None,
                 fingerprint=m.fingerprint() if has_speed else None,
                 speed=m.speed.get(name), memory=m.memory_usage.get(name),
-                tasks=m.tasks_of(name, complete=True))
+                tasks=m.tasks_of(name, complete=True), tensors=m.tensor_mix(model).hashes())
         return m.quality_keys(), records
 
     # ---- across processes --------------------------------------------------------------------
@@ -418,6 +431,16 @@ class QuantSession:
         """Per model of the run (every worker's): chunks decoded, taken from the result cache,
         looked at, and seconds of decoding."""
         return {**self._merged_models, **self.models.model_table()}
+
+    def tensor_notes(self) -> list[str]:
+        """What llama.cpp wrote that a user should know: variants holding identical tensors,
+        and tensors that fell back from the file type's block type."""
+        table = self.model_table()
+        digests = {name: str(row["tensor_data_sha256"]) for name, row in table.items()
+                   if row.get("tensor_data_sha256")}
+        return [*identical_notices(digests),
+                *(str(row["fallback"]) for _name, row in sorted(table.items())
+                  if row.get("fallback"))]
 
     def cache_note(self) -> str | None:
         """Which models' per-chunk results came from the result cache, for the summary."""
@@ -486,7 +509,8 @@ class QuantSession:
         texts: dict[Path | None, Callable[[], str]] = {
             to.json: lambda: report.to_json(outcomes, self.settings_summary(),
                                             self._baseline_for_report(), self.model_table()),
-            to.markdown: lambda: report.markdown(outcomes)}
+            to.markdown: lambda: report.markdown(outcomes, self.model_table(),
+                                                 self.tensor_notes())}
         for target, text in texts.items():
             if target is not None:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -500,6 +524,6 @@ class QuantSession:
             summary = os.environ.get("GITHUB_STEP_SUMMARY")
             if summary:
                 with open(summary, "a", encoding="utf-8") as f:
-                    f.write(report.markdown(outcomes))
+                    f.write(report.markdown(outcomes, self.model_table(), self.tensor_notes()))
             for line in report.github_annotations(outcomes):
                 print(line)

@@ -2,7 +2,9 @@
 (:mod:`.outcome`). Importing this package registers every built-in check, in the order the README
 lists them."""
 
-from pytest_quantcheck.checks import quality, speed, tasks
+from pytest_quantcheck.checks import quality, speed, tasks  # isort: split
+
+from pytest_quantcheck.checks import files  # registered last, so listed last
 from pytest_quantcheck.checks.outcome import (
     Against,
     CheckArgumentError,
@@ -38,6 +40,7 @@ __all__ = [
     "Subject",
     "TaskAgainst",
     "apply_holm",
+    "files",
     "marker_lines",
     "marker_table",
     "parse",

@@ -20,6 +20,7 @@ from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
 from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
+from pytest_quantcheck.tensor_mix import TensorMix
 
 
 class CheckArgumentError(ValueError):
@@ -47,6 +48,8 @@ class Subject(Protocol):
     def memory(self) -> MemoryUsage: ...
 
     def task(self, name: str) -> TaskResult: ...
+
+    def tensor_mix(self) -> TensorMix: ...
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,9 @@ class Context:
     resolve_task: Callable[[Subject, str | None, str], TaskAgainst] | None = None  # (subject, of, task)
     # the subject's KL divergence from the model ``of`` names (not the run's reference)
     resolve_kl: Callable[[Subject, str], KLDResult] | None = None
+    # (subject, of) -> what to call the other side, and its tensor types and hashes: the
+    # baseline's record of the subject, or another model's file
+    resolve_tensors: Callable[[Subject, str], tuple[str, dict[str, list[str]]]] | None = None
 
 
 def apply_holm(outcomes: list[Outcome]) -> list[Outcome]:
