@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from pytest_quantcheck.backends import RunOptions
+from pytest_quantcheck.backends import FILE_TYPE_MIX, QuantizeOptions, RunOptions
 from pytest_quantcheck.gguf_file import read_gguf, write_gguf
 from pytest_quantcheck.gpu import GpuReport
 from pytest_quantcheck.metrics.memory import MemoryUsage, MiB
@@ -208,12 +208,19 @@ class FakeBackend:
         return self.models[-1]
 
     def quantize(self, source: Path, dest: Path, ftype: int, *, n_threads: int,
-                 imatrix: Mapping[str, NDArray[np.float32]] | None = None) -> None:
+                 imatrix: Mapping[str, NDArray[np.float32]] | None = None,
+                 options: QuantizeOptions = FILE_TYPE_MIX) -> None:
+        """A recipe's options are logged, and higher-precision embeddings or outputs lower the
+        fake's noise a little, so a recipe is a model of its own."""
         if self.log is not None:
             with self.log.open("a") as f:
-                f.write(f"quantize {ftype}\n")
-        write_fake_gguf(dest, noise_of(source) + TYPE_NOISE.get(ftype, 0.2), ftype,
-                        speed_of(source) * (1 + TYPE_NOISE.get(ftype, 0.2)))
+                f.write(f"quantize {ftype}" + (f" {options}" if options != FILE_TYPE_MIX
+                                               else "") + "\n")
+        noise = TYPE_NOISE.get(ftype, 0.2)
+        if options.token_embedding_type is not None or options.output_tensor_type is not None:
+            noise *= 0.9
+        write_fake_gguf(dest, noise_of(source) + noise, ftype,
+                        speed_of(source) * (1 + noise))
 
     def system_info(self) -> str:
         return "CPU : FAKE = 1 | SIMD = 0 |"

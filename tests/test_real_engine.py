@@ -208,3 +208,25 @@ def test_narrow_rows_fall_back_and_make_q6_k_q8_0(tmp_path: Path, real_cache: Pa
         " results are one model's, measured more than once"]
     # Q4_K falls back to Q5_0 (and its Q6_K tensors to Q8_0), so Q4_K_M differs from both
     assert "Q5_0" in mixes["Q4_K_M"].by_type()
+
+
+def test_a_recipe_writes_the_types_it_asks_for(demo_model: Path, real_cache: Path) -> None:
+    from pytest_quantcheck.config import Recipe
+    from pytest_quantcheck.tensor_mix import read_mix
+    from pytest_quantcheck.variants import recipe_options
+
+    recipe = Recipe("Q4_K_M-q8embed", "Q4_K_M", token_embedding_type="Q8_0",
+                    output_tensor_type="Q8_0", tensor_types=(("ffn_down", "Q5_K"),))
+    built = quantize(demo_model, "Q4_K_M", backend=default_backend(), cache_dir=real_cache,
+                     options=recipe_options(recipe, demo_model), name=recipe.name)
+    plain = quantize(demo_model, "Q4_K_M", backend=default_backend(), cache_dir=real_cache)
+    assert built.name == "Q4_K_M-q8embed" and built.path != plain.path
+    types = {t.name: t.type_name for t in read_mix(built.path, real_cache).tensors}
+    plain_types = {t.name: t.type_name for t in read_mix(plain.path, real_cache).tensors}
+    assert types["token_embd.weight"] == "Q8_0" != plain_types["token_embd.weight"]
+    assert all(types[n] == "Q5_K" for n in types if "ffn_down" in n)
+    assert types["blk.0.attn_q.weight"] == plain_types["blk.0.attn_q.weight"]  # the rest as the mix
+    pure = quantize(demo_model, "Q4_K_M", backend=default_backend(), cache_dir=real_cache,
+                    options=recipe_options(Recipe("pure", "Q4_K_M", pure=True), demo_model),
+                    name="pure")
+    assert {t.type_name for t in read_mix(pure.path, real_cache).tensors} <= {"Q4_K", "F32"}

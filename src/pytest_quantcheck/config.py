@@ -5,6 +5,7 @@ frozen :class:`Settings`. Every error names the file (or flag), the key and what
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -46,6 +47,28 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """A variant given as a table: a llama.cpp file type and llama-quantize's options on top of
+    it (types by name, as llama-quantize spells them; ``tensor_types``: regular expression to
+    type, as ``--tensor-type``), built under its own ``name``."""
+
+    name: str
+    type: str
+    token_embedding_type: str | None = None
+    output_tensor_type: str | None = None
+    tensor_types: tuple[tuple[str, str], ...] = ()
+    imatrix: Path | None = None  # None: the run's imatrix setting
+    pure: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type,
+                "token_embedding_type": self.token_embedding_type,
+                "output_tensor_type": self.output_tensor_type,
+                "tensor_types": dict(self.tensor_types),
+                "imatrix": None if self.imatrix is None else str(self.imatrix), "pure": self.pure}
+
+
+@dataclass(frozen=True)
 class Settings:
     model: Path | None = None  # None: the built-in demo model
     variants: tuple[str, ...] = ("Q8_0", "Q4_K_M")
@@ -77,6 +100,8 @@ class Settings:
     min_tasks: int = 100  # tasks of a task check's first look
     result_cache: bool = True  # per-chunk results kept by content across runs
     verbose: bool = False
+    # variants given as tables (recipes), by name; their names are in ``variants`` too
+    recipes: Mapping[str, Recipe] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     bases: Mapping[str, Path] = field(default_factory=dict, compare=False, repr=False)
 
@@ -149,13 +174,69 @@ def _baseline_keys(value: Any) -> tuple[str, ...]:
     return _names(KEY_FIELDS)(value)
 
 
-def _variants(value: Any) -> tuple[str, ...]:
-    names = _names()(value)
+_RECIPE_KEYS = ("name", "type", "token_embedding_type", "output_tensor_type", "tensor_types",
+                "imatrix", "pure")
+
+
+def _recipe(entry: Mapping[str, Any]) -> Recipe:
+    """A variant table, checked: known keys, a name that is no file type's, known types, and
+    patterns that compile."""
+    # imported here: the type tables come with modules that load numpy
+    from pytest_quantcheck.tensor_mix import TYPE_IDS
+    from pytest_quantcheck.variants import FILE_TYPES
+
+    unknown = set(entry) - set(_RECIPE_KEYS)
+    if unknown or "name" not in entry or "type" not in entry:
+        raise ValueError(f"a variant table takes name and type (and {', '.join(_RECIPE_KEYS[2:])});"
+                         f" got {dict(entry)!r}")
+    name = _text(entry["name"])
+    if name.upper() in FILE_TYPES or name == "base":
+        raise ValueError(f"variant table {name!r}: its name is a file type's; name the recipe,"
+                         " e.g. \"Q4_K_M-q8embed\"")
+    ftype = str(entry["type"]).upper()
+    if ftype not in FILE_TYPES:
+        raise ValueError(f"variant {name!r}: unknown type {entry['type']!r}; types:"
+                         f" {', '.join(FILE_TYPES)}")
+
+    def tensor_type(key: str, value: Any) -> str:
+        text = str(value).upper()
+        if text not in TYPE_IDS:
+            raise ValueError(f"variant {name!r}: {key} {value!r} is not a tensor type; types:"
+                             f" {', '.join(TYPE_IDS)}")
+        return text
+
+    overrides = entry.get("tensor_types", {})
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"variant {name!r}: tensor_types must be a table of pattern = type, got"
+                         f" {overrides!r}")
+    pairs = []
+    for pattern, type_name in overrides.items():
+        try:
+            re.compile(str(pattern))
+        except re.error as exc:
+            raise ValueError(f"variant {name!r}: tensor_types pattern {pattern!r} is not a"
+                             f" regular expression ({exc})") from None
+        pairs.append((str(pattern), tensor_type(f"tensor_types[{pattern!r}]", type_name)))
+    embedding, output = (None if entry.get(k) is None else tensor_type(k, entry[k])
+                         for k in ("token_embedding_type", "output_tensor_type"))
+    imatrix = None if entry.get("imatrix") is None else Path(_text(entry["imatrix"]))
+    return Recipe(name, ftype, embedding, output, tuple(pairs), imatrix,
+                  _bool(entry.get("pure", False)))
+
+
+def _variants(value: Any) -> tuple[str | Recipe, ...]:
+    """Names (file types, ``base``, .gguf paths) and tables (recipes)."""
+    if isinstance(value, list | tuple) and any(isinstance(v, Mapping) for v in value):
+        entries: tuple[str | Recipe, ...] = tuple(
+            _recipe(v) if isinstance(v, Mapping) else _text(v) for v in value)
+    else:
+        entries = _names()(value)
+    names = [e.name if isinstance(e, Recipe) else e for e in entries]
     if not names:
         raise ValueError("expected at least one variant, e.g. [\"Q8_0\", \"Q4_K_M\"]")
     if len(set(names)) != len(names):
-        raise ValueError(f"variants repeat a name: {list(names)}")
-    return names
+        raise ValueError(f"variants repeat a name: {names}")
+    return entries
 
 
 def _bool(value: Any) -> bool:
@@ -234,7 +315,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "verbose": _bool,
 }
 KEYS = tuple(_PARSERS)
-assert set(KEYS) == {f.name for f in fields(Settings)} - {"sources", "bases"}
+assert set(KEYS) == {f.name for f in fields(Settings)} - {"sources", "bases", "recipes"}
 
 
 @dataclass(frozen=True)
@@ -295,6 +376,11 @@ def merge(layers: list[Layer]) -> Settings:
             if key == "tasks":  # task files are relative to the file that names them
                 value = {name: replace(spec, file=(layer.base / spec.file.expanduser()).resolve())
                          for name, spec in value.items()}
+            if key == "variants":  # tables are recipes; their imatrix files relative, as paths
+                recipes = [e for e in value if isinstance(e, Recipe)]
+                values["recipes"] = {r.name: r if r.imatrix is None else replace(
+                    r, imatrix=(layer.base / r.imatrix.expanduser()).resolve()) for r in recipes}
+                value = tuple(e.name if isinstance(e, Recipe) else e for e in value)
             values[key] = value
             sources[key] = layer.source
             bases[key] = layer.base

@@ -7,6 +7,7 @@ legacy ``.dat`` one. The values are normalised exactly as ``llama-quantize`` nor
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,21 @@ def load_imatrix(path: Path) -> dict[str, NDArray[np.float32]]:
     if not weights:
         raise ImatrixError(f"{path}: holds no importance data; regenerate it with llama-imatrix")
     return weights
+
+
+def check_matches(weights: Mapping[str, NDArray[np.float32]], path: Path, model: Path) -> None:
+    """An importance matrix made for another model has entries for tensors ``model`` lacks, or
+    of another row length; llama.cpp would quantize with it regardless, or abort."""
+    tensors = read_gguf(model, decode_strings=False).tensors
+    for name, values in sorted(weights.items()):
+        info = tensors.get(name)
+        if info is None:
+            raise ImatrixError(f"{path}: made for another model: {name} is not a tensor of"
+                               f" {model.name}; make one for this model with llama-imatrix")
+        if values.size % info.shape[0]:
+            raise ImatrixError(f"{path}: made for another model: {name} has {values.size}"
+                               f" values, not a multiple of its rows' {info.shape[0]} in"
+                               f" {model.name}; make one for this model with llama-imatrix")
 
 
 def _load_gguf(path: Path) -> dict[str, NDArray[np.float32]]:

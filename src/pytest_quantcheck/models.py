@@ -32,7 +32,14 @@ from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import ThroughputRun
 from pytest_quantcheck.refstore import ReferenceStore
 from pytest_quantcheck.tensor_mix import TensorMix, fallback_notice, read_mix
-from pytest_quantcheck.variants import FILE_TYPES, Variant, VariantError, from_path, quantize
+from pytest_quantcheck.variants import (
+    FILE_TYPES,
+    Variant,
+    VariantError,
+    from_path,
+    quantize,
+    recipe_options,
+)
 
 BASE = "base"
 
@@ -234,6 +241,12 @@ class Models:
         base = self.base_path()
         if spec == BASE:
             return from_path(base, name=BASE)
+        recipe = self.settings.recipes.get(spec)
+        if recipe is not None:
+            return quantize(base, recipe.type, backend=self.engine.backend,
+                            imatrix=recipe.imatrix or self.settings.imatrix,
+                            n_threads=self.settings.threads,
+                            options=recipe_options(recipe, base), name=recipe.name)
         if spec.upper() in FILE_TYPES:
             return quantize(base, spec, backend=self.engine.backend, imatrix=self.settings.imatrix,
                             n_threads=self.settings.threads)

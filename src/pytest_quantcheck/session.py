@@ -455,7 +455,8 @@ class QuantSession:
     def settings_summary(self) -> dict[str, Any]:
         summary = {k: (str(v) if isinstance(v, Path) else v)
                    for k, v in self.settings.__dict__.items()
-                   if k not in ("sources", "bases", "tasks")}
+                   if k not in ("sources", "bases", "tasks", "recipes")}
+        summary["recipes"] = {name: r.describe() for name, r in self.settings.recipes.items()}
         summary["tasks"] = {name: {"file": str(spec.file), "mode": spec.mode, "limit": spec.limit}
                             for name, spec in task_specs(self.settings).items()}
         if self.shard is not None:

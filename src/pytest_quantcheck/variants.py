@@ -10,11 +10,13 @@ it is used again.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_quantcheck import cache
-from pytest_quantcheck.backends import Backend, physical_cores
+from pytest_quantcheck.backends import FILE_TYPE_MIX, Backend, QuantizeOptions, physical_cores
+from pytest_quantcheck.config import Recipe
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.gguf_check import check_model_file
 
@@ -135,8 +137,11 @@ def quantize(
     imatrix: Path | None = None,
     n_threads: int | None = None,
     cache_dir: Path | None = None,
+    options: QuantizeOptions = FILE_TYPE_MIX,
+    name: str | None = None,
 ) -> Variant:
-    """The variant of ``base`` quantized to ``type_name``, from the cache or built now."""
+    """The variant of ``base`` quantized to ``type_name`` (with a recipe's ``options``, under
+    the recipe's ``name``), from the cache or built now."""
     ft = file_type(type_name)
     check_gguf_path(base)
     if ft.needs_imatrix and imatrix is None:
@@ -146,17 +151,23 @@ def quantize(
     root = cache_dir or cache.cache_root()
     base_sha = cache.file_sha256(base, root=root)
     imatrix_sha = cache.file_sha256(imatrix, root=root) if imatrix else None
-    key = cache.key_digest(base_sha, ft.name, ft.ftype, imatrix_sha, backend.version)
-    final = root / "variants" / f"{base.stem}-{ft.name}-{key[:16]}.gguf"
+    parts: list[object] = [base_sha, ft.name, ft.ftype, imatrix_sha, backend.version]
+    if options != FILE_TYPE_MIX:  # a recipe: its options are part of what the bytes depend on
+        parts.append(repr(options))
+    key = cache.key_digest(*parts)
+    label = "".join(c if c.isalnum() or c in "-_." else "_" for c in (name or ft.name))
+    final = root / "variants" / f"{base.stem}-{label}-{key[:16]}.gguf"
     threads = n_threads or physical_cores()
 
     def build(tmp: Path) -> None:
         weights = None
         if imatrix is not None:
-            from pytest_quantcheck.imatrix import load_imatrix
+            from pytest_quantcheck.imatrix import check_matches, load_imatrix
 
             weights = load_imatrix(imatrix)
-        backend.quantize(base, tmp, ft.ftype, n_threads=threads, imatrix=weights)
+            check_matches(weights, imatrix, base)
+        backend.quantize(base, tmp, ft.ftype, n_threads=threads, imatrix=weights,
+                         options=options)
         # The record goes in before the rename: an entry is never visible without one.
         meta = {
             "sha256": cache.sha256_of(tmp),
@@ -166,8 +177,31 @@ def quantize(
             "type": ft.name,
             "imatrix_sha256": imatrix_sha,
             "backend": backend.version,
+            "options": repr(options),
         }
         cache.write_atomic(final.with_name(final.name + ".json"), json.dumps(meta, indent=1).encode())
 
     cache.publish(final, build, _entry_is_valid)
-    return Variant(name=ft.name, path=final, file_type=ft.name, base=base)
+    return Variant(name=name or ft.name, path=final, file_type=ft.name, base=base)
+
+
+def recipe_options(recipe: Recipe, base: Path) -> QuantizeOptions:
+    """A recipe's llama-quantize options, after checking that each tensor_types pattern matches
+    a tensor of ``base`` (llama.cpp matches them with std::regex_search, as re.search here)."""
+    from pytest_quantcheck.gguf_file import read_gguf
+    from pytest_quantcheck.tensor_mix import TYPE_IDS
+
+    names = list(read_gguf(base, decode_strings=False).tensors)
+    for pattern, _type in recipe.tensor_types:
+        if not any(re.search(pattern, n) for n in names):
+            example = next((n for n in names if n.startswith("blk.")), names[0] if names else "")
+            raise VariantError(
+                f"variant {recipe.name!r}: tensor_types pattern {pattern!r} matches no tensor of"
+                f" {base.name} (names look like {example!r}); fix the pattern")
+
+    def type_id(name: str | None) -> int | None:
+        return None if name is None else TYPE_IDS[name]
+
+    return QuantizeOptions(type_id(recipe.token_embedding_type),
+                           type_id(recipe.output_tensor_type),
+                           tuple((p, TYPE_IDS[t]) for p, t in recipe.tensor_types), recipe.pure)

@@ -47,6 +47,22 @@ def physical_cores() -> int:
 
 
 @dataclass(frozen=True)
+class QuantizeOptions:
+    """A recipe's departures from a file type's own mix, as llama-quantize's options: the types
+    of the token embeddings and the output tensor, types for tensors whose names match a regular
+    expression (``--tensor-type PATTERN=TYPE``, the first match wins), and ``pure`` (every tensor
+    at the file type's type). Types are ggml type ids."""
+
+    token_embedding_type: int | None = None
+    output_tensor_type: int | None = None
+    tensor_types: tuple[tuple[str, int], ...] = ()
+    pure: bool = False
+
+
+FILE_TYPE_MIX = QuantizeOptions()  # a file type as llama.cpp mixes it, nothing changed
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """How llama.cpp runs a model; none of these change the numbers it computes on a CPU."""
 
@@ -153,6 +169,7 @@ class Backend(Protocol):
         *,
         n_threads: int,
         imatrix: Mapping[str, NDArray[np.float32]] | None = None,
+        options: QuantizeOptions = FILE_TYPE_MIX,
     ) -> None:
         """Write ``source`` quantized to llama.cpp file type ``ftype`` into ``dest``."""
         ...

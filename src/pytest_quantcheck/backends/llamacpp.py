@@ -18,7 +18,7 @@ import llama_cpp as lc
 import numpy as np
 from numpy.typing import NDArray
 
-from pytest_quantcheck.backends import BackendError, RunOptions
+from pytest_quantcheck.backends import FILE_TYPE_MIX, BackendError, QuantizeOptions, RunOptions
 from pytest_quantcheck.metrics.memory import MemoryUsage
 
 _init_lock = threading.Lock()
@@ -376,12 +376,26 @@ class LlamaCppBackend:
         *,
         n_threads: int,
         imatrix: Mapping[str, NDArray[np.float32]] | None = None,
+        options: QuantizeOptions = FILE_TYPE_MIX,
     ) -> None:
         _ensure_initialized(_verbose)
         params = lc.llama_model_quantize_default_params()
         params.nthread = n_threads
         params.ftype = ftype
+        params.pure = options.pure
+        if options.token_embedding_type is not None:
+            params.token_embedding_type = options.token_embedding_type
+        if options.output_tensor_type is not None:
+            params.output_tensor_type = options.output_tensor_type
         keep: list[Any] = []  # arrays the C side points into must outlive the call
+        if options.tensor_types:
+            overrides = (lc.llama_model_tensor_override * (len(options.tensor_types) + 1))()
+            for i, (pattern, type_id) in enumerate(options.tensor_types):
+                overrides[i].pattern = pattern.encode()
+                overrides[i].type = type_id
+            overrides[len(options.tensor_types)].pattern = None  # the list ends at a null pattern
+            keep.append(overrides)
+            params.tt_overrides = overrides
         if imatrix:
             entries = (lc.llama_model_imatrix_data * (len(imatrix) + 1))()
             for i, (name, values) in enumerate(sorted(imatrix.items())):
