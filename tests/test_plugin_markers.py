@@ -193,7 +193,7 @@ def test_markers_are_registered_for_strict_markers(qc_project: pytest.Pytester,
                           "def test_x(quant_model):\n    pass\n")
     run_both_ways(qc_project, "--strict-markers").assert_outcomes(passed=2)
     result = qc_project.runpytest("--markers")  # pytest's own listing: no tests run, no workers
-    result.stdout.fnmatch_lines(["*perplexity_within(pct, of=None)*"])
+    result.stdout.fnmatch_lines(["*perplexity_within(pct, of=None, text=None)*"])
 
 
 def test_summary_table_lists_every_check(qc_project: pytest.Pytester, run_both_ways: RunBoth) -> None:

@@ -32,8 +32,9 @@ def test_every_check_has_an_assertion_helper_and_nothing_else_does() -> None:
 
 def test_signatures_show_defaults_and_alternatives() -> None:
     sig = {m: k.signature() for m, k in checks.REGISTRY.items()}
-    assert sig["perplexity_within"] == "perplexity_within(pct, of=None)"
-    assert sig["kl_divergence_at_most"] == 'kl_divergence_at_most(value, stat="mean", of=None)'
+    assert sig["perplexity_within"] == "perplexity_within(pct, of=None, text=None)"
+    assert sig["kl_divergence_at_most"] == (
+        'kl_divergence_at_most(value, stat="mean", of=None, text=None)')
     assert sig["size_at_most"] == "size_at_most(bytes=... | bpw=...)"
     assert sig["throughput_at_least"] == (
         'throughput_at_least(tokens_per_s=... | pct=..., of="baseline", phase="tg")')

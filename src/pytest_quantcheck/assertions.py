@@ -51,9 +51,10 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
     def against() -> Any:
         return of if of is not None else model.reference()
 
-    def resolve(subject: Any, _of: str | None) -> checks.Against:
+    def resolve(subject: Any, _of: str | None, text: str | None = None) -> checks.Against:
         compared = against()
-        return checks.Against(compared.name, compared.perplexity().chunk_nll)
+        res = compared.perplexity() if text is None else compared.perplexity(text)
+        return checks.Against(compared.name, res.chunk_nll)
 
     def resolve_speed(subject: Any, _of: str, phase: str) -> checks.SpeedAgainst:
         compared = against()
@@ -66,8 +67,8 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
         compared = against()
         return checks.TaskAgainst.of(compared.name, compared.task(task))
 
-    def resolve_kl(subject: Any, _of: str) -> Any:
-        return subject.kl_divergence(against())
+    def resolve_kl(subject: Any, _of: str, text: str | None = None) -> Any:
+        return subject.kl_divergence(against(), text=text)
 
     def resolve_tensors(subject: Any, _of: str) -> tuple[str, dict[str, list[str]]]:
         if of is None:
@@ -76,12 +77,14 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
                 " cannot read the baseline; use the marker for that)")
         return of.name, of.tensor_mix().hashes()
 
+    models = getattr(model, "models", None)
+    texts = models.texts() if isinstance(models, Models) else ()
     check = checks.parse(kind.marker, args, kwargs)
     outcome = check.evaluate(model, checks.Context(alpha, mode, resolve, resolve_speed,
                                                    resolve_task=resolve_task,
                                                    resolve_kl=resolve_kl,
-                                                   resolve_tensors=resolve_tensors))
-    models = getattr(model, "models", None)
+                                                   resolve_tensors=resolve_tensors,
+                                                   texts=texts))
     if isinstance(models, Models):  # a fixture's model: the outcome joins the run's reports
         nodeid, file, line = _where()
         outcome = replace(outcome, nodeid=nodeid, file=file, line=line)

@@ -145,8 +145,9 @@ def merge_record(old: dict[str, Any], new: dict[str, Any], keep_runs: int = 10) 
     throughput tests and memory replaced one by one, its new runs appended and the last
     ``keep_runs`` kept), other machines' entries are kept."""
     merged = {**old, **{k: v for k, v in new.items() if k != "machines"}}
-    if isinstance(old.get("tasks"), dict) and "tasks" in new:  # task sets merge by name
-        merged["tasks"] = {**old["tasks"], **new["tasks"]}
+    for section in ("tasks", "texts"):  # task sets and named texts merge by name
+        if isinstance(old.get(section), dict) and section in new:
+            merged[section] = {**old[section], **new[section]}
     machines = [dict(m) for m in old.get("machines", []) if isinstance(m, dict)]
     for entry in new.get("machines", []):
         same = next((m for m in machines if _same_machine(m, entry)), None)
@@ -218,7 +219,8 @@ def make_record(*, file_type: str | None, size_bytes: int, bits_per_weight: floa
                 fingerprint: Fingerprint | None = None, speed: ThroughputRun | None = None,
                 memory: MemoryUsage | None = None,
                 tasks: Mapping[str, TaskResult] | None = None,
-                tensors: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+                tensors: Mapping[str, list[str]] | None = None,
+                texts: Mapping[str, tuple[str, PerplexityResult]] | None = None) -> dict[str, Any]:
     """A variant's record: what paired comparisons need, per chunk and per task (one bit a
     task), per machine the throughput samples and memory measured there, and per tensor its
     type and the SHA-256 of its bytes."""
@@ -226,6 +228,10 @@ def make_record(*, file_type: str | None, size_bytes: int, bits_per_weight: floa
                               "bits_per_weight": bits_per_weight}
     if tensors is not None:
         record["tensors"] = dict(tensors)
+    if texts:  # named evaluation texts beyond the default: (text's SHA-256, its perplexity)
+        record["texts"] = {name: {"text_sha256": sha, "ppl": r.ppl, "n_chunks": r.n_chunks,
+                                  "chunk_nll": r.chunk_nll.tolist()}
+                           for name, (sha, r) in sorted(texts.items())}
     if ppl is not None:
         record["perplexity"] = {"ppl": ppl.ppl, "ppl_err": ppl.ppl_err, "n_chunks": ppl.n_chunks,
                                 "chunk_nll": ppl.chunk_nll.tolist()}
@@ -278,6 +284,30 @@ def task_correct(stored: BaselineFile, variant: str, keys: dict[str, Any],
     except (KeyError, TypeError, ValueError):
         raise BaselineError(f"{stored.path}: the {task!r} task results of {variant} are"
                             f" damaged; record them again with {UPDATE_FLAG}") from None
+
+
+def text_chunk_nll(stored: BaselineFile, variant: str, keys: dict[str, Any],
+                   ignore: tuple[str, ...], text: str,
+                   text_keys: dict[str, str]) -> NDArray[np.float64]:
+    """The stored per-chunk NLL of ``variant`` on the named text ``text``, after checking the
+    run's keys (but the default text's) and the named text's own hash."""
+    fields = tuple(f for f in KEY_FIELDS if f not in ("text_sha256", "tokens_sha256"))
+    record = stored.record(variant, keys, ignore, fields)
+    entry = record.get("texts", {}).get(text) if isinstance(record.get("texts"), dict) else None
+    if not isinstance(entry, dict):
+        raise BaselineError(f"{stored.path}: record of {variant} has no results on text {text!r};"
+                            f" record them with {UPDATE_FLAG}")
+    if "text_sha256" not in ignore and entry.get("text_sha256") != text_keys["text_sha256"]:
+        raise BaselineError(
+            f"{stored.path}: baseline was made with a different text {text!r}"
+            f" ({_short(entry.get('text_sha256'))}, now {_short(text_keys['text_sha256'])});"
+            f" refresh it with {UPDATE_FLAG} if the change is intended, or list text_sha256 in"
+            " baseline_ignore")
+    try:
+        return np.asarray(entry["chunk_nll"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        raise BaselineError(f"{stored.path}: the {text!r} results of {variant} are damaged;"
+                            f" record them again with {UPDATE_FLAG}") from None
 
 
 def tensor_hashes(stored: BaselineFile, variant: str, keys: dict[str, Any],

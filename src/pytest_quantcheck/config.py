@@ -102,6 +102,8 @@ class Settings:
     verbose: bool = False
     # variants given as tables (recipes), by name; their names are in ``variants`` too
     recipes: Mapping[str, Recipe] = field(default_factory=dict)
+    # named evaluation texts, when eval_text is a table (its first is eval_text, the default)
+    eval_texts: Mapping[str, Path] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     bases: Mapping[str, Path] = field(default_factory=dict, compare=False, repr=False)
 
@@ -239,6 +241,25 @@ def _variants(value: Any) -> tuple[str | Recipe, ...]:
     return entries
 
 
+def _eval_text(value: Any) -> str | dict[str, str] | None:
+    """One text's path, or a table of named texts (``prose = "a.txt"``; on the command line,
+    ``prose=a.txt,code=b.txt``); the first named text is the default."""
+    if isinstance(value, str) and "=" in value:
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        value = {name.strip(): path.strip() for name, path in pairs}
+    if not isinstance(value, Mapping):
+        return _optional(_text)(value)  # type: ignore[no-any-return]
+    if not value:
+        raise ValueError("expected a path or a table of name = path, got an empty table")
+    texts = {}
+    for name, path in value.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)) or str(name) in ("macro", "all"):
+            raise ValueError(f"text name {name!r}: use letters, digits, '_', '-', '.' (and not"
+                             " 'macro' or 'all', which checks use for every text)")
+        texts[str(name)] = _text(path)
+    return texts
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -287,7 +308,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "model": _optional(_text),
     "variants": _variants,
     "reference": _text,
-    "eval_text": _optional(_text),
+    "eval_text": _eval_text,
     "n_ctx": _int(4, even=True),
     "n_batch": _int(1),
     "chunks": _optional(_int(1)),
@@ -315,7 +336,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "verbose": _bool,
 }
 KEYS = tuple(_PARSERS)
-assert set(KEYS) == {f.name for f in fields(Settings)} - {"sources", "bases", "recipes"}
+assert set(KEYS) == {f.name for f in fields(Settings)} - {"sources", "bases", "recipes",
+                                                           "eval_texts"}
 
 
 @dataclass(frozen=True)
@@ -371,6 +393,11 @@ def merge(layers: list[Layer]) -> Settings:
                 value = _PARSERS[key](raw)
             except ValueError as exc:
                 raise ConfigError(layer.source, key, str(exc)) from None
+            if key == "eval_text":  # one path, or named texts whose first is the default
+                named = value if isinstance(value, dict) else {}
+                values["eval_texts"] = {name: (layer.base / Path(p).expanduser()).resolve()
+                                        for name, p in named.items()}
+                value = next(iter(named.values())) if named else value
             if key in _PATH_KEYS and value is not None:
                 value = (layer.base / Path(value).expanduser()).resolve()
             if key == "tasks":  # task files are relative to the file that names them

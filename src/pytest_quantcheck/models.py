@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pytest_quantcheck import cache, machine
 from pytest_quantcheck.backends import Backend, RunOptions
 from pytest_quantcheck.checks.outcome import Outcome
-from pytest_quantcheck.checks.registry import KL
+from pytest_quantcheck.checks.registry import KL, MACRO, text_of
 from pytest_quantcheck.config import Settings, TaskSpec
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import ScoringProtocol
@@ -52,6 +52,13 @@ def task_specs(settings: Settings) -> dict[str, TaskSpec]:
     from pytest_quantcheck.demo.tasks import FILES, task_path
 
     return {name.split(".")[0]: TaskSpec(task_path(name)) for name in FILES}
+
+
+def _key(name: str, text: str | None = None, reference: str | None = None) -> str:
+    """Results are held by model name; on another text than the default, or from another
+    model than the reference, under a longer key (which baselines and plots leave out)."""
+    return name + (f"\0text={text}" if text else "") + (f"\0from={reference}" if reference
+                                                         else "")
 
 
 def _first_chunks(res: PerplexityResult, upto: int | None) -> PerplexityResult:
@@ -115,12 +122,15 @@ class QuantModel:
         n_weights = sum(math.prod(t.shape) for t in contents.tensors.values())
         return (self.size_bytes - contents.data_offset) * 8 / max(1, n_weights)
 
-    def perplexity(self) -> PerplexityResult:
-        return self.models.perplexity(self)
+    def perplexity(self, text: str | None = None) -> PerplexityResult:
+        """Perplexity on the default evaluation text, or the one named ``text``."""
+        return self.models.perplexity(self, text=text)
 
-    def kl_divergence(self, reference: QuantModel | None = None) -> KLDResult:
-        """KL divergence from the run's reference model, or from ``reference``."""
-        return self.models.kl_divergence(self, reference=reference)
+    def kl_divergence(self, reference: QuantModel | None = None,
+                      text: str | None = None) -> KLDResult:
+        """KL divergence from the run's reference model, or from ``reference``, on the default
+        evaluation text or the one named ``text``."""
+        return self.models.kl_divergence(self, reference=reference, text=text)
 
     def reference(self) -> QuantModel:
         """The model relative checks compare this one with by default."""
@@ -174,13 +184,10 @@ class Models:
     _engine: Engine | None = None
     _by_spec: dict[str, QuantModel] = field(default_factory=dict)
     _fingerprint: Fingerprint | None = None
-    _wants_kl: set[str] = field(default_factory=set)
-    _store: ReferenceStore | None = None
-    # KL passes from other models than the reference (a check's of=), by (model, other); each
-    # other model's log-probabilities are kept as the reference's are, by content
-    _kld_from: dict[str, KLDResult] = field(default_factory=dict)
-    _partial_kld_from: dict[str, KLDResult] = field(default_factory=dict)
-    _stores: dict[str, ReferenceStore] = field(default_factory=dict)
+    _wants_kl: set[tuple[str, str | None]] = field(default_factory=set)  # (variant, text)
+    # log-probabilities of the reference, and of other models a check's of= names, by
+    # (model name, text), each kept as the reference's are, by content
+    _stores: dict[tuple[str, str | None], ReferenceStore] = field(default_factory=dict)
     _mixes: dict[str, TensorMix] = field(default_factory=dict)
 
     @property
@@ -200,12 +207,44 @@ class Models:
         return demo_model_path(self.engine.backend, self.engine.options,
                                log=lambda msg: self.steps.append(f"demo model: {msg}"))
 
-    def eval_text(self) -> Path:
+    def eval_text(self, text: str | None = None) -> Path:
+        """The default evaluation text, or the one named ``text`` (from a table eval_text)."""
+        if text is not None:
+            return self.settings.eval_texts[text]
         if self.settings.eval_text is not None:
             return self.settings.eval_text
         from pytest_quantcheck.demo.model import data_path
 
         return data_path("eval.txt")
+
+    def texts(self) -> tuple[str, ...]:
+        """The names of the evaluation texts (none when eval_text is one path)."""
+        return tuple(self.settings.eval_texts)
+
+    def named_text(self, text: str | None) -> str | None:
+        """The name of a text other than the default (None for the default)."""
+        return self._text(text)
+
+    def text_keys(self, text: str) -> dict[str, str]:
+        """What a named text's baseline record depends on beyond the run's quality keys."""
+        return {"text_sha256": cache.sha256_of(self.eval_text(text))}
+
+    def texts_of(self, name: str) -> list[str]:
+        """The named texts other than the default this run measured ``name`` on."""
+        prefix = f"{name}\0text="
+        return sorted({key[len(prefix):] for table in (self.ppl, self._partial_ppl, self.kld,
+                                                        self._partial_kld)
+                       for key in table if key.startswith(prefix) and "\0from=" not in key})
+
+    def _text(self, text: str | None) -> str | None:
+        """None for the default text, under any of its names."""
+        names = self.texts()
+        if text is None or (names and text == names[0]):
+            return None
+        if text not in names:
+            raise VariantError(f"text {text!r} is not in eval_text"
+                               f" ({', '.join(names) or 'a single unnamed text'}); name it there")
+        return text
 
     @property
     def protocol(self) -> ScoringProtocol:
@@ -270,26 +309,36 @@ class Models:
         variant that needs the KL pass gets its perplexity from it (the same float64 per-token
         NLL, bit for bit), and the reference's cached log-probabilities yield its perplexity,
         so neither is decoded twice."""
-        self._wants_kl = {variant for variant, wants in needs if KL in wants}
+        self._wants_kl = set()
+        for variant, wants in needs:
+            if KL in wants:
+                text = text_of(wants)
+                texts = self.texts() if text == MACRO else (text,)
+                self._wants_kl |= {(variant, self._text(t)) for t in texts or (None,)}
 
-    def perplexity(self, model: QuantModel, upto: int | None = None) -> PerplexityResult:
-        """The model's perplexity over all chunks, or the first ``upto`` (a sequential look)."""
-        held = _held(self.ppl, self._partial_ppl, model.name, upto, _first_chunks)
+    def perplexity(self, model: QuantModel, upto: int | None = None,
+                   text: str | None = None) -> PerplexityResult:
+        """The model's perplexity over all chunks, or the first ``upto`` (a sequential look), on
+        the default text or the one named ``text``."""
+        text = self._text(text)
+        key = _key(model.name, text)
+        held = _held(self.ppl, self._partial_ppl, key, upto, _first_chunks)
         if held is not None:
             return held
-        if model.name in self.kld or model.name in self._wants_kl:
-            kld = self.kl_divergence(model, upto)
-            store = self._reference_store(upto)
+        wants_kl = (model.name, text) in self._wants_kl
+        if key in self.kld or wants_kl:
+            kld = self.kl_divergence(model, upto, text=text)
+            store = self._reference_store(upto, text=text)
             res = perplexity_from_nll(kld.token_nll, self.protocol.n_ctx,
                                       str(store.meta["tokens_sha256"]), store.n_available)
-        elif self._wants_kl and model.name == self.reference().name:
-            res = self._reference_store(upto).perplexity()
+        elif model.name == self.reference().name and any(t == text for _v, t in self._wants_kl):
+            res = self._reference_store(upto, text=text).perplexity()
         else:
             with self._measured(model, "perplexity") as note:
-                res, decoded = self.engine.perplexity_upto(model.path, self.eval_text(),
+                res, decoded = self.engine.perplexity_upto(model.path, self.eval_text(text),
                                                            self.protocol, upto)
                 note(res.n_chunks, decoded)
-        _keep(self.ppl, self._partial_ppl, model.name, res, res.n_available)
+        _keep(self.ppl, self._partial_ppl, key, res, res.n_available)
         return _first_chunks(res, upto)
 
     @contextlib.contextmanager
@@ -304,55 +353,50 @@ class Models:
         self.seconds[model.name] = self.seconds.get(model.name, 0.0) + seconds
         self.decoded[model.name] = self.decoded.get(model.name, 0) + (counts[1] if counts else 0)
 
-    def _reference_store(self, upto: int | None = None,
-                         other: QuantModel | None = None) -> ReferenceStore:
-        """The log-probabilities of the reference (or of ``other``, a check's of=), of every
-        chunk or at least the first ``upto``: opened once per run, and built further only when
-        a look needs more."""
+    def _reference_store(self, upto: int | None = None, other: QuantModel | None = None,
+                         text: str | None = None) -> ReferenceStore:
+        """The log-probabilities of the reference (or of ``other``, a check's of=) on a text,
+        of every chunk or at least the first ``upto``: opened once per run, and built further
+        only when a look needs more."""
         ref = self.reference() if other is None else other
-        store = self._store if other is None else self._stores.get(ref.name)
+        store = self._stores.get((ref.name, text))
         if store is None or (not store.meta.get("complete") and (
                 upto is None or store.n_chunks < upto)):
             with self._measured(ref, "reference log-probs") as note:
-                store = self.engine.reference(ref.path, self.eval_text(), self.protocol,
+                store = self.engine.reference(ref.path, self.eval_text(text), self.protocol,
                                               upto=upto)
                 note(store.n_chunks, store.decoded)
-            if other is None:
-                self._store = store
-            else:
-                self._stores[ref.name] = store
+            self._stores[(ref.name, text)] = store
         return store
 
     def kl_divergence(self, model: QuantModel, upto: int | None = None,
-                      reference: QuantModel | None = None) -> KLDResult:
+                      reference: QuantModel | None = None,
+                      text: str | None = None) -> KLDResult:
         """The model's KL pass against the run's reference, or against ``reference`` (another
-        model of the run or a file), over every chunk or the first ``upto``."""
+        model of the run or a file), over every chunk or the first ``upto``, on the default
+        text or the one named ``text``."""
+        text = self._text(text)
         if reference is not None and reference.name == self.reference().name:
             reference = None
-        full, partial, key = self.kld, self._partial_kld, model.name
-        if reference is not None:
-            full, partial = self._kld_from, self._partial_kld_from
-            key = f"{model.name}\0{reference.name}"
-        held = _held(full, partial, key, upto, _first_kld_chunks)
+        key = _key(model.name, text, None if reference is None else reference.name)
+        held = _held(self.kld, self._partial_kld, key, upto, _first_kld_chunks)
         if held is not None:
             return held
-        store = self._reference_store(upto, reference)
+        store = self._reference_store(upto, reference, text)
         ref_path = (reference or self.reference()).path
         with self._measured(model, "KL divergence (reference log-probs cached)") as note:
             res, decoded = self.engine.kl_divergence_upto(
-                ref_path, model.path, self.eval_text(), self.protocol, upto)
+                ref_path, model.path, self.eval_text(text), self.protocol, upto)
             note(res.n_chunks, decoded)
-        _keep(full, partial, key, res, store.n_available)
+        _keep(self.kld, self._partial_kld, key, res, store.n_available)
         return _first_kld_chunks(res, upto)
 
     def chunks_used(self, name: str) -> int:
         """The most chunks of ``name`` this run has looked at."""
         found = [r.n_chunks for table in (self.ppl, self._partial_ppl, self.kld, self._partial_kld)
                  for key, r in table.items() if key == name]
-        if self._store is not None and name == self.reference().name:
-            found.append(self._store.n_chunks)  # its log-probabilities
-        if name in self._stores:
-            found.append(self._stores[name].n_chunks)
+        if (name, None) in self._stores:  # its log-probabilities on the default text
+            found.append(self._stores[(name, None)].n_chunks)
         return max(found, default=0)
 
     def tensor_mix(self, model: QuantModel) -> TensorMix:
@@ -369,12 +413,10 @@ class Models:
         types (count and bytes of each), one digest of all tensors, and the tensors that fell
         back from the file type's blocks."""
         by_name = {m.name: m for m in self._by_spec.values()}
-        names = set(self.decoded) | set(self.ppl) | set(self.kld) | set(self._partial_ppl)
-        names |= set(self.measured())
-        names |= {model for model, _task in self.task_results} | set(self._stores)
-        names |= {key.split("\0")[0] for key in (*self._kld_from, *self._partial_kld_from)}
-        if self._store is not None:
-            names.add(self.reference().name)
+        names = set(self.decoded) | set(self.measured())
+        names |= {key.split("\0")[0] for table in (self.ppl, self.kld, self._partial_ppl,
+                                                  self._partial_kld) for key in table}
+        names |= {model for model, _task in self.task_results} | {m for m, _t in self._stores}
         return {name: {"chunks_decoded": self.decoded.get(name, 0),
                        "chunks_from_cache": max(0, self.chunks_used(name)
                                                 - self.decoded.get(name, 0)),
@@ -457,7 +499,7 @@ class Models:
         with_tasks = {model for model, _task in self.task_results}
         return {m.name: m for m in self._by_spec.values() if m.name in with_tasks
                 or self.has_quality(m.name) or m.name in self.speed or m.name in self.memory_usage
-                or m.name in self._mixes}
+                or m.name in self._mixes or self.texts_of(m.name)}
 
     def has_quality(self, name: str) -> bool:
         """Whether this run computed perplexity (or KL divergence) of ``name``, in full or in

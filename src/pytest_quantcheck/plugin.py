@@ -41,7 +41,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "model": "base GGUF model (default: the built-in demo model)",
         "variants": "comma-separated variants: file types (Q8_0,Q4_K_M), 'base' or .gguf paths",
         "reference": "what relative checks compare with (default: base)",
-        "eval_text": "evaluation text (default: the demo model's held-out text)",
+        "eval_text": "evaluation text, or named texts (name=path,name=path; the first is the"
+        " default, checks pick one with text=) (default: the demo model's held-out text)",
         "n_ctx": "tokens per chunk (default: 512)",
         "n_batch": "tokens per batch (default: 2048)",
         "chunks": "score at most this many chunks (default: all)",
@@ -122,6 +123,10 @@ def _settings(config: pytest.Config) -> Settings:
         path = getattr(settings, key)
         if path is not None and not path.is_file():
             raise ConfigError(settings.sources[key], key, f"{path} is not a file; fix the path")
+    for name, text in settings.eval_texts.items():
+        if not text.is_file():
+            raise ConfigError(settings.sources["eval_text"], f"eval_text.{name}",
+                              f"{text} is not a file; fix the path")
     for name, spec in settings.tasks.items():
         if not spec.file.is_file():
             raise ConfigError(settings.sources["tasks"], f"tasks.{name}",

@@ -27,7 +27,7 @@ from pytest_quantcheck.checks import (
     TaskAgainst,
     apply_holm,
 )
-from pytest_quantcheck.checks.registry import KL, PPL, tasks_needed
+from pytest_quantcheck.checks.registry import KL, MACRO, PPL, tasks_needed, text_of
 from pytest_quantcheck.config import Settings
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.errors import QuantcheckError
@@ -70,11 +70,11 @@ class _Look:
     def __init__(self, model: QuantModel, n: int) -> None:
         self._model, self._n = model, n
 
-    def perplexity(self) -> Any:
-        return self._model.models.perplexity(self._model, self._n)
+    def perplexity(self, text: str | None = None) -> Any:
+        return self._model.models.perplexity(self._model, self._n, text)
 
-    def kl_divergence(self, reference: QuantModel | None = None) -> Any:
-        return self._model.models.kl_divergence(self._model, self._n, reference)
+    def kl_divergence(self, reference: QuantModel | None = None, text: str | None = None) -> Any:
+        return self._model.models.kl_divergence(self._model, self._n, reference, text)
 
     def task(self, name: str) -> Any:
         return self._model.models.task(self._model, name, self._n)
@@ -144,7 +144,8 @@ class QuantSession:
     def context(self) -> Context:
         return Context(self.settings.alpha, self.settings.mode, self.resolve, self.resolve_speed,
                        self.remeasure if self.settings.throughput_confirm else None,
-                       self.resolve_task, self.resolve_kl, self.resolve_tensors)
+                       self.resolve_task, self.resolve_kl, self.resolve_tensors,
+                       self.models.texts())
 
     def resolve_tensors(self, subject: Any, of: str) -> tuple[str, dict[str, list[str]]]:
         """The baseline's tensor types and hashes of ``subject``, or another model's."""
@@ -158,10 +159,12 @@ class QuantSession:
                 baseline.tensor_hashes(stored, subject.name, self.models.speed_keys(),
                                        self.settings.baseline_ignore))
 
-    def resolve_kl(self, subject: Any, of: str, n: int | None = None) -> Any:
+    def resolve_kl(self, subject: Any, of: str, text: str | None = None,
+                   n: int | None = None) -> Any:
         """``subject``'s KL divergence from the model ``of`` names (a variant or a .gguf path),
-        over every chunk or the first ``n`` (a look)."""
-        return self.models.kl_divergence(subject, n, self.model(of))  # a look passes as its model
+        on a text, over every chunk or the first ``n`` (a look)."""
+        # a look passes as its model
+        return self.models.kl_divergence(subject, n, self.model(of), text)
 
     def remeasure(self, subject: Any, of: str | None) -> None:
         if of in (None, "baseline"):
@@ -169,12 +172,16 @@ class QuantSession:
         else:  # a comparison of two variants is measured again as it was: interleaved
             self.models.throughput_pair(subject, self.model(of), again=True)
 
-    def resolve(self, subject: Any, of: str | None) -> Against:
+    def resolve(self, subject: Any, of: str | None, text: str | None = None,
+                n: int | None = None) -> Against:
+        """What a perplexity check compares with, on a text, over every chunk or the first
+        ``n`` (a look)."""
         if of == "baseline":
-            return self.baseline_against(subject)
+            stored = self.baseline_against(subject, text)
+            return stored if n is None else replace(stored, chunk_nll=stored.chunk_nll[:n])
         other = self.reference() if of is None else self.model(of)
         label = f"{other.name} (reference)" if of is None else other.name
-        return Against(label, other.perplexity().chunk_nll)
+        return Against(label, self.models.perplexity(other, n, text).chunk_nll)
 
     def resolve_speed(self, subject: Any, of: str, phase: str) -> SpeedAgainst:
         if of == "baseline":
@@ -245,6 +252,7 @@ class QuantSession:
 
     def _sequential(self, check: Check) -> bool:
         return (self.settings.sequential and self.settings.correction == "none"
+                and text_of(check.needs) != MACRO  # texts of other lengths: decided whole
                 and (bool(check.needs & CHUNK_NEEDS) or len(tasks_needed(check.needs)) == 1))
 
     def _in_looks(self, check: Check, model: QuantModel) -> Outcome:
@@ -256,7 +264,7 @@ class QuantSession:
         if check.needs & CHUNK_NEEDS:
             unit, least, group = "chunks", s.min_chunks, self.models.protocol.n_seq
             first = look_schedule(2**31, least, group)[0]
-            n_total = self.models.perplexity(model, first).n_available
+            n_total = self.models.perplexity(model, first, text_of(check.needs)).n_available
         else:
             (task,) = tasks_needed(check.needs)
             unit, least, group = "tasks", s.min_tasks, 1
@@ -265,9 +273,10 @@ class QuantSession:
         looks = look_schedule(n_total, least, group)
 
         def evaluate(n: int, level: float, mode: str) -> Outcome:
-            ctx = Context(level, mode, functools.partial(self._resolve_at, n=n),
+            ctx = Context(level, mode, functools.partial(self.resolve, n=n),
                           self.resolve_speed, None, functools.partial(self.resolve_task, n=n),
-                          functools.partial(self.resolve_kl, n=n))
+                          functools.partial(self.resolve_kl, n=n),
+                          texts=self.models.texts())
             return check.evaluate(_Look(model, n), ctx)
 
         outcome, i = sequential.decide(looks, look_alphas(looks, s.alpha), s.mode, evaluate)
@@ -276,15 +285,6 @@ class QuantSession:
         note = (f"sequential: decided after {when} (look {i + 1} of {len(looks)}; alpha"
                 f" {s.alpha:g} spent over all looks)")
         return replace(outcome, note="; ".join(x for x in (outcome.note, note) if x))
-
-    def _resolve_at(self, subject: Any, of: str | None, n: int) -> Against:
-        """What a check compares with, over the first ``n`` chunks (a look)."""
-        if of == "baseline":
-            stored = self.baseline_against(subject)
-            return replace(stored, chunk_nll=stored.chunk_nll[:n])
-        other = self.reference() if of is None else self.model(of)
-        label = f"{other.name} (reference)" if of is None else other.name
-        return Against(label, self.models.perplexity(other, n).chunk_nll)
 
     def record(self, outcome: Outcome) -> None:
         """Keep an outcome for the summary and the reports (markers' and helpers' alike)."""
@@ -332,13 +332,21 @@ class QuantSession:
                 "comparison with the baseline is off; run pytest with --quant-baseline")
         return baseline.load(self.baseline_path())
 
-    def baseline_against(self, subject: Any) -> Against:
+    def baseline_against(self, subject: Any, text: str | None = None) -> Against:
+        """The baseline's per-chunk NLL of ``subject`` on the default text or a named one."""
         if self.baseline_mode == "update":
             # Being rewritten from this run's numbers: compare with them.
-            return Against("baseline (being updated)", subject.perplexity().chunk_nll, True)
+            res = subject.perplexity() if text is None else subject.perplexity(text)
+            return Against("baseline (being updated)", res.chunk_nll, True)
         stored = self._stored()
-        values = baseline.chunk_nll(stored, subject.name, self.models.quality_keys(),
-                                    self.settings.baseline_ignore)
+        name = self.models.named_text(text)
+        if name is None:
+            values = baseline.chunk_nll(stored, subject.name, self.models.quality_keys(),
+                                        self.settings.baseline_ignore)
+        else:
+            values = baseline.text_chunk_nll(stored, subject.name, self.models.quality_keys(),
+                                             self.settings.baseline_ignore, name,
+                                             self.models.text_keys(name))
         return Against(f"baseline {stored.path.name}", values, True)
 
     def baseline_task(self, subject: Any, task: str) -> TaskAgainst:
@@ -383,7 +391,9 @@ class QuantSession:
                 kld=m.kl_divergence(model) if m.has_kl(name) else None,
                 fingerprint=m.fingerprint() if has_speed else None,
                 speed=m.speed.get(name), memory=m.memory_usage.get(name),
-                tasks=m.tasks_of(name, complete=True), tensors=m.tensor_mix(model).hashes())
+                tasks=m.tasks_of(name, complete=True), tensors=m.tensor_mix(model).hashes(),
+                texts={t: (m.text_keys(t)["text_sha256"], m.perplexity(model, None, t))
+                       for t in m.texts_of(name)})
         return m.quality_keys(), records
 
     # ---- across processes --------------------------------------------------------------------

@@ -129,6 +129,36 @@ def paired_mean_at_most(
     return replace(d, test=f"paired {d.test}")
 
 
+def macro_mean_at_most(
+    samples: list[NDArray[np.float64]], limit: float, alpha: float, mode: str, what: str
+) -> Decision:
+    """Is the average over texts of each text's mean at most ``limit``? Each text weighs the
+    same whatever its length. The estimate's variance is the sum of the texts' squared standard
+    errors over T^2, referred to Student's t with Welch-Satterthwaite degrees of freedom (with
+    one text, the one-sample t-test of :func:`mean_at_most`)."""
+    xs = [np.asarray(x, dtype=np.float64) for x in samples]
+    if not xs or any(x.size < 2 for x in xs):
+        raise ValueError("need at least two chunks of every text for a statistical decision")
+    t_count = len(xs)
+    mean = float(np.mean([x.mean() for x in xs]))
+    v = [float(x.var(ddof=1)) / x.size for x in xs]  # each text's squared standard error
+    se = math.sqrt(sum(v)) / t_count
+    n = sum(x.size for x in xs)
+    if se == 0.0:
+        excess_p = 0.0 if mean > limit else 1.0
+        within_p = 0.0 if mean < limit else 1.0
+        t_crit = 0.0
+    else:
+        df = sum(v) ** 2 / sum(vi * vi / (x.size - 1) for vi, x in zip(v, xs, strict=True)
+                               if vi > 0)
+        t = (mean - limit) / se
+        excess_p, within_p = _t_sf(t, df), _t_cdf(t, df)
+        t_crit = _t_ppf(1.0 - alpha, df)
+    verdict, p = _decide(excess_p, within_p, alpha, mode)
+    return Decision(verdict, mean, mean - t_crit * se, mean + t_crit * se, p, n,
+                    f"macro-average t-test over {t_count} texts ({n} {what})")
+
+
 def proportion_at_least(
     chunk_hits: NDArray[np.int64], per_chunk: int, limit: float, alpha: float, mode: str
 ) -> Decision:

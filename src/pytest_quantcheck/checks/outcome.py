@@ -39,9 +39,10 @@ class Subject(Protocol):
     @property
     def bits_per_weight(self) -> float: ...
 
-    def perplexity(self) -> PerplexityResult: ...
+    # text: a named evaluation text (checks pass it only when one is named)
+    def perplexity(self, text: str | None = None) -> PerplexityResult: ...
 
-    def kl_divergence(self) -> KLDResult: ...
+    def kl_divergence(self, reference: Any = None, text: str | None = None) -> KLDResult: ...
 
     def throughput(self) -> ThroughputRun: ...
 
@@ -187,17 +188,19 @@ class Context:
 
     alpha: float
     mode: str
-    resolve: Callable[[Subject, str | None], Against]  # (subject, of) -> comparison
+    resolve: Callable[..., Against]  # (subject, of[, text]) -> comparison
     resolve_speed: Callable[[Subject, str, str], SpeedAgainst] | None = None  # (subject, of, phase)
     # Measure throughput again (the subject, and ``of`` when it names a variant), to confirm a
     # failing check before it fails; None: a failure stands.
     remeasure: Callable[[Subject, str | None], None] | None = None
     resolve_task: Callable[[Subject, str | None, str], TaskAgainst] | None = None  # (subject, of, task)
-    # the subject's KL divergence from the model ``of`` names (not the run's reference)
-    resolve_kl: Callable[[Subject, str], KLDResult] | None = None
+    # (subject, of, text): the subject's KL divergence from the model ``of`` names (not the
+    # run's reference), on the default text or a named one
+    resolve_kl: Callable[[Subject, str, str | None], KLDResult] | None = None
     # (subject, of) -> what to call the other side, and its tensor types and hashes: the
     # baseline's record of the subject, or another model's file
     resolve_tensors: Callable[[Subject, str], tuple[str, dict[str, list[str]]]] | None = None
+    texts: tuple[str, ...] = ()  # the named evaluation texts (text="macro" averages them)
 
 
 def apply_holm(outcomes: list[Outcome]) -> list[Outcome]:

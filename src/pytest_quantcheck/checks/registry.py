@@ -33,6 +33,19 @@ def task_need(name: str) -> str:
     return f"task:{name}"
 
 
+MACRO = "macro"  # text= value: every evaluation text, macro-averaged
+
+
+def text_need(text: str | None) -> frozenset[str]:
+    """The need that names the evaluation text a check is decided on (none: the default)."""
+    return frozenset() if text is None else frozenset({f"text:{text}"})
+
+
+def text_of(needs: frozenset[str]) -> str | None:
+    """The evaluation text named by ``needs`` (None: the default; MACRO: every text)."""
+    return next((n.removeprefix("text:") for n in needs if n.startswith("text:")), None)
+
+
 def tasks_needed(needs: frozenset[str]) -> list[str]:
     """The task sets named by ``needs``."""
     return sorted(need.removeprefix("task:") for need in needs if need.startswith("task:"))
@@ -53,6 +66,7 @@ class Param:
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
+    positional: bool = True  # False: by keyword only
 
     @property
     def required(self) -> bool:
@@ -121,9 +135,11 @@ class CheckType:
         """The arguments by name, validated; errors name the bad keyword and the allowed ones."""
         __tracebackhide__ = True
         names = tuple(p.name for p in self.params)
-        if len(args) > len(names):
-            raise CheckArgumentError(f"{self.marker} takes at most {len(names)} positional argument(s)")
-        bound = dict(zip(names, args, strict=False))
+        positional = tuple(p.name for p in self.params if p.positional)
+        if len(args) > len(positional):
+            raise CheckArgumentError(
+                f"{self.marker} takes at most {len(positional)} positional argument(s)")
+        bound = dict(zip(positional, args, strict=False))
         for key, value in kwargs.items():
             if key not in names:
                 raise CheckArgumentError(
