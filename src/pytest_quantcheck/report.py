@@ -5,6 +5,7 @@ annotations, JSON and a dedicated JUnit file. Pure functions of the outcomes; no
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -198,22 +199,100 @@ def write_junit(path: Path, outcomes: Sequence[Outcome]) -> None:
 PLOTS_HINT = "install matplotlib for plots: pip install 'pytest-quantcheck[plots]'"
 
 
-PANELS = (  # point key, axis label, title, log scale
-    ("ppl", "perplexity", "size against perplexity", False),
-    ("kld", "mean KL divergence from the reference", "size against KL divergence", True),
-    ("tg_tokens_per_s", "generation tokens/s (tg)", "size against generation speed", False),
-    ("pp_tokens_per_s", "prompt tokens/s (pp)", "size against prompt speed", False),
+PANELS = (  # point key, axis label, title, log scale, higher is better
+    ("ppl", "perplexity", "size against perplexity", False, False),
+    ("kld", "mean KL divergence from the reference", "size against KL divergence", True, False),
+    ("tg_tokens_per_s", "generation tokens/s (tg)", "size against generation speed", False, True),
+    ("pp_tokens_per_s", "prompt tokens/s (pp)", "size against prompt speed", False, True),
 )
+COLOURS = {"pass": "tab:green", "fail": "tab:red", "inconclusive": "tab:orange",
+           None: "tab:gray"}  # by the worst verdict of a model's checks; gray: none
 
 
-def plot_tradeoffs(path: Path, points: dict[str, dict[str, float]]) -> None:
+def verdicts(outcomes: Sequence[Outcome]) -> dict[str, str]:
+    """Each variant's worst verdict: fail, else inconclusive, else pass."""
+    order = {"pass": 0, "inconclusive": 1, "fail": 2}
+    worst: dict[str, str] = {}
+    for o in outcomes:
+        if order.get(o.verdict, 0) >= order.get(worst.get(o.variant, "pass"), 0):
+            worst[o.variant] = o.verdict
+    return worst
+
+
+def pareto(xs: Sequence[float], ys: Sequence[float], higher_is_better: bool) -> list[int]:
+    """Indexes of the points no other point beats on both size (smaller is better) and the
+    metric, by size: the frontier a quantizer chooses from."""
+    sign = -1.0 if higher_is_better else 1.0
+    order = sorted(range(len(xs)), key=lambda i: (xs[i], sign * ys[i]))
+    frontier: list[int] = []
+    best = math.inf
+    for i in order:
+        if sign * ys[i] < best:
+            frontier.append(i)
+            best = sign * ys[i]
+    return frontier
+
+
+def same_points(points: Sequence[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """Variants drawn at one point (identical files measure identically) joined into one
+    label: ``"Q6_K, Q8_0"``."""
+    groups: dict[tuple[float, float], list[str]] = {}
+    for name, x, y in points:
+        key = next((k for k in groups if math.isclose(k[0], x, rel_tol=1e-9)
+                    and math.isclose(k[1], y, rel_tol=1e-9)), (x, y))
+        groups.setdefault(key, []).append(name)
+    return [(", ".join(sorted(names)), x, y) for (x, y), names in groups.items()]
+
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in display units
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(anchors: Sequence[tuple[float, float]], sizes: Sequence[tuple[float, float]],
+                 radius: float = 4.0) -> list[tuple[float, float]]:
+    """Offsets (display units) for labels of the given sizes next to their anchor points, so
+    that no label covers another label or any point: each label, widest first, takes the first
+    free spot of eight directions at growing distances."""
+    dot = radius
+    taken: list[Box] = [(x - dot, y - dot, x + dot, y + dot) for x, y in anchors]
+    offsets: list[tuple[float, float]] = [(0.0, 0.0)] * len(anchors)
+    gap = radius + 2.0
+    for i in sorted(range(len(anchors)), key=lambda i: -sizes[i][0]):
+        (x, y), (w, h) = anchors[i], sizes[i]
+        choice = None
+        for step in range(60):
+            d = gap + step * h * 0.6
+            for dx, dy in ((d, d * 0.3), (d, -h - d * 0.3), (-w - d, d * 0.3),
+                           (-w - d, -h - d * 0.3), (-w / 2, d), (-w / 2, -h - d), (d, -h / 2),
+                           (-w - d, -h / 2)):
+                box = (x + dx, y + dy, x + dx + w, y + dy + h)
+                if not any(_overlaps(box, other) for other in taken):
+                    choice = (dx, dy)
+                    break
+            if choice is not None:
+                break
+        choice = choice or (gap, gap)
+        offsets[i] = choice
+        taken.append((x + choice[0], y + choice[1], x + choice[0] + w, y + choice[1] + h))
+    return offsets
+
+
+def plot_tradeoffs(path: Path, points: dict[str, dict[str, float]],
+                   status: Mapping[str, str] | None = None) -> None:
     """Bits per weight against perplexity, mean KL divergence and tokens/s: one panel per
-    measured quantity, one labelled point per variant, as practitioners draw them when choosing
-    a quantization. PNG or SVG by suffix."""
+    measured quantity; each variant a point with its 95 % interval, coloured by its checks'
+    verdict (green pass, red fail, orange inconclusive, gray none), the Pareto frontier drawn
+    through the variants nothing beats on both axes, and labels placed where they cover no
+    other label or point (variants at one point share one label). PNG or SVG by suffix."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    status = status or {}
 
     def value(p: dict[str, float], key: str, log: bool) -> float | None:
         v = p.get(key)
@@ -224,16 +303,39 @@ def plot_tradeoffs(path: Path, points: dict[str, dict[str, float]]) -> None:
               if any(value(p, panel[0], panel[3]) is not None for p in points.values())]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.5),
                              squeeze=False)
-    for ax, (key, label, title, log) in zip(axes[0], panels, strict=False):
-        for name, p in sorted(points.items(), key=lambda kv: kv[1]["bits_per_weight"]):
-            v = value(p, key, log)
-            if v is None:
-                continue
-            ax.scatter(p["bits_per_weight"], v, color="tab:blue")
-            ax.annotate(name, (p["bits_per_weight"], v), textcoords="offset points", xytext=(4, 4))
-        ax.set(xlabel="bits per weight", ylabel=label, title=title, yscale="log" if log else "linear")
+    for ax, (key, label, title, log, higher) in zip(axes[0], panels, strict=False):
+        drawn = [(name, p["bits_per_weight"], v) for name, p in points.items()
+                 if (v := value(p, key, log)) is not None]
+        for name, x, y in drawn:
+            p = points[name]
+            low, high = p.get(f"{key}_low"), p.get(f"{key}_high")
+            colour = COLOURS.get(status.get(name), "tab:gray")
+            if low is not None and high is not None and (not log or low > 0):
+                ax.errorbar(x, y, yerr=[[y - low], [high - y]], fmt="none", ecolor=colour,
+                            alpha=0.6, capsize=3)
+            ax.scatter(x, y, color=colour, zorder=3)
+        front = pareto([d[1] for d in drawn], [d[2] for d in drawn], higher)
+        if len(front) > 1:
+            ax.step([drawn[i][1] for i in front], [drawn[i][2] for i in front], where="post",
+                    color="black", alpha=0.35, linestyle="--", label="Pareto frontier")
+            ax.legend(loc="best", fontsize="small")
+        ax.set(xlabel="bits per weight", ylabel=label, title=title,
+               yscale="log" if log else "linear")
         ax.grid(True, alpha=0.3)
+        ax.margins(0.15)
     fig.tight_layout()
+    fig.canvas.draw()  # fixes the data-to-display transforms the placement works in
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    for ax, (key, _label, _title, log, _higher) in zip(axes[0], panels, strict=False):
+        labels = same_points([(name, p["bits_per_weight"], v) for name, p in points.items()
+                              if (v := value(p, key, log)) is not None])
+        texts = [ax.annotate(name, (x, y), textcoords="offset pixels", xytext=(0, 0),
+                             fontsize="small") for name, x, y in labels]
+        sizes = [(b.width, b.height) for b in (t.get_window_extent(renderer) for t in texts)]
+        anchors = [(float(a), float(b)) for a, b in
+                   (ax.transData.transform((x, y)) for _n, x, y in labels)]
+        for text, offset in zip(texts, place_labels(anchors, sizes), strict=True):
+            text.set_position(offset)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ from pytest_quantcheck.config import Settings
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.exchange import Decided
+from pytest_quantcheck.metrics.tasks import Z95
 from pytest_quantcheck.models import Models, QuantModel, task_specs
 from pytest_quantcheck.sequential import look_alphas, look_schedule
 from pytest_quantcheck.tensor_mix import identical_notices
@@ -81,6 +83,15 @@ class _Look:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
+
+
+def _standard_error(values: Any) -> float:
+    return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
+
+
+def _around(key: str, value: float, se: float) -> dict[str, float]:
+    """A plotted value and its 95 % interval (normal), as ``key``, ``key_low``, ``key_high``."""
+    return {key: value, f"{key}_low": value - Z95 * se, f"{key}_high": value + Z95 * se}
 
 
 @dataclass
@@ -405,12 +416,17 @@ class QuantSession:
         for name, model in m.measured().items():
             point = {"bits_per_weight": model.bits_per_weight, "size_bytes": model.size_bytes}
             used = m.chunks_used(name)  # what this run decoded, perhaps stopped early
+            # each with its 95 % interval (the plot's error bars)
             if m.has_quality(name):
-                point["ppl"] = m.perplexity(model, used).ppl
+                ppl = m.perplexity(model, used)
+                point.update(_around("ppl", ppl.ppl, ppl.ppl_err))
             if m.has_kl(name):
-                point["kld"] = float(m.kl_divergence(model, used).chunk_kld.mean())
+                chunk_kld = m.kl_divergence(model, used).chunk_kld
+                point.update(_around("kld", float(chunk_kld.mean()),
+                                     _standard_error(chunk_kld)))
             for phase, result in m.speed[name].tests.items() if name in m.speed else ():
-                point[f"{phase}_tokens_per_s"] = result.mean
+                point.update(_around(f"{phase}_tokens_per_s", result.mean,
+                                     _standard_error(result.samples)))
             for task, scored in m.tasks_of(name).items():
                 point[f"{task}_accuracy"] = scored.accuracy
             out[name] = point
@@ -530,7 +546,7 @@ class QuantSession:
             report.write_junit(to.junit, outcomes)
         points = self.points()
         if to.plot is not None and points:
-            report.plot_tradeoffs(to.plot, points)
+            report.plot_tradeoffs(to.plot, points, report.verdicts(outcomes))
         if to.github and outcomes:
             summary = os.environ.get("GITHUB_STEP_SUMMARY")
             if summary:
