@@ -204,8 +204,8 @@ def test_narrow_rows_fall_back_and_make_q6_k_q8_0(tmp_path: Path, real_cache: Pa
     assert "to Q8_0 (" in notice
     assert fallback_notice("Q8_0", "Q8_0", mixes["Q8_0"]) is None
     assert identical_notices({n: m.data_sha256() for n, m in mixes.items()}) == [
-        "Q6_K and Q8_0 hold identical tensors (every tensor's type and bytes are equal): their"
-        " results are one model's, measured more than once"]
+        "Q6_K and Q8_0 hold identical tensors (every tensor's type and bytes are equal): the"
+        " same model under different names, so their numbers agree"]
     # Q4_K falls back to Q5_0 (and its Q6_K tensors to Q8_0), so Q4_K_M differs from both
     assert "Q5_0" in mixes["Q4_K_M"].by_type()
 

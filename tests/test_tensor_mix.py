@@ -74,8 +74,8 @@ def test_fallbacks_name_the_tensors_their_types_and_why() -> None:
 
 def test_identical_and_changed_tensors() -> None:
     assert identical_notices({"Q6_K": "d1", "Q8_0": "d1", "Q4_K_M": "d2"}) == [
-        "Q6_K and Q8_0 hold identical tensors (every tensor's type and bytes are equal): their"
-        " results are one model's, measured more than once"]
+        "Q6_K and Q8_0 hold identical tensors (every tensor's type and bytes are equal): the"
+        " same model under different names, so their numbers agree"]
     stored = {"a": ["Q4_K", "h1"], "b": ["Q4_K", "h2"], "c": ["Q6_K", "h3"]}
     now = {"a": ["Q4_K", "h1"], "b": ["Q5_K", "h9"], "c": ["Q6_K", "h4"], "d": ["F32", "h5"]}
     assert changed_tensors(now, stored) == ["b (Q4_K -> Q5_K)", "c (Q6_K, other bytes)",
@@ -129,3 +129,26 @@ def test_tensors_unchanged_against_the_baseline_and_another_file(
     # without --quant-baseline the baseline comparison is skipped, saying why
     result = qc_project.runpytest("-k", "same_bytes", "-rs")
     result.assert_outcomes(skipped=2)
+
+
+def test_the_tensors_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_quantcheck.cli import main
+
+    arrays = _file(tmp_path / "a.gguf")
+    write_gguf(tmp_path / "b.gguf", {"general.architecture": "llama", "general.file_type": 1,
+                                     "general.name": "renamed"}, arrays)
+    assert main(["tensors", str(tmp_path / "a.gguf"), str(tmp_path / "b.gguf")]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'a.gguf'}  (F16, 3 tensors, " in out
+    assert "  F16          1 tensors" in out
+    assert out.rstrip().endswith("notice: a and b hold identical tensors (every tensor's type and"
+                                 " bytes are equal): the same model under different names, so"
+                                 " their numbers agree")
+    assert main(["tensors", "--json", str(tmp_path / "a.gguf")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    entry = data["files"][str(tmp_path / "a.gguf")]
+    assert entry["file_type"] == "F16" and entry["tensors"]["output.weight"][0] == "F32"
+    assert data["notices"] == []
+    assert main(["tensors", str(tmp_path / "missing.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.gguf: model file not found" in err

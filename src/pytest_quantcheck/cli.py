@@ -1,5 +1,5 @@
 """The ``quantcheck`` command: quantize, perplexity, kld, hellaswag, winogrande, multiple-choice,
-bench, memory, demo-model, merge. No pytest here."""
+bench, memory, tensors, demo-model, merge. No pytest here."""
 
 from __future__ import annotations
 
@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--baseline-dir", type=Path, default=None,
                    help="where to write the merged baseline, when the shards updated it"
                    " (default: the run's baseline_dir)")
+    w = sub.add_parser("tensors", help="what llama.cpp wrote into GGUF files: tensor types (count,"
+                       " bytes), fallbacks from the file type's blocks, identical files")
+    w.add_argument("models", type=Path, nargs="+", metavar="MODEL.gguf")
+    w.add_argument("--json", action="store_true",
+                   help="print per file the types, the data digest and each tensor's type and"
+                   " SHA-256 as JSON")
     d = sub.add_parser("demo-model", help="print the built-in demo model's path (builds it once)")
     d.add_argument("--eval-text", action="store_true",
                    help="print the path of its held-out evaluation text instead")
@@ -299,9 +305,47 @@ def _tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tensors(args: argparse.Namespace) -> int:
+    from pytest_quantcheck.tensor_mix import (
+        fallback_notice,
+        file_type_name,
+        identical_notices,
+        read_mix,
+    )
+
+    for path in args.models:  # every file checked before any is read
+        check_gguf_path(path)
+    stems = [p.stem for p in args.models]
+    names = {p: p.stem if stems.count(p.stem) == 1 else str(p) for p in args.models}
+    mixes = {p: read_mix(p) for p in args.models}
+    fallbacks = {p: fallback_notice(names[p], None, m) for p, m in mixes.items()}
+    notices = [*identical_notices({names[p]: m.data_sha256() for p, m in mixes.items()}),
+               *(n for n in fallbacks.values() if n)]
+    if args.json:
+        _dump({"files": {str(p): {"name": names[p], "file_type": file_type_name(m.file_type),
+                                  "tensor_types": m.by_type(),
+                                  "tensor_data_sha256": m.data_sha256(),
+                                  "fallback": fallbacks[p], "tensors": m.hashes()}
+                         for p, m in mixes.items()},
+               "notices": notices})
+        return 0
+    for p, m in mixes.items():
+        total = sum(t["bytes"] for t in m.by_type().values())
+        print(f"{p}  ({file_type_name(m.file_type) or 'file type not recorded'},"
+              f" {len(m.tensors)} tensors, {total / 2**20:.2f} MiB)")
+        for type_name, row in m.by_type().items():
+            print(f"  {type_name:<8} {row['tensors']:>5} tensors  {row['bytes'] / 2**20:>10.2f} MiB"
+                  f"  {row['bytes'] / total:>6.1%}")
+    for notice in notices:
+        print(f"notice: {notice}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "merge":
         return _merge(args)
+    if args.command == "tensors":
+        return _tensors(args)
     if args.command == "quantize":
         file_type(args.type)  # bad names and files fail before llama.cpp is even loaded
         check_gguf_path(args.base)

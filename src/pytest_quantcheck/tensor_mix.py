@@ -149,12 +149,23 @@ def _read(path: Path) -> TensorMix:
 # ---- what to tell the user -------------------------------------------------------------------
 
 
+def file_type_name(ftype: int | None) -> str | None:
+    """llama-quantize's name of a ``general.file_type`` value (None: unknown)."""
+    from pytest_quantcheck.variants import FILE_TYPES
+
+    if ftype is None:
+        return None
+    return next((t.name for t in FILE_TYPES.values() if t.ftype == ftype & ~1024), None)
+
+
 def fallback_notice(name: str, asked: str | None, mix: TensorMix) -> str | None:
     """One line naming the tensors of variant ``name`` that fell back from the file type's
-    block type, the types they got, and why; None when there are none."""
+    block type, the types they got, and why; None when there are none. ``asked``: the file
+    type the variant was built as (None: as the file records it)."""
     fell = mix.fallbacks()
     if not fell:
         return None
+    asked = asked or file_type_name(mix.file_type)
     block = file_type_block(mix.file_type)
     quantized = [t for t in mix.tensors if t.quantized]
     got: dict[str, list[str]] = {}
@@ -174,8 +185,8 @@ def identical_notices(mixes: Mapping[str, str]) -> list[str]:
     groups: dict[str, list[str]] = {}
     for name, digest in mixes.items():
         groups.setdefault(digest, []).append(name)
-    return [f"{' and '.join(sorted(names))} hold identical tensors (every tensor's type and"
-            " bytes are equal): their results are one model's, measured more than once"
+    return [f"{_and(sorted(names))} hold identical tensors (every tensor's type and"
+            " bytes are equal): the same model under different names, so their numbers agree"
             for names in groups.values() if len(names) > 1]
 
 
@@ -193,6 +204,10 @@ def changed_tensors(now: Mapping[str, Any], stored: Mapping[str, Any]) -> list[s
             out.append(f"{name} ({theirs[0]} -> {mine[0]})" if mine[0] != theirs[0]
                        else f"{name} ({mine[0]}, other bytes)")
     return out
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _names(names: list[str], most: int = 4) -> str:
