@@ -195,7 +195,41 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
         result = project.runpytest_subprocess("--quant-baseline", "-rs")
         return next(line for line in result.stdout.lines if line.startswith("SKIPPED"))
 
+    def unmatched_pattern() -> str:
+        from pytest_quantcheck.config import Recipe
+        from pytest_quantcheck.variants import VariantError, recipe_options
+
+        with pytest.raises(VariantError) as info:
+            recipe_options(Recipe("typo", "Q4_K_M", tensor_types=(("ffn_dwn", "Q5_K"),)),
+                           small_gguf(tmp_path / "r.gguf"))
+        return str(info.value)
+
+    def imatrix_of_another_model() -> str:
+        monkeypatch.setenv("QUANTCHECK_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.setattr(cli_module, "default_backend", FakeBackend)
+        other = tmp_path / "other.imatrix"
+        write_gguf(other, {"imatrix.chunk_count": 1},
+                   {"blk.0.ffn_up.weight.in_sum2": np.ones(32, np.float32),
+                    "blk.0.ffn_up.weight.counts": np.ones(1, np.float32)})
+        return cli(capsys, "quantize", small_gguf(tmp_path / "i.gguf"), "Q4_K_M", "--imatrix",
+                   other)
+
+    def changed_text() -> str:
+        from pytest_quantcheck.baseline import text_chunk_nll, update
+
+        keys = {"model_sha256": "a", "text_sha256": "b", "tokens_sha256": "c", "n_ctx": 256,
+                "protocol": {}, "llama_cpp": "x"}
+        path = tmp_path / "t.quantcheck.json"
+        update(path, keys, {"Q8_0": {"texts": {"code": {"text_sha256": "d" * 64,
+                                                         "chunk_nll": [1.0, 2.0]}}}})
+        with pytest.raises(BaselineError) as info:
+            text_chunk_nll(load(path), "Q8_0", keys, (), "code", {"text_sha256": "e" * 64})
+        return str(info.value)
+
     return {
+        "recipe pattern that matches no tensor": unmatched_pattern,
+        "importance matrix made for another model": imatrix_of_another_model,
+        "named evaluation text changed since the baseline": changed_text,
         "cache directory that cannot be created": cache_not_creatable,
         "disk full while caching a variant": cache_full,
         "GGUF llama.cpp would abort on (a token twice)": token_twice,
