@@ -103,7 +103,8 @@ def main() -> None:
     for label, seconds, models, verdicts in rows:
         decoded = sum(int(m["chunks_decoded"]) for m in models.values())
         per = ", ".join(f"{name} {m['chunks_decoded']}" for name, m in sorted(models.items()))
-        answered = sum(int(m["tasks_scored"]) for m in models.values())
+        answered = sum(int(m["tasks_scored"]) + int(m["tasks_from_cache"])
+                       for m in models.values())
         print(f"| {label} | {seconds:.1f} | {decoded} ({per}) | {answered} |"
               f" {'yes' if verdicts == fixed_verdicts else 'NO'} |")
     first, second = rows[1][1], rows[2][1]

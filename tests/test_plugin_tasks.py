@@ -196,9 +196,12 @@ def test_task_checks_are_decided_in_looks(task_project: pytest.Pytester) -> None
     # the baseline holds every task all the same: a look's stop is no excuse for a short record
     stored = json.loads(next((task_project.path / "baselines").glob("*.json")).read_text())
     assert stored["records"]["Q2_K"]["tasks"]["hellaswag"]["n_tasks"] == 120
-    # a fixed-length run decides on all of them
+    # a fixed-length run decides on all of them, taking the answers from the cache
     result = task_project.runpytest("--quant-min-tasks", "40", "--quant-json", "report.json",
                                     "--quant-sequential", "false")
     result.assert_outcomes(passed=2)
-    checks = json.loads((task_project.path / "report.json").read_text())["checks"]
-    assert {o["decision"]["n"] for o in checks} == {120}
+    report = json.loads((task_project.path / "report.json").read_text())
+    assert {o["decision"]["n"] for o in report["checks"]} == {120}
+    assert report["models"]["Q2_K"]["tasks_scored"] == 0
+    assert report["models"]["Q2_K"]["tasks_from_cache"] == 120
+    result.stdout.fnmatch_lines(["quantcheck: results from the cache: *Q2_K (120 task answers)*"])

@@ -216,11 +216,21 @@ class Engine:
         limit: int | None = None, n_ctx: int = 512, n_parallel: int = 4, n_batch: int = 2048,
         progress: Progress | None = None, name: str | None = None, upto: int | None = None,
     ) -> TaskResult:
+        """:meth:`tasks_upto`'s result."""
+        return self.tasks_upto(model_path, task_path, mode, limit, n_ctx, n_parallel, n_batch,
+                               progress, name, upto)[0]
+
+    def tasks_upto(
+        self, model_path: Path, task_path: Path, mode: str | None = None,
+        limit: int | None = None, n_ctx: int = 512, n_parallel: int = 4, n_batch: int = 2048,
+        progress: Progress | None = None, name: str | None = None, upto: int | None = None,
+    ) -> tuple[TaskResult, int]:
         """Accuracy on a HellaSwag, Winogrande or multiple-choice file with llama-perplexity's
         protocol: ``--<mode>-tasks limit -c n_ctx -np n_parallel -b n_batch`` (``n_parallel`` at
         least 4, as llama-perplexity raises it). ``upto``: score (or take from the result cache)
         at least the first ``upto`` tasks of the selection, not all (a sequential look); the
-        batches are the full run's, so each answer is the one a full run gives."""
+        batches are the full run's, so each answer is the one a full run gives. Returns the
+        result and how many tasks were scored now (the rest came from the result cache)."""
         check_gguf_path(model_path)
         task_set = load_tasks(task_path, mode, limit, name)
         n_parallel = max(4, n_parallel)
@@ -248,10 +258,10 @@ class Engine:
                                           "tasks": hashlib.sha256(numbers.tobytes()).hexdigest()},
                         self.backend.version, self.backend.system_info(),
                         self.options.n_gpu_layers)
-        entry, _decoded = self.results.extend(key, model_path.stem, upto, compute)
+        entry, scored = self.results.extend(key, model_path.stem, upto, compute)
         return TaskResult(task_set.mode, str(task_path), task_set.sha256, task_set.n_available,
                           numbers, entry.arrays["correct"].astype(np.bool_),
-                          entry.arrays["chosen"].astype(np.int32))
+                          entry.arrays["chosen"].astype(np.int32)), scored
 
     def memory(self, model_path: Path, proto: ScoringProtocol) -> MemoryUsage:
         """Resident (and GPU) memory of loading the model and decoding one batch of the scoring

@@ -179,6 +179,7 @@ class Models:
     # per model: chunks decoded in this run, and the seconds its decoding took
     decoded: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    tasks_scored: dict[str, int] = field(default_factory=dict)  # per model, scored in this run
     _partial_ppl: dict[str, PerplexityResult] = field(default_factory=dict)
     _partial_kld: dict[str, KLDResult] = field(default_factory=dict)
     _engine: Engine | None = None
@@ -422,8 +423,11 @@ class Models:
                                                 - self.decoded.get(name, 0)),
                        "chunks_used": self.chunks_used(name),
                        "seconds": round(self.seconds.get(name, 0.0), 3),
-                       # tasks answered (scored now or taken from the cache), over all task sets
-                       "tasks_scored": sum(r.n_tasks for r in self.tasks_of(name).values()),
+                       # tasks answered over all task sets: scored now, or from the cache
+                       "tasks_scored": self.tasks_scored.get(name, 0),
+                       "tasks_from_cache": max(0, sum(r.n_tasks for r in
+                                                      self.tasks_of(name).values())
+                                               - self.tasks_scored.get(name, 0)),
                        **(self._file_row(by_name[name]) if name in by_name else {})}
                 for name in sorted(names)}
 
@@ -448,9 +452,11 @@ class Models:
             limit = spec.limit if spec.limit is not None else self.settings.task_limit
             s = self.settings
             with self.step(f"{name} tasks of {model.name}"):
-                held = self.task_results[key] = self.engine.tasks(
+                held, scored = self.engine.tasks_upto(
                     model.path, spec.file, spec.mode, limit, n_ctx=s.n_ctx,
                     n_parallel=s.task_parallel, n_batch=s.n_batch, name=name, upto=upto)
+            self.task_results[key] = held
+            self.tasks_scored[model.name] = self.tasks_scored.get(model.name, 0) + scored
         return held.first(upto)
 
     def fingerprint(self) -> Fingerprint:

@@ -469,13 +469,20 @@ class QuantSession:
                   if row.get("fallback"))]
 
     def cache_note(self) -> str | None:
-        """Which models' per-chunk results came from the result cache, for the summary."""
+        """Which models' per-chunk results and task answers came from the result cache, for
+        the summary."""
         cached = {name: row for name, row in self.model_table().items()
-                  if row["chunks_from_cache"]}
+                  if row["chunks_from_cache"] or row.get("tasks_from_cache")}
         if not cached:
             return None
-        parts = [f"{name} ({row['chunks_from_cache']} of {row['chunks_used']} chunks)"
-                 for name, row in sorted(cached.items())]
+        parts = []
+        for name, row in sorted(cached.items()):
+            what = []
+            if row["chunks_from_cache"]:
+                what.append(f"{row['chunks_from_cache']} of {row['chunks_used']} chunks")
+            if row.get("tasks_from_cache"):
+                what.append(f"{row['tasks_from_cache']} task answers")
+            parts.append(f"{name} ({', '.join(what)})")
         return "results from the cache: " + ", ".join(parts)
 
     def settings_summary(self) -> dict[str, Any]:
