@@ -120,3 +120,22 @@ def test_recipes_build_with_their_options_and_are_cached_by_content(
     result.stdout.fnmatch_lines(["*variant 'typo': tensor_types pattern 'ffn_dwn' matches no"
                                  " tensor of base.gguf (names look like 'weight'); fix the"
                                  " pattern*"])
+
+
+def test_a_later_layer_naming_a_recipe_keeps_it(tmp_path: Path) -> None:
+    settings = merge([Layer("pyproject.toml", tmp_path, {"variants": ["Q8_0", RECIPE]}),
+                      Layer("command line", tmp_path, {"variants": "Q4_K_M-q8embed"})])
+    assert settings.variants == ("Q4_K_M-q8embed",)
+    assert settings.recipes["Q4_K_M-q8embed"].type == "Q4_K_M"
+
+
+def test_a_missing_recipe_imatrix_is_a_settings_error(qc_project: pytest.Pytester) -> None:
+    toml = qc_project.path / "pyproject.toml"
+    toml.write_text(toml.read_text().replace(
+        'variants = ["Q8_0", "Q2_K"]',
+        'variants = [{ name = "r", type = "Q4_K_M", imatrix = "gone.imatrix" }]'))
+    qc_project.makepyfile("def test_nothing():\n    pass\n")
+    result = qc_project.runpytest()
+    assert result.ret != 0
+    assert "variants.r.imatrix: " in result.stderr.str()
+    assert "gone.imatrix is not a file; fix the path" in result.stderr.str()

@@ -44,6 +44,25 @@ def test_a_variant_whose_checks_need_the_kl_pass_is_decoded_once(tmp_path: Path)
     assert [o.nodeid for o in session.outcomes] == ["t.py::test[Q8_0]", ""]
 
 
+def test_a_path_variant_with_kl_and_perplexity_checks_is_decoded_once(tmp_path: Path) -> None:
+    session = make_session(tmp_path)
+    ppl, kld = checks.parse("perplexity_within", (50,)), checks.parse("kl_divergence_at_most", (1,))
+    session.collect([(ppl, "worse.gguf"), (kld, "worse.gguf")])  # planned by spec, held by name
+    worse = session.model("worse.gguf")
+    session.run_check(ppl, worse)
+    session.run_check(kld, worse)
+    assert loads(tmp_path).count("load worse.gguf") == 1
+
+
+def test_kl_from_another_model_needs_no_pass_against_the_reference(tmp_path: Path) -> None:
+    session = make_session(tmp_path)
+    check = checks.parse("kl_divergence_at_most", (1,), {"of": "worse.gguf"})
+    session.collect([(check, "Q8_0")])
+    session.run_check(check, session.model("Q8_0"))
+    # worse.gguf's log-probabilities and Q8_0's KL pass against them: the base is never loaded
+    assert "load base.gguf" not in loads(tmp_path) and len(loads(tmp_path)) == 2
+
+
 def test_helper_outcomes_join_the_run(tmp_path: Path) -> None:
     session = make_session(tmp_path)
     with pytest.raises(AssertionError, match=r"perplexity_within\(pct=1\) FAIL for worse"):

@@ -152,3 +152,16 @@ def test_the_tensors_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["tensors", str(tmp_path / "missing.gguf")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.gguf: model file not found" in err
+
+
+def test_block_sizes_of_file_types() -> None:
+    from pytest_quantcheck.tensor_mix import file_type_block
+
+    assert [file_type_block(f) for f in (0, 1, 32, 7, 2, 25, 38, 15, 18, 30, 36, 1024 + 15)] == [
+        None, None, None, 32, 32, 32, 32, 256, 256, 256, 256, 256]
+    assert file_type_block(99) is None  # unknown: nothing is called a fallback
+    # a recipe's chosen type is no fallback
+    q = _mix(15, ("token_embd.weight", "Q8_0", 64), ("blk.0.ffn_down.weight", "Q5_0", 64))
+    assert len(q.fallbacks()) == 2
+    assert [t.name for t in q.fallbacks(lambda n: n == "token_embd.weight")] == [
+        "blk.0.ffn_down.weight"]

@@ -138,3 +138,25 @@ def test_baselines_keep_each_named_text(two_texts: pytest.Pytester) -> None:
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*baseline was made with a different text 'code' (*, now *);"
                                  " refresh it with --quant-update-baseline*"])
+
+
+def test_a_malformed_text_list_names_the_item(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"eval_text: expected name=path,name=path; 'code' has"
+                       r" no '='"):
+        merge([Layer("command line", tmp_path, {"eval_text": "prose=a.txt,code"})])
+
+
+def test_helpers_check_their_arguments_as_markers_do(two_texts: pytest.Pytester) -> None:
+    two_texts.makepyfile(
+        """
+        import pytest
+        from pytest_quantcheck.assertions import assert_kl_divergence_at_most
+        from pytest_quantcheck.checks import CheckArgumentError
+
+        def test_helper(quantize):
+            with pytest.raises(CheckArgumentError, match="assert_kl_divergence_at_most: text='macro'"
+                               " averages the mean KL divergence"):
+                assert_kl_divergence_at_most(quantize("Q8_0"), 0.1, stat="p99", text="macro")
+        """
+    )
+    two_texts.runpytest().assert_outcomes(passed=1)

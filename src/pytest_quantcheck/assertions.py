@@ -80,6 +80,10 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
     models = getattr(model, "models", None)
     texts = models.texts() if isinstance(models, Models) else ()
     check = checks.parse(kind.marker, args, kwargs)
+    if isinstance(models, Models):  # what a marker's arguments are checked against at collection
+        conflict = check.kind.conflict(check.args, models.settings)
+        if conflict:
+            raise checks.CheckArgumentError(f"assert_{kind.marker}: {conflict}")
     outcome = check.evaluate(model, checks.Context(alpha, mode, resolve, resolve_speed,
                                                    resolve_task=resolve_task,
                                                    resolve_kl=resolve_kl,

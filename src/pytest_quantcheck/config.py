@@ -245,7 +245,11 @@ def _eval_text(value: Any) -> str | dict[str, str] | None:
     """One text's path, or a table of named texts (``prose = "a.txt"``; on the command line,
     ``prose=a.txt,code=b.txt``); the first named text is the default."""
     if isinstance(value, str) and "=" in value:
-        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        items = [item for item in value.split(",") if item.strip()]
+        bad = [item for item in items if "=" not in item]
+        if bad:
+            raise ValueError(f"expected name=path,name=path; {bad[0].strip()!r} has no '='")
+        pairs = [item.split("=", 1) for item in items]
         value = {name.strip(): path.strip() for name, path in pairs}
     if not isinstance(value, Mapping):
         return _optional(_text)(value)  # type: ignore[no-any-return]
@@ -405,8 +409,11 @@ def merge(layers: list[Layer]) -> Settings:
                          for name, spec in value.items()}
             if key == "variants":  # tables are recipes; their imatrix files relative, as paths
                 recipes = [e for e in value if isinstance(e, Recipe)]
-                values["recipes"] = {r.name: r if r.imatrix is None else replace(
-                    r, imatrix=(layer.base / r.imatrix.expanduser()).resolve()) for r in recipes}
+                # a later layer naming a recipe of an earlier one (--quant-variants) keeps it
+                values["recipes"] = {**values.get("recipes", {}), **{
+                    r.name: r if r.imatrix is None else replace(
+                        r, imatrix=(layer.base / r.imatrix.expanduser()).resolve())
+                    for r in recipes}}
                 value = tuple(e.name if isinstance(e, Recipe) else e for e in value)
             values[key] = value
             sources[key] = layer.source

@@ -38,6 +38,7 @@ from pytest_quantcheck.variants import (
     VariantError,
     from_path,
     quantize,
+    recipe_chooses,
     recipe_options,
 )
 
@@ -305,6 +306,25 @@ class Models:
     def reference(self) -> QuantModel:
         return self.model(self.settings.reference)
 
+    def chunks_available(self, model: QuantModel, first: int, text: str | None = None,
+                         reference: QuantModel | None = None) -> int:
+        """The chunks the text offers under the protocol, learnt from the pass a check will
+        use: the model's own (perplexity, or KL against the run's reference), or the
+        log-probabilities of ``reference`` for a KL check from another model; ``first``: the
+        chunks to decode for it (the first look)."""
+        if reference is not None:
+            other = None if reference.name == self.reference().name else reference
+            return self._reference_store(first, other, self._text(text)).n_available
+        return self.perplexity(model, first, text).n_available
+
+    def _name_of(self, spec: str) -> str:
+        """The name a variant spec will have, without building it."""
+        if spec == BASE or spec in self.settings.recipes:
+            return spec
+        if spec.upper() in FILE_TYPES:
+            return FILE_TYPES[spec.upper()].name
+        return Path(spec).stem
+
     def plan(self, needs: Iterable[tuple[str, frozenset[str]]]) -> None:
         """Note what each variant's collected checks need (pairs of variant and needs). A
         variant that needs the KL pass gets its perplexity from it (the same float64 per-token
@@ -315,7 +335,8 @@ class Models:
             if KL in wants:
                 text = text_of(wants)
                 texts = self.texts() if text == MACRO else (text,)
-                self._wants_kl |= {(variant, self._text(t)) for t in texts or (None,)}
+                self._wants_kl |= {(self._name_of(variant), self._text(t))
+                                   for t in texts or (None,)}
 
     def perplexity(self, model: QuantModel, upto: int | None = None,
                    text: str | None = None) -> PerplexityResult:
@@ -335,7 +356,7 @@ class Models:
         elif model.name == self.reference().name and any(t == text for _v, t in self._wants_kl):
             res = self._reference_store(upto, text=text).perplexity()
         else:
-            with self._measured(model, "perplexity") as note:
+            with self._measured(model, "perplexity", text is None) as note:
                 res, decoded = self.engine.perplexity_upto(model.path, self.eval_text(text),
                                                            self.protocol, upto)
                 note(res.n_chunks, decoded)
@@ -343,16 +364,21 @@ class Models:
         return _first_chunks(res, upto)
 
     @contextlib.contextmanager
-    def _measured(self, model: QuantModel, what: str) -> Iterator[Callable[[int, int], None]]:
+    def _measured(self, model: QuantModel, what: str,
+                  default: bool = True) -> Iterator[Callable[[int, int], None]]:
         """A decoding step: its time, and how many chunks it decoded (the step calls the
-        function it gets with the chunks it returns and those it decoded)."""
+        function it gets with the chunks it returns and those it decoded); ``default``: a pass
+        on the default text against the run's reference, the one the chunk counts describe
+        (other texts and other models' passes add their time only)."""
         start = time.perf_counter()
         counts: list[int] = []
         with self.step(f"{what} of {model.name}"):
             yield lambda used, decoded: counts.extend((used, decoded))
         seconds = time.perf_counter() - start
         self.seconds[model.name] = self.seconds.get(model.name, 0.0) + seconds
-        self.decoded[model.name] = self.decoded.get(model.name, 0) + (counts[1] if counts else 0)
+        if default:
+            self.decoded[model.name] = (self.decoded.get(model.name, 0)
+                                        + (counts[1] if counts else 0))
 
     def _reference_store(self, upto: int | None = None, other: QuantModel | None = None,
                          text: str | None = None) -> ReferenceStore:
@@ -363,7 +389,7 @@ class Models:
         store = self._stores.get((ref.name, text))
         if store is None or (not store.meta.get("complete") and (
                 upto is None or store.n_chunks < upto)):
-            with self._measured(ref, "reference log-probs") as note:
+            with self._measured(ref, "reference log-probs", other is None and text is None) as note:
                 store = self.engine.reference(ref.path, self.eval_text(text), self.protocol,
                                               upto=upto)
                 note(store.n_chunks, store.decoded)
@@ -385,7 +411,8 @@ class Models:
             return held
         store = self._reference_store(upto, reference, text)
         ref_path = (reference or self.reference()).path
-        with self._measured(model, "KL divergence (reference log-probs cached)") as note:
+        with self._measured(model, "KL divergence (reference log-probs cached)",
+                            text is None and reference is None) as note:
             res, decoded = self.engine.kl_divergence_upto(
                 ref_path, model.path, self.eval_text(text), self.protocol, upto)
             note(res.n_chunks, decoded)
@@ -396,8 +423,8 @@ class Models:
         """The most chunks of ``name`` this run has looked at."""
         found = [r.n_chunks for table in (self.ppl, self._partial_ppl, self.kld, self._partial_kld)
                  for key, r in table.items() if key == name]
-        if (name, None) in self._stores:  # its log-probabilities on the default text
-            found.append(self._stores[(name, None)].n_chunks)
+        if name == self.reference().name and (name, None) in self._stores:
+            found.append(self._stores[(name, None)].n_chunks)  # its log-probabilities
         return max(found, default=0)
 
     def tensor_mix(self, model: QuantModel) -> TensorMix:
@@ -435,7 +462,8 @@ class Models:
         mix = self.tensor_mix(model)
         return {"file_type": model.file_type, "tensor_types": mix.by_type(),
                 "tensor_data_sha256": mix.data_sha256(),
-                "fallback": fallback_notice(model.name, model.file_type, mix)}
+                "fallback": fallback_notice(model.name, model.file_type, mix,
+                                            recipe_chooses(self.settings.recipes.get(model.name)))}
 
     def task(self, model: QuantModel, name: str, upto: int | None = None) -> TaskResult:
         """The model's answers on the task set ``name``: every selected task, or the first

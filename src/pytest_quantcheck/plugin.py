@@ -123,6 +123,10 @@ def _settings(config: pytest.Config) -> Settings:
         path = getattr(settings, key)
         if path is not None and not path.is_file():
             raise ConfigError(settings.sources[key], key, f"{path} is not a file; fix the path")
+    for name, recipe in settings.recipes.items():
+        if recipe.imatrix is not None and not recipe.imatrix.is_file():
+            raise ConfigError(settings.sources["variants"], f"variants.{name}.imatrix",
+                              f"{recipe.imatrix} is not a file; fix the path")
     for name, text in settings.eval_texts.items():
         if not text.is_file():
             raise ConfigError(settings.sources["eval_text"], f"eval_text.{name}",

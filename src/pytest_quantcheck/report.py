@@ -329,13 +329,15 @@ def plot_tradeoffs(path: Path, points: dict[str, dict[str, float]],
     for ax, (key, _label, _title, log, _higher) in zip(axes[0], panels, strict=False):
         labels = same_points([(name, p["bits_per_weight"], v) for name, p in points.items()
                               if (v := value(p, key, log)) is not None])
-        texts = [ax.annotate(name, (x, y), textcoords="offset pixels", xytext=(0, 0),
+        texts = [ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, 0),
                              fontsize="small") for name, x, y in labels]
         sizes = [(b.width, b.height) for b in (t.get_window_extent(renderer) for t in texts)]
         anchors = [(float(a), float(b)) for a, b in
                    (ax.transData.transform((x, y)) for _n, x, y in labels)]
-        for text, offset in zip(texts, place_labels(anchors, sizes), strict=True):
-            text.set_position(offset)
+        # placed in this canvas's pixels, set in points: an SVG (72 dpi) keeps the layout
+        per_pixel = 72.0 / fig.dpi
+        for text, (dx, dy) in zip(texts, place_labels(anchors, sizes), strict=True):
+            text.set_position((dx * per_pixel, dy * per_pixel))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

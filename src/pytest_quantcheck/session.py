@@ -28,7 +28,7 @@ from pytest_quantcheck.checks import (
     TaskAgainst,
     apply_holm,
 )
-from pytest_quantcheck.checks.registry import KL, MACRO, PPL, tasks_needed, text_of
+from pytest_quantcheck.checks.registry import KL, KL_FROM, MACRO, PPL, tasks_needed, text_of
 from pytest_quantcheck.config import Settings
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.errors import QuantcheckError
@@ -62,7 +62,7 @@ class CheckedTest:
     properties: list[tuple[str, str]] = field(default_factory=list)
 
 
-CHUNK_NEEDS = frozenset({PPL, KL})  # checks decided on chunks, which looks can stop early
+CHUNK_NEEDS = frozenset({PPL, KL, KL_FROM})  # checks decided on chunks: looks can stop them
 
 
 class _Look:
@@ -275,7 +275,8 @@ class QuantSession:
         if check.needs & CHUNK_NEEDS:
             unit, least, group = "chunks", s.min_chunks, self.models.protocol.n_seq
             first = look_schedule(2**31, least, group)[0]
-            n_total = self.models.perplexity(model, first, text_of(check.needs)).n_available
+            other = self.model(check.args["of"]) if KL_FROM in check.needs else None
+            n_total = self.models.chunks_available(model, first, text_of(check.needs), other)
         else:
             (task,) = tasks_needed(check.needs)
             unit, least, group = "tasks", s.min_tasks, 1
@@ -509,8 +510,14 @@ class QuantSession:
                 batches.append(own)
             if not batches:
                 return None
-            self._document = (batches[0][0],
-                              {name: rec for _, recs in batches for name, rec in recs.items()})
+            # a model measured by several workers (the reference, typically) keeps every
+            # worker's sections (tasks, texts, machines), not only the last worker's
+            records: dict[str, dict[str, Any]] = {}
+            for _keys, recs in batches:
+                for name, rec in recs.items():
+                    records[name] = baseline.merge_record(records.get(name, {}), rec,
+                                                          self.settings.baseline_runs)
+            self._document = (batches[0][0], records)
         return self._document
 
     def write_baseline(self) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,26 +77,31 @@ class TensorMix:
             h.update(f"{t.name}\0{t.type_name}\0{t.sha256}\n".encode())
         return h.hexdigest()
 
-    def fallbacks(self) -> list[Tensor]:
+    def fallbacks(self, chosen: Callable[[str], bool] = lambda _name: False) -> list[Tensor]:
         """Quantized tensors whose rows are not whole blocks of the type the file type is built
         on, so llama.cpp could not give them that type (e.g. rows of 64 values under Q6_K).
         A tensor kept at F16 because even 32-value blocks do not fit its rows is not counted:
-        F16 is also what an unquantized file holds, so the file alone cannot tell."""
+        F16 is also what an unquantized file holds, so the file alone cannot tell. ``chosen``:
+        tensors whose type a recipe set on purpose, never fallbacks."""
         block = file_type_block(self.file_type)
         if block is None:
             return []
-        return [t for t in self.tensors if t.quantized and t.shape[0] % block != 0]
+        return [t for t in self.tensors
+                if t.quantized and t.shape[0] % block != 0 and not chosen(t.name)]
 
 
-# llama_ftype -> the block size of the type its mix is built on (None: no quantization)
-_FTYPE_BLOCKS: dict[int, int | None] = {0: None, 1: None, 32: None, 2: 32, 3: 32, 7: 32, 8: 32,
-                                        9: 32, 25: 32}
+# llama_ftype -> the block size of the type its mix is built on (llama.h's enum; unquantized
+# and unknown file types: none, so nothing is called a fallback)
+_FTYPE_BLOCKS: dict[int, int] = {
+    2: 32, 3: 32, 7: 32, 8: 32, 9: 32, 25: 32, 38: 32, 39: 64, 40: 128, 41: 64,
+    **{f: 256 for f in (*range(10, 25), *range(26, 32), 36, 37)},
+}
 
 
 def file_type_block(ftype: int | None) -> int | None:
     if ftype is None:
         return None
-    return _FTYPE_BLOCKS.get(ftype & ~1024, 256)  # 1024: LLAMA_FTYPE_GUESSED
+    return _FTYPE_BLOCKS.get(ftype & ~1024)  # 1024: LLAMA_FTYPE_GUESSED
 
 
 def read_mix(path: Path, cache_root: Path | None = None) -> TensorMix:
@@ -158,11 +163,13 @@ def file_type_name(ftype: int | None) -> str | None:
     return next((t.name for t in FILE_TYPES.values() if t.ftype == ftype & ~1024), None)
 
 
-def fallback_notice(name: str, asked: str | None, mix: TensorMix) -> str | None:
+def fallback_notice(name: str, asked: str | None, mix: TensorMix,
+                    chosen: Callable[[str], bool] = lambda _name: False) -> str | None:
     """One line naming the tensors of variant ``name`` that fell back from the file type's
     block type, the types they got, and why; None when there are none. ``asked``: the file
-    type the variant was built as (None: as the file records it)."""
-    fell = mix.fallbacks()
+    type the variant was built as (None: as the file records it); ``chosen``: tensors a recipe
+    typed on purpose."""
+    fell = mix.fallbacks(chosen)
     if not fell:
         return None
     asked = asked or file_type_name(mix.file_type)

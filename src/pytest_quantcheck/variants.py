@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +184,17 @@ def quantize(
 
     cache.publish(final, build, _entry_is_valid)
     return Variant(name=name or ft.name, path=final, file_type=ft.name, base=base)
+
+
+def recipe_chooses(recipe: Recipe | None) -> Callable[[str], bool]:
+    """Whether a recipe sets the type of the tensor of this name on purpose (a tensor_types
+    pattern, the token embeddings, the output), so its type is no fallback."""
+    if recipe is None:
+        return lambda _name: False
+    patterns = [re.compile(p) for p, _type in recipe.tensor_types]
+    named = {n for n, t in (("token_embd.weight", recipe.token_embedding_type),
+                            ("output.weight", recipe.output_tensor_type)) if t is not None}
+    return lambda name: name in named or any(p.search(name) for p in patterns)
 
 
 def recipe_options(recipe: Recipe, base: Path) -> QuantizeOptions:

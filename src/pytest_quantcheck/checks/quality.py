@@ -9,8 +9,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pytest_quantcheck import stats
-from pytest_quantcheck.checks.outcome import Context, Outcome, Subject
-from pytest_quantcheck.checks.registry import KL, MACRO, PPL, SIZE, CheckType, Param, text_need
+from pytest_quantcheck.checks.outcome import CheckArgumentError, Context, Outcome, Subject
+from pytest_quantcheck.checks.registry import (
+    KL,
+    KL_FROM,
+    MACRO,
+    PPL,
+    SIZE,
+    CheckType,
+    Param,
+    text_need,
+)
 from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
 
@@ -30,7 +39,12 @@ def _on(text: str | None) -> str:
 
 def _texts(ctx: Context, text: str | None) -> list[str | None]:
     """The texts a check is decided on: one, or every named text for ``text="macro"``."""
-    return list(ctx.texts) if text == MACRO else [text]
+    if text != MACRO:
+        return [text]
+    if not ctx.texts:
+        raise CheckArgumentError("text='macro' averages over named texts; make eval_text a"
+                                 " table of them")
+    return list(ctx.texts)
 
 
 def _ppl(subject: Subject, text: str | None) -> PerplexityResult:
@@ -57,7 +71,9 @@ class _OnText(CheckType):
     macro_summary = ""
 
     def needs(self, args: Mapping[str, Any]) -> frozenset[str]:
-        return frozenset({self.need}) | text_need(args["text"])
+        # a KL check from another model needs no KL pass against the reference
+        need = KL_FROM if self.need == KL and args.get("of") is not None else self.need
+        return frozenset({need}) | text_need(args["text"])
 
     def conflict(self, args: Mapping[str, Any], settings: Settings) -> str | None:
         text, names = args["text"], tuple(settings.eval_texts)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 # What a check needs from a model: the session plans each model's passes from these.
 PPL, KL, MEMORY, SIZE = "ppl", "kl", "memory", "size"
+KL_FROM = "kl_from"  # a KL pass against another model than the reference (a check's of=)
 
 
 def speed(phase: str) -> str:
