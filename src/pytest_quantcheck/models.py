@@ -186,7 +186,7 @@ class Models:
     _engine: Engine | None = None
     _by_spec: dict[str, QuantModel] = field(default_factory=dict)
     _fingerprint: Fingerprint | None = None
-    _wants_kl: set[tuple[str, str | None]] = field(default_factory=set)  # (variant, text)
+    _wants_kl: set[tuple[str, str | None]] = field(default_factory=set)  # (variant spec, text)
     # log-probabilities of the reference, and of other models a check's of= names, by
     # (model name, text), each kept as the reference's are, by content
     _stores: dict[tuple[str, str | None], ReferenceStore] = field(default_factory=dict)
@@ -223,13 +223,11 @@ class Models:
         """The names of the evaluation texts (none when eval_text is one path)."""
         return tuple(self.settings.eval_texts)
 
-    def named_text(self, text: str | None) -> str | None:
-        """The name of a text other than the default (None for the default)."""
-        return self._text(text)
-
     def text_keys(self, text: str) -> dict[str, str]:
-        """What a named text's baseline record depends on beyond the run's quality keys."""
-        return {"text_sha256": cache.sha256_of(self.eval_text(text))}
+        """What a named text's baseline record depends on beyond the run's quality keys (its
+        hash, remembered by path, size and mtime: a look asks again)."""
+        return {"text_sha256": cache.file_sha256(self.eval_text(text),
+                                                  root=self.engine.cache_dir)}
 
     def texts_of(self, name: str) -> list[str]:
         """The named texts other than the default this run measured ``name`` on."""
@@ -238,8 +236,9 @@ class Models:
                                                         self._partial_kld)
                        for key in table if key.startswith(prefix) and "\0from=" not in key})
 
-    def _text(self, text: str | None) -> str | None:
-        """None for the default text, under any of its names."""
+    def named_text(self, text: str | None) -> str | None:
+        """The name of a text other than the default; None for the default, under any of its
+        names."""
         names = self.texts()
         if text is None or (names and text == names[0]):
             return None
@@ -314,16 +313,8 @@ class Models:
         chunks to decode for it (the first look)."""
         if reference is not None:
             other = None if reference.name == self.reference().name else reference
-            return self._reference_store(first, other, self._text(text)).n_available
+            return self._reference_store(first, other, self.named_text(text)).n_available
         return self.perplexity(model, first, text).n_available
-
-    def _name_of(self, spec: str) -> str:
-        """The name a variant spec will have, without building it."""
-        if spec == BASE or spec in self.settings.recipes:
-            return spec
-        if spec.upper() in FILE_TYPES:
-            return FILE_TYPES[spec.upper()].name
-        return Path(spec).stem
 
     def plan(self, needs: Iterable[tuple[str, frozenset[str]]]) -> None:
         """Note what each variant's collected checks need (pairs of variant and needs). A
@@ -335,19 +326,20 @@ class Models:
             if KL in wants:
                 text = text_of(wants)
                 texts = self.texts() if text == MACRO else (text,)
-                self._wants_kl |= {(self._name_of(variant), self._text(t))
-                                   for t in texts or (None,)}
+                self._wants_kl |= {(variant, self.named_text(t)) for t in texts or (None,)}
 
     def perplexity(self, model: QuantModel, upto: int | None = None,
                    text: str | None = None) -> PerplexityResult:
         """The model's perplexity over all chunks, or the first ``upto`` (a sequential look), on
         the default text or the one named ``text``."""
-        text = self._text(text)
+        text = self.named_text(text)
         key = _key(model.name, text)
         held = _held(self.ppl, self._partial_ppl, key, upto, _first_chunks)
         if held is not None:
             return held
-        wants_kl = (model.name, text) in self._wants_kl
+        # planned by spec, held by name (a .gguf variant is named after its file)
+        wants_kl = any(t == text and spec in self._by_spec and self._by_spec[spec].name == model.name
+                       for spec, t in self._wants_kl)
         if key in self.kld or wants_kl:
             kld = self.kl_divergence(model, upto, text=text)
             store = self._reference_store(upto, text=text)
@@ -402,7 +394,7 @@ class Models:
         """The model's KL pass against the run's reference, or against ``reference`` (another
         model of the run or a file), over every chunk or the first ``upto``, on the default
         text or the one named ``text``."""
-        text = self._text(text)
+        text = self.named_text(text)
         if reference is not None and reference.name == self.reference().name:
             reference = None
         key = _key(model.name, text, None if reference is None else reference.name)

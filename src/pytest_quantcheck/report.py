@@ -303,9 +303,11 @@ def plot_tradeoffs(path: Path, points: dict[str, dict[str, float]],
               if any(value(p, panel[0], panel[3]) is not None for p in points.values())]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.5),
                              squeeze=False)
+    drawn_by_panel = []
     for ax, (key, label, title, log, higher) in zip(axes[0], panels, strict=False):
         drawn = [(name, p["bits_per_weight"], v) for name, p in points.items()
                  if (v := value(p, key, log)) is not None]
+        drawn_by_panel.append(drawn)
         for name, x, y in drawn:
             p = points[name]
             low, high = p.get(f"{key}_low"), p.get(f"{key}_high")
@@ -326,9 +328,8 @@ def plot_tradeoffs(path: Path, points: dict[str, dict[str, float]],
     fig.tight_layout()
     fig.canvas.draw()  # fixes the data-to-display transforms the placement works in
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
-    for ax, (key, _label, _title, log, _higher) in zip(axes[0], panels, strict=False):
-        labels = same_points([(name, p["bits_per_weight"], v) for name, p in points.items()
-                              if (v := value(p, key, log)) is not None])
+    for ax, drawn in zip(axes[0], drawn_by_panel, strict=False):
+        labels = same_points(drawn)
         texts = [ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, 0),
                              fontsize="small") for name, x, y in labels]
         sizes = [(b.width, b.height) for b in (t.get_window_extent(renderer) for t in texts)]
