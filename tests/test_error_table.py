@@ -193,7 +193,7 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
         data["records"]["base"]["machines"][0]["fingerprint"]["cpu"] = "Other CPU"
         path.write_text(json.dumps(data))
         result = project.runpytest_subprocess("--quant-baseline", "-rs")
-        return next(line for line in result.stdout.lines if line.startswith("SKIPPED"))
+        return next(line for line in result.stdout.lines if line.startswith("SKIPPED ["))
 
     def unmatched_pattern() -> str:
         from pytest_quantcheck.config import Recipe

@@ -26,7 +26,8 @@ def test_perplexity_within_passes_one_percent_and_fails_nine(qc_project: pytest.
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
         "*test_quality?nine_pct.gguf?*",
-        "*perplexity_within(pct=3) FAIL for nine_pct: PPL * vs * (base (reference)), +*%; *% CI"
+        "*perplexity_within(pct=3) FAIL for nine_pct: PPL * vs * (base (reference)), +*% over * of"
+        " * chunks; *% CI"
         " +*% to +*%; tolerance +3%; paired one-sided t-test on * chunk mean NLL differences,"
         " p = *, mode detect, alpha *; sequential: decided after * of * chunks (look * of *;"
         " alpha 0.05 spent over all looks)",

@@ -38,16 +38,20 @@ def test_json_and_junit_reports_carry_the_numbers(qc_project: pytest.Pytester,
                            "--junitxml", "out/pytest.xml", "-W", "error::pytest.PytestWarning")
     result.assert_outcomes(passed=1, failed=1, skipped=2)
     data = json.loads((qc_project.path / "out" / "q.json").read_text())
-    q2 = next(c for c in data["checks"] if c["variant"] == "Q2_K" and c["check"].startswith("perp"))
+    q2 = next(c for c in data["checks"] if c["variant"] == "Q2_K"
+              and c["check"] == "perplexity_within(pct=3)")
     assert q2["verdict"] == "fail" and q2["decision"]["p_value"] < 0.05 and "PPL" in q2["message"]
     # the line of the test's first decorator: where its markers are
     assert q2["file"] == "test_json_and_junit_reports_carry_the_numbers.py" and q2["line"] == 3
 
     cases = [case for suite in JUnitXml.fromfile(str(qc_project.path / "out" / "q.xml"))
              for case in suite]
-    assert len(cases) == 4  # 2 variants x 2 checks
-    failing = {c.name: c.result[0].message for c in cases if c.result}
+    assert len(cases) == 6  # 2 variants x 3 checks, the skipped baseline checks included
+    failing = {c.name: c.result[0].message for c in cases
+               if c.result and type(c.result[0]).__name__ == "Failure"}
     assert set(failing) == {"perplexity_within(pct=3)", "kl_divergence_at_most(value=0.05, stat='mean')"}
+    skipped = [c for c in cases if c.result and type(c.result[0]).__name__ == "Skipped"]
+    assert [c.name for c in skipped] == ["perplexity_within(pct=1, of='baseline')"] * 2
     assert "FAIL for Q2_K: PPL" in failing["perplexity_within(pct=3)"]
     assert "tolerance +3%" in failing["perplexity_within(pct=3)"]
 
@@ -68,8 +72,9 @@ def test_github_step_summary_and_annotations(qc_project: pytest.Pytester, run_bo
     result = run_both_ways(qc_project)
     result.assert_outcomes(passed=1, failed=1, skipped=2)
     text = summary.read_text()
-    assert text.startswith("### quantcheck: 2 of 4 checks passed")  # Q2_K fails both
-    assert "| variant | check | measured | against | change | p | verdict |" in text
+    # Q2_K fails both; the baseline checks are skipped (comparisons off), and counted
+    assert text.startswith("### quantcheck: 6 checks: 2 passed, 2 failed, 2 skipped")
+    assert "| variant | check | measured | against | change | over | p | verdict |" in text
     assert "| Q2_K | perplexity_within(pct=3) |" in text
     result.stdout.fnmatch_lines(["::error file=test_github_step_summary_and_annotations.py,line=3,"
                                  "title=quantcheck perplexity_within(pct=3) Q2_K::*FAIL for Q2_K*"])

@@ -4,6 +4,7 @@ and baselines into what a single run writes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_shards_merge_into_the_single_run(qc_project: pytest.Pytester, correctio
                  "--baseline-dir", str(p / "merged"), "--junit", str(p / "m.xml"),
                  "--markdown", str(p / "m.md")])
     out = capsys.readouterr().out
-    assert code == 1 and "6 of 7 checks passed (2 reports)" in out
+    assert code == 1 and "7 checks: 6 passed, 1 failed (2 reports)" in out
     merged, alone = (json.loads((p / name).read_text()) for name in ("merged.json", "single.json"))
     assert merged["checks"] == alone["checks"]
     for key in ("settings", "baseline"):
@@ -54,7 +55,7 @@ def test_shards_merge_into_the_single_run(qc_project: pytest.Pytester, correctio
     assert (json.loads((p / "merged" / file).read_text())
             == json.loads((p / "single" / file).read_text()))
     assert "perplexity_within(pct=3)" in (p / "m.xml").read_text()
-    assert "6 of 7 checks passed" in (p / "m.md").read_text()
+    assert "7 checks: 6 passed, 1 failed" in (p / "m.md").read_text()
 
 
 def test_merge_refuses_reports_of_different_runs(qc_project: pytest.Pytester,
@@ -81,3 +82,38 @@ def test_a_bad_shard_is_a_usage_error(qc_project: pytest.Pytester, bad: str) -> 
     result = qc_project.runpytest(f"--quant-shard={bad}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: --quant-shard {bad}: expected K/N with 1 <= K <= N*"])
+
+
+def test_merge_keeps_every_shards_sections_of_one_model(tmp_path: Path) -> None:
+    """The reference is measured by every shard: one shard scored its tasks, another a named
+    text. The merged baseline keeps both, as the single run's (and an xdist run's) does."""
+    from pytest_quantcheck import baseline, report
+
+    keys = {"model_sha256": "a", "text_sha256": "b", "tokens_sha256": "c", "n_ctx": 64,
+            "protocol": {}, "llama_cpp": "x"}
+    ppl = {"ppl": 10.0, "chunk_nll": [2.3, 2.31]}
+    shard_records = [
+        {"base": {"file_type": "F32", "size_bytes": 10, "bits_per_weight": 32.0, "ppl": ppl,
+                  "tasks": {"hellaswag": {"correct": "AQ==", "n": 8}}},
+         "Q8_0": {"file_type": "Q8_0", "size_bytes": 4, "bits_per_weight": 8.5, "ppl": ppl}},
+        {"base": {"file_type": "F32", "size_bytes": 10, "bits_per_weight": 32.0, "ppl": ppl,
+                  "texts": {"code": {"text_sha256": "d", "ppl": ppl}}},
+         "Q2_K": {"file_type": "Q2_K", "size_bytes": 2, "bits_per_weight": 2.6, "ppl": ppl}},
+    ]
+    settings = {"baseline_dir": str(tmp_path / "unused"), "baseline_runs": 10}
+    for i, records in enumerate(shard_records, 1):
+        (tmp_path / f"s{i}.json").write_text(report.to_json(
+            [], {**settings, "shard": f"{i}/2"},
+            {"file": "base.quantcheck.json", "keys": keys, "records": records}))
+    assert main(["merge", str(tmp_path / "s1.json"), str(tmp_path / "s2.json"),
+                 "--baseline-dir", str(tmp_path / "merged")]) == 0
+    merged = baseline.load(tmp_path / "merged" / "base.quantcheck.json")
+    assert set(merged.records) == {"base", "Q8_0", "Q2_K"}
+    assert set(merged.records["base"]["tasks"]) == {"hellaswag"}
+    assert set(merged.records["base"]["texts"]) == {"code"}
+    # what a single run holding both sections writes
+    baseline.update(tmp_path / "single" / "base.quantcheck.json", keys,
+                    {**shard_records[0], **shard_records[1],
+                     "base": {**shard_records[0]["base"], **shard_records[1]["base"]}})
+    single = baseline.load(tmp_path / "single" / "base.quantcheck.json")
+    assert merged.records == single.records

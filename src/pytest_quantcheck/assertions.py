@@ -35,12 +35,13 @@ from pytest_quantcheck.models import Models
 Helper = Callable[..., checks.Outcome]
 
 
-def _where() -> tuple[str, str, int]:
-    """The running test's node id and the line that called the helper."""
+def _where_fields() -> dict[str, Any]:
+    """The running test's node id and the line that called the helper, as outcome fields."""
     current = os.environ.get("PYTEST_CURRENT_TEST", "")
     nodeid = current.rsplit(" (", 1)[0]
-    frame = sys._getframe(3)  # the test's frame: helper -> _run -> _where
-    return nodeid, os.path.relpath(frame.f_code.co_filename), frame.f_lineno
+    frame = sys._getframe(3)  # the test's frame: helper -> _run -> _where_fields
+    return {"nodeid": nodeid, "file": os.path.relpath(frame.f_code.co_filename),
+            "line": frame.f_lineno}
 
 
 def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
@@ -84,14 +85,20 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
         conflict = check.kind.conflict(check.args, models.settings)
         if conflict:
             raise checks.CheckArgumentError(f"assert_{kind.marker}: {conflict}")
-    outcome = check.evaluate(model, checks.Context(alpha, mode, resolve, resolve_speed,
-                                                   resolve_task=resolve_task,
-                                                   resolve_kl=resolve_kl,
-                                                   resolve_tensors=resolve_tensors,
-                                                   texts=texts))
+    try:
+        outcome = check.evaluate(model, checks.Context(alpha, mode, resolve, resolve_speed,
+                                                       resolve_task=resolve_task,
+                                                       resolve_kl=resolve_kl,
+                                                       resolve_tensors=resolve_tensors,
+                                                       texts=texts))
+    except Exception as exc:  # skipped or in error: its fate still reaches the reports
+        if isinstance(models, Models):
+            verdict = checks.SKIPPED if isinstance(exc, checks.CheckSkipped) else checks.ERROR
+            undecided = check.undecided(model.name, verdict, str(exc), mode, alpha)
+            models.record(replace(undecided, **_where_fields()))
+        raise
     if isinstance(models, Models):  # a fixture's model: the outcome joins the run's reports
-        nodeid, file, line = _where()
-        outcome = replace(outcome, nodeid=nodeid, file=file, line=line)
+        outcome = replace(outcome, **_where_fields())
         models.record(outcome)
     if not outcome.passed:
         raise AssertionError(outcome.message())

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,23 @@ def merge_record(old: dict[str, Any], new: dict[str, Any], keep_runs: int = 10) 
     if machines:
         merged["machines"] = machines
     return merged
+
+
+def merge_documents(documents: Iterable[tuple[dict[str, Any], dict[str, dict[str, Any]]]],
+                    keep_runs: int = 10) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """One baseline document (keys, records by variant) from several processes' documents of
+    one run: the workers of a pytest-xdist run, or the shards merged by ``quantcheck merge``.
+    A model measured by several of them (the reference, typically) keeps every one's sections
+    (tasks, named texts, machines) through :func:`merge_record`, not only the last one's."""
+    keys: dict[str, Any] | None = None
+    records: dict[str, dict[str, Any]] = {}
+    for doc_keys, doc_records in documents:
+        keys = doc_keys if keys is None else keys
+        for name, rec in doc_records.items():
+            records[name] = merge_record(records.get(name, {}), rec, keep_runs)
+    if keys is None:
+        raise ValueError("no baseline documents to merge")
+    return keys, records
 
 
 def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]],

@@ -4,12 +4,13 @@ bench, memory, tensors, demo-model, merge. No pytest here."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol, read_ev
 from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
 from pytest_quantcheck.metrics.throughput import ThroughputRun
+from pytest_quantcheck.progress import LiveProgress, Progress
 from pytest_quantcheck.tasks.files import DEFAULT_LIMIT, HELLASWAG, MODES, MULTIPLE_CHOICE, WINOGRANDE
 from pytest_quantcheck.tasks.files import load as load_tasks
 from pytest_quantcheck.variants import FILE_TYPES, check_gguf_path, file_type, quantize
@@ -265,8 +267,11 @@ def _merge(args: argparse.Namespace) -> int:
     stored = [r.baseline for r in reports if r.baseline]
     document = None
     if stored:
-        records = {name: rec for b in stored for name, rec in b["records"].items()}
-        document = {"file": stored[0]["file"], "keys": stored[0]["keys"], "records": records}
+        # merged as the controller of a pytest-xdist run merges its workers' records: a model
+        # measured in several shards keeps every shard's sections
+        keys, records = baseline.merge_documents(
+            ((b["keys"], b["records"]) for b in stored), int(settings.get("baseline_runs", 10)))
+        document = {"file": stored[0]["file"], "keys": keys, "records": records}
         folder = args.baseline_dir or Path(settings["baseline_dir"])
         baseline.update(folder / stored[0]["file"], stored[0]["keys"], records,
                         int(settings.get("baseline_runs", 10)))
@@ -282,18 +287,35 @@ def _merge(args: argparse.Namespace) -> int:
         report.write_junit(args.junit, outcomes)
     for line in report.text_table(outcomes):
         print(line)
-    failed = sum(not o.passed for o in outcomes)
-    print(f"{len(outcomes) - failed} of {len(outcomes)} checks passed ({len(reports)} reports)")
-    return 1 if failed else 0
+    print(f"{report.count_head(outcomes)} ({len(reports)} reports)")
+    return 1 if any(o.blocking for o in outcomes) else 0
+
+
+@contextlib.contextmanager
+def _live(what: str, unit: str = "chunks") -> Iterator[Progress | None]:
+    """A long step's progress on standard error, where a person watches it (a terminal); none
+    in a log or a pipe."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    err = sys.stderr
+    live = LiveProgress(err.write, lambda line: err.write(f"\r{line}\x1b[K"),
+                        lambda: err.write("\n"))
+    try:
+        yield live.step(what, unit)
+    finally:
+        live.end()
+        err.flush()
 
 
 def _tasks(args: argparse.Namespace) -> int:
     check_gguf_path(args.model)
     load_tasks(args.file, args.command, args.tasks)  # a bad file fails before llama.cpp loads
     t0 = time.perf_counter()
-    result = Engine.default(_options(args)).tasks(
-        args.model, args.file, args.command, args.tasks, args.ctx_size, args.parallel,
-        args.batch_size)
+    with _live(f"{args.command} tasks of {args.model.name}", "tasks") as progress:
+        result = Engine.default(_options(args)).tasks(
+            args.model, args.file, args.command, args.tasks, args.ctx_size, args.parallel,
+            args.batch_size, progress)
     seconds = time.perf_counter() - t0
     if args.json:
         _dump({"model": str(args.model), "seconds": seconds, **result.to_dict()})
@@ -401,7 +423,8 @@ def _run(args: argparse.Namespace) -> int:
     assert proto is not None
     t0 = time.perf_counter()
     if args.command == "perplexity":
-        ppl = engine.perplexity(args.model, args.file, proto)
+        with _live(f"perplexity of {args.model.name}") as progress:
+            ppl = engine.perplexity(args.model, args.file, proto, progress)
         seconds = time.perf_counter() - t0
         if args.json:
             _dump({"model": str(args.model), "text": str(args.file), "protocol": proto.describe(),
@@ -409,8 +432,10 @@ def _run(args: argparse.Namespace) -> int:
         else:
             _print_perplexity(args.model, ppl, seconds)
         return 0
-    kld = engine.kl_divergence(args.ref, args.model, args.file, proto, args.tail_mass,
-                               args.max_tokens)
+    with _live(f"log-probabilities of {args.ref.name}, then KL divergence of"
+               f" {args.model.name}") as progress:
+        kld = engine.kl_divergence(args.ref, args.model, args.file, proto, args.tail_mass,
+                                   args.max_tokens, progress)
     seconds = time.perf_counter() - t0
     if args.json:
         _dump({"ref": str(args.ref), "model": str(args.model), "text": str(args.file),

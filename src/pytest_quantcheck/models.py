@@ -30,6 +30,7 @@ from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
 from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import ThroughputRun
+from pytest_quantcheck.progress import LiveProgress, Progress
 from pytest_quantcheck.refstore import ReferenceStore
 from pytest_quantcheck.tensor_mix import TensorMix, fallback_notice, read_mix
 from pytest_quantcheck.variants import (
@@ -170,6 +171,8 @@ class Models:
     # Long steps and their times ("KL divergence of Q2_K: 2.4 s"), shown after the run: a line
     # printed while pytest writes its progress dots would split pytest's own output.
     steps: list[str] = field(default_factory=list)
+    live: LiveProgress | None = None  # progress of long steps on a terminal, if one is watched
+    step_note_after: float = 0.5  # seconds: quicker steps (cache hits) stay out of the steps
     ppl: dict[str, PerplexityResult] = field(default_factory=dict)
     kld: dict[str, KLDResult] = field(default_factory=dict)
     speed: dict[str, ThroughputRun] = field(default_factory=dict)
@@ -268,14 +271,22 @@ class Models:
         return self._by_spec[spec]
 
     @contextlib.contextmanager
-    def step(self, what: str) -> Iterator[None]:
-        """A heavy step: noted when slow, and never run beside a throughput timing."""
+    def step(self, what: str, unit: str = "chunks",
+             detail: Callable[[], str] = str) -> Iterator[Progress | None]:
+        """A heavy step: shown live on a terminal (:attr:`live`; the step gets the progress
+        callback, or None), noted when slow (``detail`` adds what it did, once done), and never
+        run beside a throughput timing."""
         start = time.perf_counter()
-        with machine.heavy_step():
-            yield
+        try:
+            with machine.heavy_step():
+                yield None if self.live is None else self.live.step(what, unit)
+        finally:
+            if self.live is not None:
+                self.live.end()
         seconds = time.perf_counter() - start
-        if seconds >= 0.5:  # cache hits stay quiet
-            self.steps.append(f"{what}: {seconds:.1f} s")
+        if seconds >= self.step_note_after:
+            done = detail()
+            self.steps.append(f"{what}{', ' + done if done else ''}: {seconds:.1f} s")
 
     def _variant(self, spec: str) -> Variant:
         base = self.base_path()
@@ -348,24 +359,33 @@ class Models:
         elif model.name == self.reference().name and any(t == text for _v, t in self._wants_kl):
             res = self._reference_store(upto, text=text).perplexity()
         else:
-            with self._measured(model, "perplexity", text is None) as note:
+            with self._measured(model, "perplexity", text is None) as (note, progress):
                 res, decoded = self.engine.perplexity_upto(model.path, self.eval_text(text),
-                                                           self.protocol, upto)
+                                                           self.protocol, upto, progress)
                 note(res.n_chunks, decoded)
         _keep(self.ppl, self._partial_ppl, key, res, res.n_available)
         return _first_chunks(res, upto)
 
     @contextlib.contextmanager
-    def _measured(self, model: QuantModel, what: str,
-                  default: bool = True) -> Iterator[Callable[[int, int], None]]:
+    def _measured(self, model: QuantModel, what: str, default: bool = True
+                  ) -> Iterator[tuple[Callable[[int, int], None], Progress | None]]:
         """A decoding step: its time, and how many chunks it decoded (the step calls the
-        function it gets with the chunks it returns and those it decoded); ``default``: a pass
-        on the default text against the run's reference, the one the chunk counts describe
-        (other texts and other models' passes add their time only)."""
+        function it gets with the chunks it returns and those it decoded, and passes the
+        progress callback on to the engine); ``default``: a pass on the default text against
+        the run's reference, the one the chunk counts describe (other texts and other models'
+        passes add their time only). The steps section names the chunks each look decoded."""
         start = time.perf_counter()
         counts: list[int] = []
-        with self.step(f"{what} of {model.name}"):
-            yield lambda used, decoded: counts.extend((used, decoded))
+
+        def detail() -> str:
+            if not counts:
+                return ""
+            used, decoded = counts
+            return (f"chunks {used - decoded + 1}-{used}" if decoded
+                    else f"{used} chunks from the cache")
+
+        with self.step(f"{what} of {model.name}", detail=detail) as progress:
+            yield (lambda used, decoded: counts.extend((used, decoded))), progress
         seconds = time.perf_counter() - start
         self.seconds[model.name] = self.seconds.get(model.name, 0.0) + seconds
         if default:
@@ -381,9 +401,10 @@ class Models:
         store = self._stores.get((ref.name, text))
         if store is None or (not store.meta.get("complete") and (
                 upto is None or store.n_chunks < upto)):
-            with self._measured(ref, "reference log-probs", other is None and text is None) as note:
+            with self._measured(ref, "reference log-probs",
+                                other is None and text is None) as (note, progress):
                 store = self.engine.reference(ref.path, self.eval_text(text), self.protocol,
-                                              upto=upto)
+                                              progress=progress, upto=upto)
                 note(store.n_chunks, store.decoded)
             self._stores[(ref.name, text)] = store
         return store
@@ -404,9 +425,10 @@ class Models:
         store = self._reference_store(upto, reference, text)
         ref_path = (reference or self.reference()).path
         with self._measured(model, "KL divergence (reference log-probs cached)",
-                            text is None and reference is None) as note:
+                            text is None and reference is None) as (note, progress):
             res, decoded = self.engine.kl_divergence_upto(
-                ref_path, model.path, self.eval_text(text), self.protocol, upto)
+                ref_path, model.path, self.eval_text(text), self.protocol, upto,
+                progress=progress)
             note(res.n_chunks, decoded)
         _keep(self.kld, self._partial_kld, key, res, store.n_available)
         return _first_kld_chunks(res, upto)
@@ -447,8 +469,26 @@ class Models:
                        "tasks_from_cache": max(0, sum(r.n_tasks for r in
                                                       self.tasks_of(name).values())
                                                - self.tasks_scored.get(name, 0)),
+                       **(self._values_row(by_name[name]) if name in by_name else {}),
                        **(self._file_row(by_name[name]) if name in by_name else {})}
                 for name in sorted(names)}
+
+    def _values_row(self, model: QuantModel) -> dict[str, Any]:
+        """The model's quality numbers on the default text, each with the chunks (tasks) it
+        rests on: a model decided early in looks has fewer than one decoded to the end."""
+        row: dict[str, Any] = {}
+        used = self.chunks_used(model.name)
+        if used and self.has_quality(model.name):
+            ppl = self.perplexity(model, used)
+            row["perplexity"] = {"ppl": ppl.ppl, "ppl_err": ppl.ppl_err, "chunks": ppl.n_chunks}
+        if used and self.has_kl(model.name):
+            kld = self.kl_divergence(model, used)
+            row["kl_divergence"] = {"mean": float(kld.chunk_kld.mean()), "chunks": kld.n_chunks}
+        tasks = self.tasks_of(model.name)
+        if tasks:
+            row["task_accuracy"] = {task: {"accuracy": r.accuracy, "tasks": r.n_tasks}
+                                    for task, r in tasks.items()}
+        return row
 
     def _file_row(self, model: QuantModel) -> dict[str, Any]:
         mix = self.tensor_mix(model)
@@ -471,10 +511,12 @@ class Models:
             spec = specs[name]
             limit = spec.limit if spec.limit is not None else self.settings.task_limit
             s = self.settings
-            with self.step(f"{name} tasks of {model.name}"):
+            with self.step(f"{name} tasks of {model.name}", "tasks",
+                           detail=lambda: f"{scored} tasks scored") as progress:
                 held, scored = self.engine.tasks_upto(
                     model.path, spec.file, spec.mode, limit, n_ctx=s.n_ctx,
-                    n_parallel=s.task_parallel, n_batch=s.n_batch, name=name, upto=upto)
+                    n_parallel=s.task_parallel, n_batch=s.n_batch, progress=progress,
+                    name=name, upto=upto)
             self.task_results[key] = held
             self.tasks_scored[model.name] = self.tasks_scored.get(model.name, 0) + scored
         return held.first(upto)

@@ -19,11 +19,13 @@ from pytest_quantcheck.cache import cache_root
 from pytest_quantcheck.config import KEYS, ConfigError, Layer, Settings, merge, read_pyproject, read_yaml
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.models import QuantModel
+from pytest_quantcheck.progress import LiveProgress
 from pytest_quantcheck.session import QuantSession, ReportPaths
 
 session_key = pytest.StashKey[QuantSession]()
 item_checks_key = pytest.StashKey[list[checks.Check]]()
 usage_error_key = pytest.StashKey[str]()
+skipped_here_key = pytest.StashKey[bool]()  # every check of the test was skipped
 
 _FLAGS = {key: f"--quant-{key.replace('_', '-')}" for key in KEYS if key != "baseline_dir"}
 
@@ -210,6 +212,28 @@ def pytest_configure_node(node: Any) -> None:
         node.workerinput["quantcheck_exchange"] = str(qs.exchange)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Long steps show their progress where a person watches: on an interactive terminal, not
+    under -q, not in a CI log, not on a pytest-xdist worker (nobody sees its output)."""
+    config = session.config
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if (tr is None or not tr.isatty() or config.get_verbosity() < 0 or os.environ.get("CI")
+            or hasattr(config, "workerinput")):
+        return
+
+    def start(line: str) -> None:
+        tr.ensure_newline()  # off pytest's line of dots
+        tr.write(line)
+
+    def end() -> None:
+        # the progress line stays; pytest ends it before its next output, as it ends a line
+        # of dots (ensure_newline and a new file's line both start on a new line)
+        tr.currentfspath = "quantcheck progress"
+
+    config.stash[session_key].models.live = LiveProgress(
+        start, lambda line: tr.rewrite(line, erase=True), end)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     qs = config.stash[session_key]
     s = qs.settings
@@ -316,19 +340,40 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    result = yield  # the test's own body; if it failed, its failure stands
     found = item.stash.get(item_checks_key, None)
     if not found:
-        return result
+        return (yield)
+    qs = item.config.stash[session_key]
     model = item.funcargs["quant_model"]  # type: ignore[attr-defined]
     where = (item.nodeid, item.location[0], (item.location[1] or 0) + 1)
-    decided = item.config.stash[session_key].decide_test(found, model, where)
+    try:
+        result = yield  # the test's own body; if it failed, its failure stands
+    except BaseException as exc:  # its checks never ran: say so in every report
+        why = ("the test was skipped before its checks ran" if isinstance(exc, pytest.skip.Exception)
+               else f"the test failed ({type(exc).__name__}) before its checks ran")
+        qs.not_decided(found, model.name, why, where)
+        raise
+    decided = qs.decide_test(found, model, where)
     item.user_properties.extend(decided.properties)
     if decided.problems:
         pytest.fail("\n".join(decided.problems), pytrace=False)
     if decided.skipped and len(decided.skipped) == len(found):  # nothing else was checked
+        item.stash[skipped_here_key] = True
         pytest.skip("; ".join(decided.skipped))
     return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test whose checks were all skipped is reported at the test, where the user looks, not
+    at the plugin line that skipped it."""
+    report = yield
+    if (call.when == "call" and report.skipped and item.stash.get(skipped_here_key, False)
+            and isinstance(report.longrepr, tuple)):
+        path, line = item.reportinfo()[:2]
+        report.longrepr = (os.fspath(path), (line or 0) + 1, report.longrepr[2])
+    return report
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -341,6 +386,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_sep("-", "quantcheck steps")
         for step in session.steps:
             terminalreporter.write_line(step)
+    for line in session.annotations:  # GitHub reads a workflow command only at a line's start
+        terminalreporter.write_line(line)
     cached = session.cache_note()
     if cached:
         terminalreporter.write_line(f"quantcheck: {cached}")
@@ -349,8 +396,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not session.outcomes:
         return
     terminalreporter.write_sep("=", "quantcheck summary")
-    for line in report.text_table(session.outcomes):
+    *table, counts = report.text_table(session.outcomes)
+    for line in table:
         terminalreporter.write_line(line)
+    blocking = any(o.blocking for o in session.outcomes)
+    undecided = any(o.verdict in (checks.SKIPPED, checks.ERROR) for o in session.outcomes)
+    terminalreporter.write_line(f"quantcheck: {counts}", red=blocking,
+                                yellow=undecided and not blocking, green=not (blocking or undecided))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -377,8 +429,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     o = config.option
     json_path, junit, markdown, plot = (Path(p) if p else None for p in (
         o.quant_json, o.quant_junit, o.quant_markdown, o.quant_plot))
-    qs.write_reports(ReportPaths(json_path, junit, markdown, plot,
-                                 github=os.environ.get("GITHUB_ACTIONS") == "true"))
+    annotations = qs.write_reports(ReportPaths(json_path, junit, markdown, plot,
+                                               github=os.environ.get("GITHUB_ACTIONS") == "true"))
+    qs.annotations = annotations  # printed with the summary, on lines of their own
 
 
 # ---- fixtures --------------------------------------------------------------------------------

@@ -11,42 +11,65 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pytest_quantcheck import __version__
 from pytest_quantcheck.checks import Outcome, apply_holm
+from pytest_quantcheck.checks.outcome import ERROR, RECORDED, SKIPPED, count_line
 from pytest_quantcheck.errors import QuantcheckError
+from pytest_quantcheck.metrics.tasks import Z95
 
-COLUMNS = ("variant", "check", "measured", "against", "change", "p", "verdict")
+# "over": what the row's numbers rest on (8 of 64 chunks: a check decided in looks), so rows
+# side by side say when they were computed on different chunks
+COLUMNS = ("variant", "check", "measured", "against", "change", "over", "p", "verdict")
 
 
 def rows(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = []
     for o in sorted(outcomes, key=lambda o: (o.variant, o.check)):
         out.append((
-            o.variant, o.check, f"{o.measured:.4g}",
+            o.variant, o.check, "" if o.measured is None else f"{o.measured:.4g}",
             "" if o.compared is None else f"{o.compared:.4g}",
-            "" if o.change is None else f"{o.change:+.2%}",
+            o.change_text(), o.basis(),
             "" if o.decision is None else f"{o.decision.p_value:.2g}",
             o.verdict.upper(),
         ))
     return out
 
 
+def count_head(outcomes: Sequence[Outcome]) -> str:
+    """``"7 checks: 6 passed, 1 skipped"``: every fate met, none left out."""
+    return f"{len(outcomes)} check{'s' * (len(outcomes) != 1)}: {count_line(outcomes)}"
+
+
+def reasons(outcomes: Sequence[Outcome]) -> list[str]:
+    """Why each check that met no verdict (skipped, error) or was recorded did so, and what
+    to do: the table has no room for it, and a skip nobody reads is a gate nobody ran."""
+    return [f"{o.verdict.upper()} {o.variant} {o.check}: {o.reason}"
+            for o in sorted(outcomes, key=lambda o: (o.variant, o.check))
+            if o.verdict in (SKIPPED, ERROR, RECORDED)]
+
+
 def text_table(outcomes: Sequence[Outcome]) -> list[str]:
     table = [COLUMNS, *rows(outcomes)]
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    return [*lines, *reasons(outcomes), count_head(outcomes)]
 
 
 def markdown(outcomes: Sequence[Outcome], models: Mapping[str, Mapping[str, Any]] | None = None,
              notices: Sequence[str] = ()) -> str:
-    """The run's summary in Markdown: the checks, then (given the models table) what each
-    model's file holds, tensor types by bytes, and the notices about it."""
-    failed = sum(not o.passed for o in outcomes)
-    head = f"### quantcheck: {len(outcomes) - failed} of {len(outcomes)} checks passed\n\n"
+    """The run's summary in Markdown: the checks (every fate counted, the reasons of those
+    skipped, in error or recorded), then (given the models table) what each model's file
+    holds, tensor types by bytes, and the notices about it."""
+    head = f"### quantcheck: {count_head(outcomes)}\n\n"
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows(outcomes):
         cells = [c.replace("|", "\\|") for c in r]
         lines.append("| " + " | ".join(cells) + " |")
+    why = reasons(outcomes)
+    if why:
+        lines += ["", *(f"- {line}" for line in why)]
     mixes = {name: row["tensor_types"] for name, row in (models or {}).items()
              if row.get("tensor_types")}
     if mixes:
@@ -65,13 +88,18 @@ def _escape_property(text: str) -> str:
         ",", "%2C").replace(":", "%3A")
 
 
+_ANNOTATION = {"fail": "error", "error": "error", "inconclusive": "warning", SKIPPED: "warning",
+               RECORDED: "notice"}
+
+
 def github_annotations(outcomes: Sequence[Outcome]) -> list[str]:
-    """``::error`` for failed checks, ``::warning`` for inconclusive ones, at the test's line."""
+    """At the test's line: ``::error`` for failed checks and checks in error, ``::warning``
+    for inconclusive and skipped ones, ``::notice`` for those recorded into the baseline."""
     out = []
     for o in outcomes:
-        if o.passed:
+        level = _ANNOTATION.get(o.verdict)
+        if level is None:
             continue
-        level = "warning" if o.verdict == "inconclusive" else "error"
         where = f"file={_escape_property(o.file)},line={o.line}," if o.file else ""
         title = _escape_property(f"quantcheck {o.check} {o.variant}")
         message = o.message().replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
@@ -170,14 +198,16 @@ def merge_reports(reports: Sequence[Report]) -> tuple[dict[str, Any], list[Outco
 
 def write_junit(path: Path, outcomes: Sequence[Outcome]) -> None:
     """One testcase per check (variant by metric); its numbers as properties and in the message."""
-    from junitparser import Failure, JUnitXml, Skipped, TestCase, TestSuite
+    from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
 
     suite = TestSuite("quantcheck")
     for o in sorted(outcomes, key=lambda o: (o.variant, o.check)):
         case = TestCase(o.check, classname=f"quantcheck.{o.variant}")
         if o.verdict == "fail":
             case.result = [Failure(o.message(), "quantcheck")]
-        elif o.verdict == "inconclusive":
+        elif o.verdict == ERROR:
+            case.result = [Error(o.message(), "quantcheck")]
+        elif o.verdict in ("inconclusive", SKIPPED):
             case.result = [Skipped(o.message())]
         case.system_out = o.message()
         suite.add_testcase(case)
@@ -186,7 +216,10 @@ def write_junit(path: Path, outcomes: Sequence[Outcome]) -> None:
                  "test": o.nodeid}
         if o.decision is not None:
             props.update({"p_value": o.decision.p_value, "ci_low": o.decision.low,
-                          "ci_high": o.decision.high, "chunks": o.decision.n})
+                          "ci_high": o.decision.high})
+        if o.n is not None:
+            props.update({o.unit or "n": o.n, f"{o.unit or 'n'} available": o.n_available,
+                          "text": o.text})
         for key, value in props.items():
             if value is not None:
                 suite.add_property(f"{o.variant} {o.check} {key}", str(value))
@@ -211,7 +244,7 @@ COLOURS = {"pass": "tab:green", "fail": "tab:red", "inconclusive": "tab:orange",
 
 def verdicts(outcomes: Sequence[Outcome]) -> dict[str, str]:
     """Each variant's worst verdict: fail, else inconclusive, else pass."""
-    order = {"pass": 0, "inconclusive": 1, "fail": 2}
+    order = {"pass": 0, "inconclusive": 1, "fail": 2, ERROR: 2}  # skipped, recorded: no verdict
     worst: dict[str, str] = {}
     for o in outcomes:
         if order.get(o.verdict, 0) >= order.get(worst.get(o.variant, "pass"), 0):
@@ -280,7 +313,30 @@ def place_labels(anchors: Sequence[tuple[float, float]], sizes: Sequence[tuple[f
     return offsets
 
 
-def plot_tradeoffs(path: Path, points: dict[str, dict[str, float]],
+def over_common_chunks(points: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Plot points with perplexity and mean KL divergence of every model over the same chunks:
+    the first n that every model has (a model decided early in looks has fewer), with 95 %
+    intervals from the spread of the chunks' values (tokens within a chunk are not
+    independent). ``ppl_chunks`` / ``kld_chunks`` say n; models side by side are compared like
+    for like."""
+    out = {name: {k: v for k, v in p.items() if k not in ("chunk_nll", "chunk_kld")}
+           for name, p in points.items()}
+    for key, series, shown in (("ppl", "chunk_nll", math.exp), ("kld", "chunk_kld", float)):
+        have = {name: np.asarray(p[series], dtype=np.float64) for name, p in points.items()
+                if len(p.get(series) or ())}
+        if not have:
+            continue
+        n = min(v.size for v in have.values())
+        for name, values in have.items():
+            first = values[:n]
+            mean = float(first.mean())
+            se = float(first.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+            out[name].update({key: shown(mean), f"{key}_low": shown(mean - Z95 * se),
+                              f"{key}_high": shown(mean + Z95 * se), f"{key}_chunks": n})
+    return out
+
+
+def plot_tradeoffs(path: Path, points: dict[str, dict[str, Any]],
                    status: Mapping[str, str] | None = None) -> None:
     """Bits per weight against perplexity, mean KL divergence and tokens/s: one panel per
     measured quantity; each variant a point with its 95 % interval, coloured by its checks'
@@ -321,6 +377,9 @@ def plot_tradeoffs(path: Path, points: dict[str, dict[str, float]],
             ax.step([drawn[i][1] for i in front], [drawn[i][2] for i in front], where="post",
                     color="black", alpha=0.35, linestyle="--", label="Pareto frontier")
             ax.legend(loc="best", fontsize="small")
+        counted = {p[f"{key}_chunks"] for p in points.values() if f"{key}_chunks" in p}
+        if len(counted) == 1:  # every model on the same chunks: say how many
+            title += f" (first {counted.pop()} chunks)"
         ax.set(xlabel="bits per weight", ylabel=label, title=title,
                yscale="log" if log else "linear")
         ax.grid(True, alpha=0.3)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_quantcheck import baseline, exchange, report, sequential
+from pytest_quantcheck import baseline, exchange, report, sequential, stats
 from pytest_quantcheck.backends import Backend
 from pytest_quantcheck.checks import (
     Against,
@@ -28,6 +28,7 @@ from pytest_quantcheck.checks import (
     TaskAgainst,
     apply_holm,
 )
+from pytest_quantcheck.checks.outcome import ERROR, RECORDED, SKIPPED
 from pytest_quantcheck.checks.registry import KL, KL_FROM, MACRO, PPL, tasks_needed, text_of
 from pytest_quantcheck.config import Settings
 from pytest_quantcheck.engine import Engine
@@ -102,13 +103,14 @@ class QuantSession:
     outcomes: list[Outcome] = field(default_factory=list)
     collected: list[tuple[Check, str]] = field(default_factory=list)  # (check, variant)
     notes: list[tuple[str, bool]] = field(default_factory=list)  # (text, is_error), shown last
+    annotations: list[str] = field(default_factory=list)  # GitHub workflow commands to print
     models: Models = field(init=False)
     shard: tuple[int, int] | None = None  # (K, N): this run decides the K-th of N shards
     # pytest-xdist: a folder of the whole run where workers share decided outcomes (Holm)
     exchange: Path | None = None
     _holm: Decided | None = None
     _merged_baselines: list[BaselinePayload] = field(default_factory=list)
-    _merged_points: dict[str, dict[str, float]] = field(default_factory=dict)
+    _merged_points: dict[str, dict[str, Any]] = field(default_factory=dict)
     _document: BaselinePayload | None = None
     _merged_models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -237,29 +239,93 @@ class QuantSession:
 
     def decide_test(self, found: list[Check], model: QuantModel,
                     where: tuple[str, str, int]) -> CheckedTest:
-        """Decide one test's marker checks: each fails, passes, or is skipped saying why (a
-        baseline comparison with comparisons off, a baseline from another machine); an input
-        error is one line naming the check and the fix."""
+        """Decide one test's marker checks. Each meets one fate, kept for every report: passed,
+        failed or inconclusive; skipped, saying why and what to do (a baseline comparison with
+        comparisons off, a baseline from another machine); error, one line naming the check
+        and the fix; or, when this run writes the baseline, recorded (a check against the
+        baseline is not judged against the record being written)."""
         out = CheckedTest()
         for check in found:
             if check.compares_with == "baseline" and self.baseline_mode == "off":
-                out.skipped.append(f"{check.label}: baseline comparisons are off; run with"
-                                   " --quant-baseline")
+                self._undecided(out, check, model.name, SKIPPED, "baseline comparisons are off;"
+                                " run with --quant-baseline", where)
                 continue
             try:
-                outcome = self.run_check(check, model, where)
+                if check.compares_with == "baseline" and self.baseline_mode == "update":
+                    outcome = self._recorded(check, model, where)
+                    self.record(outcome)
+                else:
+                    outcome = self.run_check(check, model, where)
             except CheckSkipped as exc:
-                out.skipped.append(f"{check.label}: {exc}")
+                self._undecided(out, check, model.name, SKIPPED, str(exc), where)
                 continue
             except QuantcheckError as exc:
-                out.problems.append(f"{check.label} ERROR for {model.name}: {exc}")
+                self._undecided(out, check, model.name, ERROR, str(exc), where)
                 continue
+            except Exception as exc:  # a bug, shown with its traceback; its fate is still kept
+                self._undecided(out, check, model.name, ERROR, f"{type(exc).__name__}: {exc}",
+                                where)
+                raise
             out.properties.append((f"quantcheck {check.label}", outcome.message()))
-            if not outcome.passed:
+            if not outcome.passed and outcome.verdict != RECORDED:
                 out.problems.append(outcome.message())
         if out.skipped:
             out.properties.append(("quantcheck skipped", "; ".join(out.skipped)))
         return out
+
+    def not_decided(self, found: list[Check], variant: str, why: str,
+                    where: tuple[str, str, int]) -> None:
+        """The checks of a test whose own body failed or was skipped before they ran: kept as
+        skipped, so no report counts them as passed or leaves them out."""
+        for check in found:
+            self.record(replace(check.undecided(variant, SKIPPED, why, self.settings.mode,
+                                                self.settings.alpha),
+                                nodeid=where[0], file=where[1], line=where[2]))
+
+    def _undecided(self, out: CheckedTest, check: Check, variant: str, verdict: str, reason: str,
+                   where: tuple[str, str, int]) -> None:
+        outcome = replace(check.undecided(variant, verdict, reason, self.settings.mode,
+                                          self.settings.alpha),
+                          nodeid=where[0], file=where[1], line=where[2])
+        self.record(outcome)
+        if verdict == SKIPPED:
+            out.skipped.append(f"{check.label}: {reason}")
+        else:
+            out.problems.append(outcome.message())
+
+    def _recorded(self, check: Check, model: QuantModel, where: tuple[str, str, int]) -> Outcome:
+        """A check against the baseline in a run that writes it: what is stored, measured over
+        every chunk (a baseline holds them all), and not judged: the record being written is
+        no evidence about itself."""
+        measured = check.evaluate(model, self.context())
+        reason = f"stored in {self.baseline_path()} ({baseline.UPDATE_FLAG}); not compared"
+        phase = check.args.get("phase")
+        if phase is not None and "pct" in check.args:
+            runs = self._stored_runs(model.name, phase) + 1
+            kept = min(runs, self.settings.baseline_runs)
+            need = stats.MIN_BASELINE_RUNS
+            reason += (f"; this machine's {phase} baseline holds {kept} run(s) after this one,"
+                       + (f" enough for throughput gates (they need {need})" if kept >= need
+                          else f" and throughput gates need {need}: record {need - kept} more"
+                          f" with {baseline.UPDATE_FLAG}"))
+        return replace(measured, verdict=RECORDED, compared=None, change=None, decision=None,
+                       against="", p_adjusted=None, reason=reason, n=measured.n,
+                       n_available=measured.n,  # a baseline holds every chunk
+                       unit=measured.unit, nodeid=where[0], file=where[1], line=where[2])
+
+    def _stored_runs(self, name: str, phase: str) -> int:
+        """The ``phase`` throughput runs of ``name`` the baseline file already holds for this
+        machine (0 when there is no file, no record, or only other machines')."""
+        path = self.baseline_path()
+        if not path.is_file():
+            return 0
+        try:
+            return len(baseline.throughput(
+                baseline.load(path), name, self.models.speed_keys(),
+                self.settings.baseline_ignore, phase, self.models.fingerprint(),
+                self.settings.fingerprint_ignore))
+        except (QuantcheckError, baseline.MeasuredElsewhere):
+            return 0
 
     def _sequential(self, check: Check) -> bool:
         return (self.settings.sequential and self.settings.correction == "none"
@@ -296,7 +362,8 @@ class QuantSession:
         when = f"all {n} {unit}" if n == n_total else f"{n} of {n_total} {unit}"
         note = (f"sequential: decided after {when} (look {i + 1} of {len(looks)}; alpha"
                 f" {s.alpha:g} spent over all looks)")
-        return replace(outcome, note="; ".join(x for x in (outcome.note, note) if x))
+        return replace(outcome, n_available=n_total,
+                       note="; ".join(x for x in (outcome.note, note) if x))
 
     def record(self, outcome: Outcome) -> None:
         """Keep an outcome for the summary and the reports (markers' and helpers' alike)."""
@@ -309,7 +376,9 @@ class QuantSession:
         twice in the run."""
         groups: dict[str, list[Check]] = {}
         for check, spec in self.collected:
-            groups.setdefault(spec, []).append(check)
+            # a check against the baseline is decided only when comparing with a stored one
+            if check.compares_with != "baseline" or self.baseline_mode == "compare":
+                groups.setdefault(spec, []).append(check)
 
         def decide(spec: str) -> Decided:
             found: Decided = {}
@@ -410,26 +479,28 @@ class QuantSession:
 
     # ---- across processes --------------------------------------------------------------------
 
-    def points(self) -> dict[str, dict[str, float]]:
-        """Size, quality and speed of every model measured so far, for the trade-off plots."""
+    def points(self) -> dict[str, dict[str, Any]]:
+        """Size, quality and speed of every model measured so far, for the trade-off plots:
+        per-chunk NLL and KL divergence as decoded (a model decided early has fewer chunks;
+        :func:`report.over_common_chunks` puts every model on the same ones), tokens/s and task
+        accuracy with their counts."""
         m = self.models
         out = dict(self._merged_points)
         for name, model in m.measured().items():
-            point = {"bits_per_weight": model.bits_per_weight, "size_bytes": model.size_bytes}
+            point: dict[str, Any] = {"bits_per_weight": model.bits_per_weight,
+                                     "size_bytes": model.size_bytes}
             used = m.chunks_used(name)  # what this run decoded, perhaps stopped early
-            # each with its 95 % interval (the plot's error bars)
             if m.has_quality(name):
-                ppl = m.perplexity(model, used)
-                point.update(_around("ppl", ppl.ppl, ppl.ppl_err))
+                point["chunk_nll"] = m.perplexity(model, used).chunk_nll.tolist()
             if m.has_kl(name):
-                chunk_kld = m.kl_divergence(model, used).chunk_kld
-                point.update(_around("kld", float(chunk_kld.mean()),
-                                     _standard_error(chunk_kld)))
+                point["chunk_kld"] = m.kl_divergence(model, used).chunk_kld.tolist()
             for phase, result in m.speed[name].tests.items() if name in m.speed else ():
                 point.update(_around(f"{phase}_tokens_per_s", result.mean,
                                      _standard_error(result.samples)))
+                point[f"{phase}_repetitions"] = int(result.samples.size)
             for task, scored in m.tasks_of(name).items():
                 point[f"{task}_accuracy"] = scored.accuracy
+                point[f"{task}_tasks"] = scored.n_tasks
             out[name] = point
         return out
 
@@ -510,14 +581,7 @@ class QuantSession:
                 batches.append(own)
             if not batches:
                 return None
-            # a model measured by several workers (the reference, typically) keeps every
-            # worker's sections (tasks, texts, machines), not only the last worker's
-            records: dict[str, dict[str, Any]] = {}
-            for _keys, recs in batches:
-                for name, rec in recs.items():
-                    records[name] = baseline.merge_record(records.get(name, {}), rec,
-                                                          self.settings.baseline_runs)
-            self._document = (batches[0][0], records)
+            self._document = baseline.merge_documents(batches, self.settings.baseline_runs)
         return self._document
 
     def write_baseline(self) -> bool:
@@ -545,7 +609,9 @@ class QuantSession:
             return None
         return {"file": self.baseline_path().name, "keys": document[0], "records": document[1]}
 
-    def write_reports(self, to: ReportPaths) -> None:
+    def write_reports(self, to: ReportPaths) -> list[str]:
+        """Write the reports asked for; returns the GitHub annotations to print (each must
+        start a line of the log, which only the caller's terminal knows how to ensure)."""
         outcomes = self.outcomes
         texts: dict[Path | None, Callable[[], str]] = {
             to.json: lambda: report.to_json(outcomes, self.settings_summary(),
@@ -560,11 +626,12 @@ class QuantSession:
             report.write_junit(to.junit, outcomes)
         points = self.points()
         if to.plot is not None and points:
-            report.plot_tradeoffs(to.plot, points, report.verdicts(outcomes))
+            report.plot_tradeoffs(to.plot, report.over_common_chunks(points),
+                                  report.verdicts(outcomes))
         if to.github and outcomes:
             summary = os.environ.get("GITHUB_STEP_SUMMARY")
             if summary:
                 with open(summary, "a", encoding="utf-8") as f:
                     f.write(report.markdown(outcomes, self.model_table(), self.tensor_notes()))
-            for line in report.github_annotations(outcomes):
-                print(line)
+            return report.github_annotations(outcomes)
+        return []

@@ -6,6 +6,10 @@ from pytest_quantcheck.checks import quality, speed, tasks  # isort: split
 
 from pytest_quantcheck.checks import files  # registered last, so listed last
 from pytest_quantcheck.checks.outcome import (
+    ERROR,
+    FATES,
+    RECORDED,
+    SKIPPED,
     Against,
     CheckArgumentError,
     CheckSkipped,
@@ -27,7 +31,11 @@ from pytest_quantcheck.checks.registry import (
 )
 
 __all__ = [
+    "ERROR",
+    "FATES",
+    "RECORDED",
     "REGISTRY",
+    "SKIPPED",
     "Against",
     "Check",
     "CheckArgumentError",

@@ -7,7 +7,8 @@ and what to do. No pytest here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
@@ -96,13 +97,29 @@ class TaskAgainst:
         return cls(label, result.correct, result.selection(), is_baseline)
 
 
+SKIPPED, ERROR, RECORDED = "skipped", "error", "recorded"
+# Every fate a check can meet, in the order the count line says them. A check that was not
+# decided (skipped, error) or, in an update run, stored rather than judged against the record
+# being written (recorded) is shown with its reason everywhere a passed one is.
+FATES = (stats.PASS, stats.FAIL, stats.INCONCLUSIVE, SKIPPED, ERROR, RECORDED)
+_FATE_WORDS = {stats.PASS: "passed", stats.FAIL: "failed", stats.INCONCLUSIVE: "inconclusive",
+               SKIPPED: "skipped", ERROR: "error", RECORDED: "recorded"}
+
+
+def count_line(outcomes: Iterable[Outcome]) -> str:
+    """``"7 passed, 1 failed, 2 skipped"``: every fate met, in :data:`FATES` order."""
+    counts = Counter(o.verdict for o in outcomes)
+    parts = [f"{counts[f]} {_FATE_WORDS[f]}" for f in FATES if counts[f]]
+    return ", ".join(parts) if parts else "no checks"
+
+
 @dataclass(frozen=True)
 class Outcome:
     check: str  # "perplexity_within(pct=3)"
     variant: str
     metric: str  # column of the summary table
-    verdict: str
-    measured: float
+    verdict: str  # one of FATES
+    measured: float | None  # None: not measured (skipped, error)
     compared: float | None  # reference / baseline / limit value
     change: float | None  # relative change against ``compared``
     limit: str  # the tolerance, in words
@@ -116,6 +133,43 @@ class Outcome:
     file: str = ""
     line: int = 0
     note: str = ""  # where a speed or memory figure was measured, and how near the hardware
+    # What the numbers rest on: n chunks (tasks, repetitions...) of n_available, on a text
+    # (None: the default one). A check decided in looks uses fewer than a full run would.
+    n: int | None = None
+    unit: str = ""
+    n_available: int | None = None
+    text: str | None = None
+    reason: str = ""  # skipped, error, recorded: why, and what to do
+
+    def __post_init__(self) -> None:
+        if self.n is None and self.decision is not None:  # the statistics' own count
+            object.__setattr__(self, "n", self.decision.n)
+            object.__setattr__(self, "unit", self.decision.unit)
+
+    @classmethod
+    def undecided(cls, check: str, variant: str, metric: str, verdict: str, reason: str,
+                  mode: str, alpha: float, baseline: bool = False) -> Outcome:
+        """A check that met no verdict: skipped or error, with the reason and the fix."""
+        return cls(check, variant, metric, verdict, None, None, None, "", None, mode, alpha,
+                   baseline=baseline, reason=reason)
+
+    def basis(self) -> str:
+        """What the numbers rest on, in words: ``"8 of 64 chunks"``, ``"400 tasks"``."""
+        if self.n is None:
+            return ""
+        total = (f" of {self.n_available}" if self.n_available is not None
+                 and self.n_available != self.n else "")
+        on = f" of {self.text}" if self.text else ""
+        return f"{self.n}{total} {self.unit}{on}"
+
+    def change_text(self) -> str:
+        """The change against what was compared: relative (%), or in points for accuracy,
+        which is itself a fraction."""
+        if self.change is None:
+            return ""
+        if self.metric.endswith(" accuracy"):
+            return f"{100 * self.change:+.2f} points"
+        return f"{self.change:+.2%}"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -133,15 +187,28 @@ class Outcome:
     def passed(self) -> bool:
         return self.verdict == stats.PASS
 
+    @property
+    def blocking(self) -> bool:
+        """A fate that turns a gate red: failed, inconclusive (prove mode) or error."""
+        return self.verdict in (stats.FAIL, stats.INCONCLUSIVE, ERROR)
+
     def message(self) -> str:
         d = self.decision
-        head = f"{self.check} {self.verdict.upper()} for {self.variant}: {self.metric} {_num(self.measured)}"
+        head = f"{self.check} {self.verdict.upper()} for {self.variant}"
+        if self.measured is None:
+            return f"{head}: {self.reason}"
+        head += f": {self.metric} {_num(self.measured)}"
+        if self.verdict == RECORDED:
+            on = f" over {self.basis()}" if self.basis() else ""
+            return f"{head}{on}; {self.reason}"
         if self.compared is not None:
             head += f" vs {_num(self.compared)}"
             if self.against:
                 head += f" ({self.against})"
         if self.change is not None:
-            head += f", {self.change:+.2%}"
+            head += f", {self.change_text()}"
+        if self.basis():
+            head += f" over {self.basis()}"
         parts = [head]
         if d is not None:
             level = 1 - 2 * self.alpha

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_quantcheck.checks.outcome import CheckArgumentError, Context, Outcome, Subject
@@ -238,7 +238,15 @@ class Check:
     def evaluate(self, subject: Subject, ctx: Context) -> Outcome:
         __tracebackhide__ = True
         base = {"check": self.label, "variant": subject.name, "mode": ctx.mode, "alpha": ctx.alpha}
-        return self.kind.evaluate(self.args, subject, ctx, base)
+        outcome = self.kind.evaluate(self.args, subject, ctx, base)
+        text = self.args.get("text")
+        return outcome if text is None else replace(outcome, text=text)
+
+    def undecided(self, variant: str, verdict: str, reason: str, mode: str,
+                  alpha: float) -> Outcome:
+        """This check's outcome when it met no verdict (skipped, error): nothing measured."""
+        return Outcome.undecided(self.label, variant, "", verdict, reason, mode, alpha,
+                                 baseline=self.compares_with == "baseline")
 
 
 def parse(marker: str, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None) -> Check:
