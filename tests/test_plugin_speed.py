@@ -55,7 +55,8 @@ def test_absolute_throughput_passes_and_fails(speed_project: pytest.Pytester,
     assert "throughput_at_least(tokens_per_s=100, phase='tg') FAIL" not in out
     result.stdout.fnmatch_lines([
         "*throughput_at_least(tokens_per_s=1000000, phase='pp') FAIL for slow: pp64 t/s * vs"
-        " 1,000,000 (limit); 90% CI * to *; tolerance >= 1e+06 t/s; one-sided t-test on 5 pp64"
+        " 1,000,000 (limit) over 5 repetitions; 90% CI * to *; tolerance >= 1e+06 t/s;"
+        " one-sided t-test on 5 pp64"
         " repetitions, p = *, mode detect, alpha 0.05; measured on *, 2 threads, fake 1*",
     ])
 
@@ -75,7 +76,8 @@ def test_slower_variant_fails_against_another(speed_project: pytest.Pytester,
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
         "*throughput_at_least(pct=-20, of='base', phase='tg') FAIL for slow: tg16 t/s * vs *"
-        " (base), -*%; 90% CI -*% to -*%; tolerance -20%; Mann-Whitney U test (exact) on 5 + 5"
+        " (base), -*% over 5 repetitions; 90% CI -*% to -*%; tolerance -20%;"
+        " Mann-Whitney U test (exact) on 5 + 5"
         " log tg16 t/s samples, p = *measured on *, repetitions interleaved with base's*",
     ])
     # the two variants were benchmarked together, their repetitions alternating

@@ -64,7 +64,8 @@ def test_task_markers_pass_and_fail(task_project: pytest.Pytester,
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines([
         "*accuracy_at_least(task='hellaswag', value=0.999) FAIL for Q8_0: hellaswag accuracy *"
-        " vs 0.999 (limit); 90% CI *% to *%; tolerance >= 99.90%; exact binomial test on * right"
+        " vs 0.999 (limit) over 120 tasks; 90% CI *% to *%; tolerance >= 99.90%;"
+        " exact binomial test on * right"
         " answers in 120 tasks, p = *",
     ])
     outcomes = json.loads((task_project.path / "report.json").read_text())["checks"]

@@ -111,7 +111,7 @@ def test_reports_are_written_where_asked(tmp_path: Path) -> None:
     report = json.loads(to.json.read_text())  # type: ignore[union-attr]
     assert [c["verdict"] for c in report["checks"]] == ["fail"]
     assert "perplexity_within" in to.junit.read_text()  # type: ignore[union-attr]
-    assert "0 of 1 checks passed" in to.markdown.read_text()  # type: ignore[union-attr]
+    assert "1 check: 1 failed" in to.markdown.read_text()  # type: ignore[union-attr]
 
 
 def test_holm_outcomes_are_shared_so_each_model_is_evaluated_once(tmp_path: Path) -> None:
