@@ -23,6 +23,7 @@ from pytest_quantcheck.checks.registry import (
     Param,
     marker_lines,
     marker_table,
+    misspelt,
     parse,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "files",
     "marker_lines",
     "marker_table",
+    "misspelt",
     "parse",
     "quality",
     "speed",
