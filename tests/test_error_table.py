@@ -70,7 +70,8 @@ def text(path: Path, content: str) -> Path:
 @pytest.fixture
 def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest.Pytester,
             monkeypatch: pytest.MonkeyPatch) -> dict[str, Callable[[], str]]:
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
+    # the fake backend, before a PYTHONPATH already set (a worktree's sources)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent), prepend=os.pathsep)
     eval_text = text(tmp_path / "eval.txt", "words " * 2000)
 
     def truncated() -> str:

@@ -7,6 +7,7 @@ timings of a controlled workload; the margins below are wide enough for a busy m
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -309,7 +310,8 @@ def test_xdist_workers_share_the_physical_cores(qc_project: pytest.Pytester,
             assert quant_session.settings.threads == max(1, {cores} // 2)
             assert quant_model.fingerprint().threads == {cores}
         """.replace("{cores}", str(physical_cores())))
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
+    # the fake backend, before a PYTHONPATH already set (a worktree's sources)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent), prepend=os.pathsep)
     result = qc_project.runpytest_subprocess("-n", "2", *XDIST_QUIET)
     result.assert_outcomes(passed=2)
     share, cores = max(1, physical_cores() // 2), physical_cores()

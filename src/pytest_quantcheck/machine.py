@@ -3,7 +3,8 @@
 Throughput depends on the CPU and its instruction sets, the thread count, the OS, the llama.cpp
 build and the GPU; a baseline measured elsewhere says nothing about this machine. A
 :class:`Fingerprint` is stored with every throughput and memory record, and comparisons are made
-only between records whose fingerprints agree (fields a user chooses to ignore aside).
+only between records whose fingerprints agree (fields a user chooses to ignore, and a kernel's
+build tag, aside).
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ class Fingerprint:
 
     def identity(self) -> dict[str, Any]:
         """The fields as machines are told apart: all of them, but of ``os`` only the system,
-        the kernel's version number and the architecture. A kernel's build tag
-        (``6.18.44-fc-v595`` and ``6.18.44-fc-v1147``: one kernel source, built twice) changes
-        nothing a timing sees, while everything else here can: the CPU and the instruction sets
-        the build uses set the kernels' speed, threads and offloaded layers the parallelism, the
-        llama.cpp build the code itself, and the GPUs the device."""
+        the kernel's version number and the architecture. What follows the number, a build tag
+        or a distribution's patch level (``6.18.44-fc-v595`` and ``6.18.44-fc-v1147``: one
+        kernel source, built twice), changes nothing a timing sees, while everything else here
+        can: the CPU and the instruction sets the build uses set the kernels' speed, threads and
+        offloaded layers the parallelism, the llama.cpp build the code itself, the GPUs the
+        device."""
         data = self.to_dict()
         system, _, rest = self.os.partition(" ")
         release, _, arch = rest.partition(" ")

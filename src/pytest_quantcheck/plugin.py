@@ -257,12 +257,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              scope="session")
 
 
-def _registered_markers(config: pytest.Config) -> set[str]:
+def _registered_markers(config: pytest.Config) -> frozenset[str]:
     """Markers the project registers (``markers`` ini lines, ``name(args): help``)."""
-    return {line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")}
+    return frozenset(line.split(":")[0].split("(")[0].strip() for line in config.getini("markers"))
 
 
-def _item_checks(item: pytest.Item, settings: Settings, registered: set[str] = frozenset(),
+def _item_checks(item: pytest.Item, settings: Settings, registered: frozenset[str] = frozenset(),
                  ad_hoc: dict[str, str] | None = None) -> list[checks.Check]:
     """The item's quantcheck markers, parsed; a ``pytest.UsageError`` names what is wrong: a
     bad argument, an ``of=`` that names no model, or a marker one slip away from a check's
@@ -288,7 +288,7 @@ def _item_checks(item: pytest.Item, settings: Settings, registered: set[str] = f
         if isinstance(of, str):
             try:
                 if built_for_comparison(of, settings) and ad_hoc is not None:
-                    ad_hoc.setdefault(of, f"{item.nodeid} ({check.label})")
+                    ad_hoc.setdefault(of.upper(), f"{item.nodeid} ({check.label})")
             except VariantError as exc:
                 raise pytest.UsageError(f"{item.nodeid}: {check.label}: {exc}") from None
         found.append(check)
