@@ -432,8 +432,8 @@ class QuantSession:
         return out
 
     def worker_payload(self) -> str:
-        """What a pytest-xdist worker sends the controller: outcomes, steps, plot points and,
-        when updating, its baseline records."""
+        """What a pytest-xdist worker sends the controller: outcomes, steps, plot points, notes
+        (what collection found to say) and, when updating, its baseline records."""
         payload = self.baseline_payload() if self.baseline_mode == "update" else None
         return json.dumps({"outcomes": [o.to_dict() for o in self.outcomes], "baseline": payload,
                            "points": self.points(), "steps": self.steps,
