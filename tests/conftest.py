@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,8 @@ class RunBothWays:
     def __call__(self, project: pytest.Pytester, *args: str) -> pytest.RunResult:
         if not self.xdist:
             return project.runpytest(*args)
-        self._monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
+        # the fake backend, before a PYTHONPATH already set (a worktree's sources)
+        self._monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent), prepend=os.pathsep)
         return project.runpytest_subprocess("-n", "2", *XDIST_QUIET, *args)
 
 

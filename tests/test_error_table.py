@@ -70,7 +70,8 @@ def text(path: Path, content: str) -> Path:
 @pytest.fixture
 def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest.Pytester,
             monkeypatch: pytest.MonkeyPatch) -> dict[str, Callable[[], str]]:
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
+    # the fake backend, before a PYTHONPATH already set (a worktree's sources)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent), prepend=os.pathsep)
     eval_text = text(tmp_path / "eval.txt", "words " * 2000)
 
     def truncated() -> str:
@@ -109,6 +110,32 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
         pytester.makepyfile("import pytest\n\n@pytest.mark.perplexity_within(pc=3)\n"
                             "def test_x(quant_model):\n    pass\n")
         return pytester.runpytest_subprocess().stderr.lines[0]
+
+    def misspelt_marker() -> str:
+        (pytester.path / "base.gguf").write_bytes(small_gguf(tmp_path / "b.gguf").read_bytes())
+        (pytester.path / "pyproject.toml").write_text('[tool.quantcheck]\nmodel = "base.gguf"\n')
+        pytester.makepyfile("import pytest\n\n@pytest.mark.perplexity_whithin(pct=3)\n"
+                            "def test_x(quant_model):\n    pass\n")
+        return pytester.runpytest_subprocess().stderr.lines[0]
+
+    def of_no_model() -> str:
+        (pytester.path / "base.gguf").write_bytes(small_gguf(tmp_path / "b.gguf").read_bytes())
+        (pytester.path / "pyproject.toml").write_text('[tool.quantcheck]\nmodel = "base.gguf"\n')
+        pytester.makepyfile("import pytest\n\n@pytest.mark.perplexity_within(pct=3, of='Q8_O')\n"
+                            "def test_x(quant_model):\n    pass\n")
+        return pytester.runpytest_subprocess().stderr.lines[0]
+
+    def unknown_variant_setting() -> str:
+        (pytester.path / "pyproject.toml").write_text(
+            '[tool.quantcheck]\nvariants = ["Q8_0", "Q4_K_X"]\n')
+        pytester.makepyfile("def test_x():\n    pass\n")
+        return pytester.runpytest_subprocess().stderr.lines[0]
+
+    def quantized_base() -> str:
+        monkeypatch.setenv("QUANTCHECK_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.setattr(cli_module, "default_backend", FakeBackend)
+        q4 = write_fake_gguf(tmp_path / "q4.gguf", noise=0.3, ftype=15)  # a Q4_K_M file
+        return cli(capsys, "quantize", q4, "Q2_K")
 
     def corrupt_baseline() -> str:
         path = text(tmp_path / "m.quantcheck.json", "{ not json")
@@ -173,9 +200,7 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
             load(path)
         return str(info.value)
 
-    def other_machine() -> str:
-        import json
-
+    def speed_project() -> pytest.Pytester:
         project = pytester
         write_fake_gguf(project.path / "base.gguf")
         (project.path / "eval.txt").write_text("words " * 600)
@@ -187,6 +212,19 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
                              "    return FakeBackend()\n")
         project.makepyfile("import pytest\n\n@pytest.mark.throughput_at_least(pct=-10)\n"
                            "def test_x(quant_model):\n    pass\n")
+        return project
+
+    def other_threads() -> str:
+        project = speed_project()
+        project.runpytest_subprocess("--quant-update-baseline", "--quant-threads", "2"
+                                     ).assert_outcomes(passed=1)
+        result = project.runpytest_subprocess("--quant-baseline", "-rs", "--quant-threads", "1")
+        return next(line for line in result.stdout.lines if line.startswith("SKIPPED"))
+
+    def other_machine() -> str:
+        import json
+
+        project = speed_project()
         project.runpytest_subprocess("--quant-update-baseline").assert_outcomes(passed=1)
         path = project.path / "baselines" / "base.quantcheck.json"
         data = json.loads(path.read_text())
@@ -235,6 +273,11 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
         "GGUF llama.cpp would abort on (a token twice)": token_twice,
         "baseline from a newer pytest-quantcheck": newer_baseline,
         "throughput baseline from another machine (skipped, not failed)": other_machine,
+        "throughput baseline of another thread count (skipped, not failed)": other_threads,
+        "misspelt marker": misspelt_marker,
+        "`of=` that names no model": of_no_model,
+        "unknown variant in the settings": unknown_variant_setting,
+        "quantizing a quantized file": quantized_base,
         "missing model file": lambda: cli(capsys, "perplexity", tmp_path / "nope.gguf", "-f",
                                           eval_text),
         "not a GGUF file": pk,

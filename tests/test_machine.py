@@ -45,6 +45,49 @@ def test_round_trip_and_differences() -> None:
         ", 4 threads, 99 layers on NVIDIA L4, llama-cpp-python 0.3.36")
 
 
+def test_a_kernel_build_tag_is_the_same_machine() -> None:
+    here = fp(os="Linux 6.18.44-fc-v595 x86_64")
+    assert here.differences(fp(os="Linux 6.18.44-fc-v1147 x86_64")) == []
+    assert here.differences(fp(os="Linux 6.18.45-fc-v595 x86_64")) == [
+        "os Linux 6.18.44-fc-v595 x86_64, now Linux 6.18.45-fc-v595 x86_64"]  # another kernel
+    assert here.differing(fp(os="Linux 6.18.44-fc-v595 aarch64")) == ["os"]
+    assert fp(os="Darwin 23.4.0 arm64").differing(fp(os="Darwin 23.4.0 arm64")) == []
+    assert fp(os="Windows 10 AMD64").differing(fp(os="Windows 11 AMD64")) == ["os"]
+
+
+def test_a_run_on_a_rebuilt_kernel_joins_the_machines_runs() -> None:
+    from pytest_quantcheck.baseline import merge_record
+
+    def entry(os: str) -> dict[str, object]:
+        return {"fingerprint": fp(os=os).to_dict(), "runs": {"tg": [{"run": os}]}}
+
+    old = {"machines": [entry("Linux 6.18.44-fc-v595 x86_64")]}
+    merged = merge_record(old, {"machines": [entry("Linux 6.18.44-fc-v1147 x86_64")]})
+    assert len(merged["machines"]) == 1
+    only = merged["machines"][0]
+    assert only["fingerprint"]["os"] == "Linux 6.18.44-fc-v1147 x86_64"  # the latest, in full
+    assert [r["run"] for r in only["runs"]["tg"]] == ["Linux 6.18.44-fc-v595 x86_64",
+                                                      "Linux 6.18.44-fc-v1147 x86_64"]
+    other = merge_record(merged, {"machines": [entry("Linux 6.19.1 x86_64")]})
+    assert len(other["machines"]) == 2
+
+
+def test_a_thread_count_alone_names_the_setting_that_matches() -> None:
+    from pytest_quantcheck.baseline import MeasuredElsewhere
+
+    stored, here = fp(threads=2), fp(threads=1)
+    reason = MeasuredElsewhere(stored, here, stored.differing(here)).reason("the tg baseline")
+    assert reason == ("the tg baseline was measured with another thread count (threads 2 in the"
+                      " baseline, 1 here); run with --quant-threads 2 as the baseline was, or"
+                      " record threads 1 with --quant-update-baseline")
+    here = fp(threads=1, cpu="Other CPU")
+    reason = MeasuredElsewhere(stored, here, stored.differing(here)).reason("the tg baseline")
+    assert reason == (f"the tg baseline was measured on another machine (cpu {stored.cpu} in the"
+                      " baseline, Other CPU here; threads 2 in the baseline, 1 here); compare on"
+                      " that machine, record this one with --quant-update-baseline, or list the"
+                      " field in fingerprint_ignore")
+
+
 def test_a_damaged_stored_fingerprint_never_matches() -> None:
     damaged = Fingerprint.from_dict({"cpu": 3, "threads": "4", "cpu_features": "AVX"})
     assert damaged.cpu == "unknown" and damaged.threads == -1 and damaged.cpu_features == (

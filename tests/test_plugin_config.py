@@ -100,12 +100,38 @@ def test_missing_model_file_is_a_usage_error(qc_project: pytest.Pytester) -> Non
     result.stderr.fnmatch_lines(["ERROR: command line: model: */missing.gguf is not a file; fix the path"])
 
 
-def test_unknown_variant_fails_the_test_in_one_line(qc_project: pytest.Pytester,
-                                                    run_both_ways: RunBothWays) -> None:
+def test_an_unknown_variant_stops_the_run_at_start_up(qc_project: pytest.Pytester) -> None:
+    # serial only: settings are checked in pytest_configure, before pytest-xdist starts workers
     qc_project.makepyfile("import pytest\n\n@pytest.mark.perplexity_at_most(1e9)\n"
                           "def test_x(quant_model):\n    pass\n")
-    result = run_both_ways(qc_project, "--quant-variants", "Q4_K_X")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*variant 'Q4_K_X' is neither a quantization type, 'base', nor an"
-                                 " existing .gguf file; types: F32, F16*"])
-    assert "session.py" not in result.stdout.str()
+    result = qc_project.runpytest("--quant-variants", "Q8_0,Q4_K_X")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: command line: variants: unknown variant 'Q4_K_X', neither"
+                                 " a file type, 'base', a variant table's name nor a .gguf file;"
+                                 " did you mean Q4_K_?? types: F32, F16, BF16, Q8_0, *"])
+    assert not (qc_project.path / "backend.log").exists()  # no model was made, Q8_0's neither
+    (qc_project.path / "pyproject.toml").write_text(
+        '[tool.quantcheck]\nmodel = "base.gguf"\nvariants = ["Q8_0", "gone.gguf"]\n'
+        'reference = "F61"\n')
+    result = qc_project.runpytest()
+    result.stderr.fnmatch_lines(["ERROR: *pyproject.toml [[]tool.quantcheck[]]: reference: unknown"
+                                 " variant 'F61', *; did you mean F16? types: *"])
+    result = qc_project.runpytest("--quant-reference", "base")
+    result.stderr.fnmatch_lines(["ERROR: *pyproject.toml [[]tool.quantcheck[]]: variants:"
+                                 " */gone.gguf is not a file; fix the path"])
+
+
+def test_a_quantized_base_stops_the_run_at_start_up(qc_project: pytest.Pytester) -> None:
+    from fakes import write_fake_gguf
+
+    write_fake_gguf(qc_project.path / "q4.gguf", noise=0.3, ftype=15)  # Q4_K_M
+    qc_project.makepyfile("def test_x(quant_model):\n    pass\n")
+    result = qc_project.runpytest("--quant-model", "q4.gguf")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: command line: model: */q4.gguf: is Q4_K_M, a quantized"
+                                 " file; quantize from an F32, F16 or BF16 GGUF (as"
+                                 " convert_hf_to_gguf.py writes it)"])
+    # nothing to quantize, nothing refused: a quantized file is a fine base for .gguf variants
+    result = qc_project.runpytest("--quant-model", "q4.gguf", "--quant-variants",
+                                  "base,one_pct.gguf")
+    result.assert_outcomes(passed=2)

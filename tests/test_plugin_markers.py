@@ -9,6 +9,7 @@ import pytest
 from conftest import RunBothWays
 
 RunBoth = Callable[..., pytest.RunResult]
+NO_MARK_WARNING = ("-W", "ignore::pytest.PytestUnknownMarkWarning")
 
 
 def test_perplexity_within_passes_one_percent_and_fails_nine(qc_project: pytest.Pytester,
@@ -321,3 +322,66 @@ def test_check_labels_print_sizes_in_full() -> None:
 
     assert parse("size_at_most", (), {"bytes": 1431360}).label == "size_at_most(bytes=1431360)"
     assert parse("size_at_most", (), {"bpw": 4.5}).label == "size_at_most(bpw=4.5)"
+
+
+def test_a_misspelt_marker_stops_the_run(qc_project: pytest.Pytester,
+                                         run_both_ways: RunBothWays) -> None:
+    # Without --strict-markers pytest only warns of an unknown marker, and the gate never runs
+    # (the warning is silenced here: in-process runs inherit this suite's filterwarnings=error).
+    qc_project.makepyfile(test_typo="import pytest\n\n@pytest.mark.perplexity_whithin(pct=3)\n"
+                                    "def test_x(quant_model):\n    pass\n")
+    result = run_both_ways(qc_project, *NO_MARK_WARNING)
+    assert_usage_error(result, run_both_ways.xdist,
+                       "*test_typo.py::test_x[[]Q8_0[]]: unknown marker"
+                       " @pytest.mark.perplexity_whithin; did you mean perplexity_within? (a"
+                       " misspelt check never runs)*")
+    assert not (qc_project.path / "backend.log").exists()  # stopped before any model was made
+
+
+def test_only_names_near_a_check_are_taken_for_typos(qc_project: pytest.Pytester) -> None:
+    # serial only: what is tested is which names count as typos (the stop itself: above)
+    qc_project.makeini("[pytest]\nmarkers =\n    perplexity_withn: another plugin's marker\n")
+    qc_project.makepyfile("import pytest\n\n@pytest.mark.slow\n@pytest.mark.perplexity_withn\n"
+                          "@pytest.mark.Size_at_most(bpw=64)\n"
+                          "def test_x(quant_model):\n    pass\n")
+    result = qc_project.runpytest(*NO_MARK_WARNING)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # a case slip is a slip too
+    result.stderr.fnmatch_lines(["*test_x*unknown marker @pytest.mark.Size_at_most; did you mean"
+                                 " size_at_most?*"])
+    qc_project.makepyfile("import pytest\n\n@pytest.mark.slow\n@pytest.mark.perplexity_withn\n"
+                          "def test_x(quant_model):\n    pass\n")
+    qc_project.runpytest(*NO_MARK_WARNING).assert_outcomes(passed=2)
+
+
+def test_an_of_that_names_no_model_stops_the_run(qc_project: pytest.Pytester,
+                                                 run_both_ways: RunBothWays) -> None:
+    qc_project.makepyfile(test_of="import pytest\n\n"
+                                  "@pytest.mark.perplexity_within(pct=3, of='Q8_O')\n"
+                                  "def test_x(quant_model):\n    pass\n")
+    result = run_both_ways(qc_project)
+    assert_usage_error(result, run_both_ways.xdist,
+                       "*test_of.py::test_x[[]Q8_0[]]: perplexity_within(pct=3, of='Q8_O'):"
+                       " of='Q8_O' names no model: not a variant (Q8_0, Q2_K), 'base', 'baseline',"
+                       " a file type nor an existing .gguf file; did you mean 'Q8_0'?*")
+    assert not (qc_project.path / "backend.log").exists()
+    qc_project.makepyfile(test_of="import pytest\n\n"
+                                  "@pytest.mark.kl_divergence_at_most(1, of='gone.gguf')\n"
+                                  "def test_x(quant_model):\n    pass\n")
+    assert_usage_error(run_both_ways(qc_project), run_both_ways.xdist,
+                       "*test_x*of='gone.gguf': */gone.gguf is not a file; fix the path*")
+
+
+def test_an_of_file_type_outside_the_variants_is_built_and_said(
+        qc_project: pytest.Pytester, run_both_ways: RunBothWays) -> None:
+    # Q4_K_M, named by of= only, is measured for the comparison and not checked itself; the
+    # summary says so, so that a gate never widens its work unseen.
+    qc_project.makepyfile(test_of="import pytest\n\n"
+                                  "@pytest.mark.perplexity_within(pct=50, of='Q4_K_M')\n"
+                                  "def test_x(quant_model):\n    pass\n")
+    result = run_both_ways(qc_project)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "quantcheck: notice: Q4_K_M is not in variants; it is built from the base for the"
+        " comparison of test_of.py::test_x[[]Q8_0[]] (perplexity_within(pct=50, of='Q4_K_M')),"
+        " and not checked itself"])
+    assert result.stdout.str().count("notice: Q4_K_M is not in variants") == 1

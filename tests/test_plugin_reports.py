@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ def test_baseline(quant_model):
 
 @pytest.fixture
 def subprocess_project(qc_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
+    # the fake backend, before a PYTHONPATH already set (a worktree's sources)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent), prepend=os.pathsep)
     qc_project.makepyfile(SUITE)
     return qc_project
 

@@ -7,6 +7,7 @@ timings of a controlled workload; the margins below are wide enough for a busy m
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def test_baseline_from_another_machine_is_skipped_with_the_difference(
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines([
         "*the tg throughput baseline of fast was measured on another machine (cpu Other"
-        " CPU 9000, now *); compare on that machine, record this one with"
+        " CPU 9000 in the baseline, * here); compare on that machine, record this one with"
         " --quant-update-baseline, or list the field in fingerprint_ignore*",
     ])
     run_both_ways(speed_project, "--quant-baseline", "--quant-fingerprint-ignore", "cpu",
@@ -296,7 +297,9 @@ def test_assertion_helpers_for_speed_and_memory(speed_project: pytest.Pytester) 
 def test_xdist_workers_share_the_physical_cores(qc_project: pytest.Pytester,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     # -n 2 only: what is tested is the split between workers. With threads unset, each of N
-    # workers runs llama.cpp on its share of the cores instead of all of them N times over.
+    # workers evaluates on its share of the cores instead of all of them N times over; a timing
+    # (and a memory measurement, recorded beside it) holds the machine alone and runs on all of
+    # them, as a serial run's, so the fingerprint says every core.
     from conftest import XDIST_QUIET
     from pytest_quantcheck.backends import physical_cores
 
@@ -305,16 +308,61 @@ def test_xdist_workers_share_the_physical_cores(qc_project: pytest.Pytester,
         import pytest
 
         @pytest.mark.memory_at_most(mb=1000)
-        def test_memory(quant_model):
-            assert quant_model.fingerprint().threads == max(1, {cores} // 2)
+        def test_memory(quant_model, quant_session):
+            assert quant_session.settings.threads == max(1, {cores} // 2)
+            assert quant_model.fingerprint().threads == {cores}
         """.replace("{cores}", str(physical_cores())))
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the fake backend
+    # the fake backend, before a PYTHONPATH already set (a worktree's sources)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent), prepend=os.pathsep)
     result = qc_project.runpytest_subprocess("-n", "2", *XDIST_QUIET)
     result.assert_outcomes(passed=2)
-    share = max(1, physical_cores() // 2)
+    share, cores = max(1, physical_cores() // 2), physical_cores()
     result.stdout.fnmatch_lines([
-        f"quantcheck: *, threads {share} per worker ({physical_cores()} physical cores / 2"
-        " workers), cache *"])
+        f"quantcheck: *, threads {share} per worker ({cores} physical cores / 2 workers; timings"
+        f" on {cores}, as a serial run), cache *"])
+
+
+def test_a_serial_baseline_compares_under_xdist(speed_project: pytest.Pytester,
+                                                run_both_ways: RunBothWays) -> None:
+    # threads unset, as most projects leave it: recorded serially, checked both ways (under
+    # -n 2 a worker's timings run on the serial thread count, so the fingerprints agree)
+    text = (speed_project.path / "pyproject.toml").read_text()
+    (speed_project.path / "pyproject.toml").write_text(text.replace("threads = 2\n", ""))
+    speed_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.throughput_at_least(pct=-50)
+        def test_speed(quant_model):
+            pass
+        """
+    )
+    for _ in range(3):
+        speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)
+    result = run_both_ways(speed_project, "--quant-baseline", "-rs")
+    result.assert_outcomes(passed=2)
+
+
+def test_a_baseline_of_another_thread_count_names_the_setting(
+        speed_project: pytest.Pytester) -> None:
+    # serial only: the message, from the fingerprints alone
+    speed_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.throughput_at_least(pct=-50)
+        def test_speed(quant_model):
+            pass
+        """
+    )
+    for _ in range(3):
+        speed_project.runpytest("--quant-update-baseline").assert_outcomes(passed=2)
+    result = speed_project.runpytest("--quant-baseline", "-rs", "--quant-threads", "1")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines([
+        "*the tg throughput baseline of fast was measured with another thread count (threads 2 in"
+        " the baseline, 1 here); run with --quant-threads 2 as the baseline was, or record"
+        " threads 1 with --quant-update-baseline*"])
 
 
 def test_throughput_confirm_measures_again_before_failing(speed_project: pytest.Pytester) -> None:

@@ -113,6 +113,15 @@ def test_imatrix_types_build_with_an_importance_matrix(demo_model: Path, real_ca
     assert read_gguf(variant.path).metadata["general.file_type"] == FILE_TYPES["IQ2_XS"].ftype
 
 
+def test_quantizing_a_quantized_file_says_what_it_is(demo_model: Path, real_cache: Path) -> None:
+    # llama.cpp itself only fails ("code 1"), --verbose or not; the base's file type says why
+    q4 = quantize(demo_model, "Q4_K_M", backend=default_backend(), cache_dir=real_cache)
+    with pytest.raises(VariantError) as info:
+        quantize(q4.path, "Q2_K", backend=default_backend(), cache_dir=real_cache)
+    assert str(info.value) == (f"{q4.path}: is Q4_K_M, a quantized file; quantize from an F32,"
+                               " F16 or BF16 GGUF (as convert_hf_to_gguf.py writes it)")
+
+
 def test_a_file_llama_cpp_refuses_is_a_clear_error(tmp_path: Path) -> None:
     from pytest_quantcheck.backends import BackendError
 

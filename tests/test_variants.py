@@ -73,3 +73,57 @@ def test_bad_model_path_is_a_clear_error(tmp_path: Path, content: bytes | None, 
     with pytest.raises(VariantError, match=message) as info:
         from_path(path)
     assert str(path) in str(info.value)
+
+
+def quantized_tensor_gguf(path: Path) -> Path:
+    """A GGUF whose matrix is relabelled from F32 to Q8_0 (its bytes hold the 3 rows' 3 x 34),
+    with no general.file_type: the tensors' own types must be read."""
+    import numpy as np
+
+    from pytest_quantcheck.gguf_file import write_gguf
+
+    write_gguf(path, {"general.architecture": "llama"},
+               {"output.weight": np.ones((3, 32), np.float32),
+                "output_norm.weight": np.ones(32, np.float32)})
+    data = bytearray(path.read_bytes())
+    at = data.index(b"output.weight") + len(b"output.weight") + 4 + 16  # n_dims, 2 dims
+    data[at:at + 4] = (8).to_bytes(4, "little")  # GGML_TYPE_Q8_0
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_quantized_base_is_refused_before_llama_cpp_sees_it(tmp_path: Path) -> None:
+    backend = FakeBackend(log=tmp_path / "calls.log")
+    q4 = write_fake_gguf(tmp_path / "q4.gguf", noise=0.3, ftype=15)  # general.file_type Q4_K_M
+    with pytest.raises(VariantError) as info:
+        quantize(q4, "Q2_K", backend=backend)
+    assert str(info.value) == (f"{q4}: is Q4_K_M, a quantized file; quantize from an F32, F16 or"
+                               " BF16 GGUF (as convert_hf_to_gguf.py writes it)")
+    tensors = quantized_tensor_gguf(tmp_path / "q8.gguf")
+    with pytest.raises(VariantError, match=r"q8.gguf: holds quantized tensors \(Q8_0\); quantize"
+                                           " from an F32, F16 or BF16 GGUF"):
+        quantize(tensors, "Q4_K_M", backend=backend)
+    assert not (tmp_path / "calls.log").exists()  # nothing was asked of the backend
+    for ftype in (0, 1, 32):  # F32, F16 and BF16 bases are what quantizing starts from
+        base = write_fake_gguf(tmp_path / f"base{ftype}.gguf", ftype=ftype)
+        assert quantize(base, "Q8_0", backend=backend).file_type == "Q8_0"
+
+
+def test_a_check_names_a_variant_the_base_the_baseline_a_file_type_or_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_quantcheck.config import Settings
+    from pytest_quantcheck.variants import built_for_comparison
+
+    monkeypatch.chdir(tmp_path)
+    write_fake_gguf(tmp_path / "other.gguf")
+    settings = Settings(variants=("Q8_0", "Q4_K_M"), reference="F16")
+    for name in ("Q8_0", "q4_k_m", "base", "baseline", "F16", "other.gguf"):
+        assert not built_for_comparison(name, settings), name
+    assert built_for_comparison("Q5_K_M", settings)  # a file type of no variant: built ad hoc
+    with pytest.raises(VariantError) as info:
+        built_for_comparison("Q8_O", settings)
+    assert str(info.value) == ("of='Q8_O' names no model: not a variant (Q8_0, Q4_K_M), 'base',"
+                               " 'baseline', a file type nor an existing .gguf file; did you mean"
+                               " 'Q8_0'?")
+    with pytest.raises(VariantError, match=r"of='gone.gguf': .*gone.gguf is not a file; fix the"):
+        built_for_comparison("gone.gguf", settings)

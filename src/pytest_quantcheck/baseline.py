@@ -136,7 +136,12 @@ _MIGRATIONS = {1: _from_v1, 2: _from_v2}
 
 
 def _same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return bool(a.get("fingerprint") == b.get("fingerprint"))
+    """Entries of one machine, as comparisons tell machines apart (a kernel's build tag aside):
+    a new run joins the runs it will be compared with."""
+    fa, fb = (m.get("fingerprint") for m in (a, b))
+    if not (isinstance(fa, dict) and isinstance(fb, dict)):
+        return fa == fb
+    return not Fingerprint.from_dict(fa).differing(Fingerprint.from_dict(fb))
 
 
 def merge_record(old: dict[str, Any], new: dict[str, Any], keep_runs: int = 10) -> dict[str, Any]:
@@ -227,8 +232,33 @@ def update(path: Path, keys: dict[str, Any], records: dict[str, dict[str, Any]],
 
 
 class MeasuredElsewhere(Exception):
-    """A speed or memory record exists, but only for machines unlike this one; ``str()`` says
-    which fields differ. Such a comparison is skipped, never failed."""
+    """A speed or memory record exists, but only for machines unlike this one. Such a
+    comparison is skipped, never failed; :meth:`reason` says what differs and the fix."""
+
+    def __init__(self, stored: Fingerprint, here: Fingerprint, fields: list[str]) -> None:
+        super().__init__("; ".join(f"{name} {_shown(stored, name)} in the baseline,"
+                                   f" {_shown(here, name)} here" for name in fields))
+        self.stored, self.here, self.fields = stored, here, fields
+
+    def reason(self, what: str) -> str:
+        """Why ``what`` (``"the tg throughput baseline of Q8_0"``) is not compared, and the fix:
+        for a thread count or an offload alone, the setting that matches the baseline's."""
+        flags = {"threads": "--quant-threads", "n_gpu_layers": "--quant-n-gpu-layers"}
+        if len(self.fields) == 1 and self.fields[0] in flags:
+            field = self.fields[0]
+            kind = "thread count" if field == "threads" else "GPU offload"
+            return (f"{what} was measured with another {kind} ({self}); run with"
+                    f" {flags[field]} {_shown(self.stored, field)} as the baseline was, or record"
+                    f" {field} {_shown(self.here, field)} with {UPDATE_FLAG}")
+        return (f"{what} was measured on another machine ({self}); compare on that machine,"
+                f" record this one with {UPDATE_FLAG}, or list the field in fingerprint_ignore")
+
+
+def _shown(fingerprint: Fingerprint, field: str) -> str:
+    value = fingerprint.to_dict()[field]
+    if isinstance(value, list):
+        return " ".join(map(str, value)) if value else "none"
+    return str(value)
 
 
 def make_record(*, file_type: str | None, size_bytes: int, bits_per_weight: float,
@@ -353,7 +383,7 @@ def throughput(stored: BaselineFile, variant: str, keys: dict[str, Any], ignore:
                             f" it with {UPDATE_FLAG}")
     fingerprints = [Fingerprint.from_dict(m.get("fingerprint", {})) for m in measured]
     for entry, fp in zip(measured, fingerprints, strict=True):
-        if not fp.differences(here, fingerprint_ignore):
+        if not fp.differing(here, fingerprint_ignore):
             try:
                 runs = [BenchResult.from_dict(r) for r in entry["runs"][phase]]
             except (KeyError, TypeError, ValueError):
@@ -363,5 +393,5 @@ def throughput(stored: BaselineFile, variant: str, keys: dict[str, Any], ignore:
                     f"{stored.path}: the {phase} throughput record of {variant} is damaged;"
                     f" recreate it with {UPDATE_FLAG}")
             return runs
-    nearest = min(fingerprints, key=lambda fp: len(fp.differences(here, fingerprint_ignore)))
-    raise MeasuredElsewhere("; ".join(nearest.differences(here, fingerprint_ignore)))
+    nearest = min(fingerprints, key=lambda fp: len(fp.differing(here, fingerprint_ignore)))
+    raise MeasuredElsewhere(nearest, here, nearest.differing(here, fingerprint_ignore))

@@ -5,6 +5,7 @@ frozen :class:`Settings`. Every error names the file (or flag), the key and what
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -78,6 +79,10 @@ class Settings:
     n_batch: int = 2048
     chunks: int | None = None
     threads: int | None = None
+    # threads of throughput and memory measurements where they differ from ``threads``: a
+    # pytest-xdist worker evaluates on its share of the cores, but times a model holding the
+    # machine alone, on as many threads as a serial run, so a serial baseline compares
+    timing_threads: int | None = None
     n_gpu_layers: int = 0
     alpha: float = 0.05
     mode: str = "detect"
@@ -241,6 +246,22 @@ def _variants(value: Any) -> tuple[str | Recipe, ...]:
     return entries
 
 
+def _unknown_model(name: str, base: Path, recipes: Mapping[str, Recipe]) -> str | None:
+    """Why ``name`` (a variant or the reference) names no model: it is no file type, not
+    ``base``, no recipe, and no ``.gguf`` file (relative to ``base``, the folder of the file that
+    names it). Checked at start-up: a typo found when a test asks for the model would error every
+    test of the variant, after the others had been decoded."""
+    from pytest_quantcheck.variants import FILE_TYPES  # imported here: it loads numpy
+
+    if (name == "base" or name.upper() in FILE_TYPES or name in recipes
+            or name.lower().endswith(".gguf") or (base / name).expanduser().exists()):
+        return None
+    close = difflib.get_close_matches(name.upper(), [*FILE_TYPES, "BASE"], n=1)
+    guess = f"did you mean {close[0] if close[0] != 'BASE' else 'base'}? " if close else ""
+    return (f"unknown variant {name!r}, neither a file type, 'base', a variant table's name nor a"
+            f" .gguf file; {guess}types: {', '.join(FILE_TYPES)}")
+
+
 def _eval_text(value: Any) -> str | dict[str, str] | None:
     """One text's path, or a table of named texts (``prose = "a.txt"``; on the command line,
     ``prose=a.txt,code=b.txt``); the first named text is the default."""
@@ -341,7 +362,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 }
 KEYS = tuple(_PARSERS)
 assert set(KEYS) == {f.name for f in fields(Settings)} - {"sources", "bases", "recipes",
-                                                           "eval_texts"}
+                                                           "eval_texts", "timing_threads"}
 
 
 @dataclass(frozen=True)
@@ -419,6 +440,11 @@ def merge(layers: list[Layer]) -> Settings:
             sources[key] = layer.source
             bases[key] = layer.base
     settings = replace(Settings(), **values, sources=sources, bases=bases)
+    for key, names in (("variants", settings.variants), ("reference", (settings.reference,))):
+        for name in names:
+            problem = _unknown_model(name, bases.get(key, Path.cwd()), settings.recipes)
+            if problem:
+                raise ConfigError(sources.get(key, "defaults"), key, problem)
     if settings.bench_prompt == 0 and settings.bench_gen == 0:
         raise ConfigError(sources.get("bench_gen", "defaults"), "bench_gen",
                           "bench_prompt and bench_gen are both 0; keep at least one test")

@@ -3,7 +3,8 @@
 Throughput depends on the CPU and its instruction sets, the thread count, the OS, the llama.cpp
 build and the GPU; a baseline measured elsewhere says nothing about this machine. A
 :class:`Fingerprint` is stored with every throughput and memory record, and comparisons are made
-only between records whose fingerprints agree (fields a user chooses to ignore aside).
+only between records whose fingerprints agree (fields a user chooses to ignore, and a kernel's
+build tag, aside).
 """
 
 from __future__ import annotations
@@ -61,11 +62,33 @@ class Fingerprint:
         return cls(text("cpu"), names("cpu_features"), number("threads"), text("os"),
                    text("llama_cpp"), names("gpu"), number("n_gpu_layers"))
 
+    def identity(self) -> dict[str, Any]:
+        """The fields as machines are told apart: all of them, but of ``os`` only the system,
+        the kernel's version number and the architecture. What follows the number, a build tag
+        or a distribution's patch level (``6.18.44-fc-v595`` and ``6.18.44-fc-v1147``: one
+        kernel source, built twice), changes nothing a timing sees, while everything else here
+        can: the CPU and the instruction sets the build uses set the kernels' speed, threads and
+        offloaded layers the parallelism, the llama.cpp build the code itself, the GPUs the
+        device."""
+        data = self.to_dict()
+        system, _, rest = self.os.partition(" ")
+        release, _, arch = rest.partition(" ")
+        number = re.match(r"\d+(\.\d+)*", release)
+        if number is not None:
+            data["os"] = f"{system} {number.group(0)} {arch}"
+        return data
+
+    def differing(self, other: Fingerprint, ignore: Sequence[str] = ()) -> list[str]:
+        """The fields, not ignored, that tell this machine from ``other``."""
+        mine, theirs = self.identity(), other.identity()
+        return [name for name in FIELDS if name not in ignore and mine[name] != theirs[name]]
+
     def differences(self, other: Fingerprint, ignore: Sequence[str] = ()) -> list[str]:
-        """``"threads 4, now 2"`` for every field that differs and is not ignored."""
+        """``"threads 4, now 2"`` for every field that tells the machines apart and is not
+        ignored."""
         mine, theirs = self.to_dict(), other.to_dict()
         return [f"{name} {_show(mine[name])}, now {_show(theirs[name])}"
-                for name in FIELDS if name not in ignore and mine[name] != theirs[name]]
+                for name in self.differing(other, ignore)]
 
     def summary(self) -> str:
         """One line for messages: CPU, threads, GPU offload, build."""

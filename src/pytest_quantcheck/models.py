@@ -187,6 +187,7 @@ class Models:
     _partial_ppl: dict[str, PerplexityResult] = field(default_factory=dict)
     _partial_kld: dict[str, KLDResult] = field(default_factory=dict)
     _engine: Engine | None = None
+    _timing_engine: Engine | None = None
     _by_spec: dict[str, QuantModel] = field(default_factory=dict)
     _fingerprint: Fingerprint | None = None
     _wants_kl: set[tuple[str, str | None]] = field(default_factory=set)  # (variant spec, text)
@@ -203,6 +204,19 @@ class Models:
             self._engine = Engine(self.backend_factory(), options,
                                   result_cache=self.settings.result_cache)
         return self._engine
+
+    @property
+    def timing_engine(self) -> Engine:
+        """The engine of throughput and memory measurements: the evaluation's, or one on the
+        ``timing_threads`` setting's thread count (a pytest-xdist worker's timings run on as
+        many threads as a serial run's)."""
+        threads = self.settings.timing_threads
+        if threads is None or threads == self.engine.options.threads():
+            return self.engine
+        if self._timing_engine is None:
+            self._timing_engine = replace(self.engine,
+                                          options=replace(self.engine.options, n_threads=threads))
+        return self._timing_engine
 
     def base_path(self) -> Path:
         if self.settings.model is not None:
@@ -523,7 +537,7 @@ class Models:
 
     def fingerprint(self) -> Fingerprint:
         if self._fingerprint is None:
-            self._fingerprint = self.engine.fingerprint()
+            self._fingerprint = self.timing_engine.fingerprint()
         return self._fingerprint
 
     def throughput(self, model: QuantModel, again: bool = False) -> ThroughputRun:
@@ -533,7 +547,7 @@ class Models:
             fingerprint = self.fingerprint()
             start = time.perf_counter()
             with machine.timing():  # waits for heavy steps of other workers and processes
-                self.speed[model.name] = self.engine.throughput(
+                self.speed[model.name] = self.timing_engine.throughput(
                     model.path, s.bench_prompt, s.bench_gen, s.bench_repetitions,
                     n_batch=s.n_batch, fingerprint=fingerprint)
             self.steps.append(f"throughput of {model.name}: {time.perf_counter() - start:.1f} s")
@@ -548,7 +562,7 @@ class Models:
             s = self.settings
             start = time.perf_counter()
             with machine.timing():
-                mine, theirs = self.engine.throughput_interleaved(
+                mine, theirs = self.timing_engine.throughput_interleaved(
                     [model.path, other.path], s.bench_prompt, s.bench_gen, s.bench_repetitions,
                     n_batch=s.n_batch, fingerprint=self.fingerprint())
             self.speed_pairs[key] = (mine, theirs)
@@ -559,7 +573,8 @@ class Models:
     def memory(self, model: QuantModel) -> MemoryUsage:
         if model.name not in self.memory_usage:
             with self.step(f"memory of {model.name}"):
-                self.memory_usage[model.name] = self.engine.memory(model.path, self.protocol)
+                self.memory_usage[model.name] = self.timing_engine.memory(model.path,
+                                                                          self.protocol)
         return self.memory_usage[model.name]
 
     def measured(self) -> dict[str, QuantModel]:

@@ -21,6 +21,12 @@ from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.models import QuantModel
 from pytest_quantcheck.progress import LiveProgress
 from pytest_quantcheck.session import QuantSession, ReportPaths
+from pytest_quantcheck.variants import (
+    FILE_TYPES,
+    VariantError,
+    built_for_comparison,
+    check_unquantized,
+)
 
 session_key = pytest.StashKey[QuantSession]()
 item_checks_key = pytest.StashKey[list[checks.Check]]()
@@ -137,6 +143,20 @@ def _settings(config: pytest.Config) -> Settings:
         if not spec.file.is_file():
             raise ConfigError(settings.sources["tasks"], f"tasks.{name}",
                               f"{spec.file} is not a file; fix the path")
+    for key, names in (("variants", settings.variants), ("reference", (settings.reference,))):
+        for name in names:
+            path = settings.bases.get(key, Path.cwd()) / Path(name).expanduser()
+            if name.lower().endswith(".gguf") and not path.is_file():
+                raise ConfigError(settings.sources[key], key, f"{path} is not a file; fix the path")
+    built = [v for v in (*settings.variants, settings.reference)
+             if v.upper() in FILE_TYPES or v in settings.recipes]
+    if settings.model is not None and built:  # a quantized base fails every variant: say so now
+        try:
+            check_unquantized(settings.model)
+        except VariantError as exc:
+            raise ConfigError(settings.sources["model"], "model", str(exc)) from None
+        except QuantcheckError:
+            pass  # not a sound GGUF: the test that loads it says so, as for any model file
     return settings
 
 
@@ -174,7 +194,10 @@ def pytest_configure(config: pytest.Config) -> None:
     workers = _worker_count(config)
     if settings.threads is None and workers > 1 and hasattr(config, "workerinput"):
         # Each worker runs llama.cpp: with all cores each, N workers oversubscribe them N times.
-        settings = replace(settings, threads=_worker_threads(workers))
+        # A timing holds the machine alone (machine.timing), so it runs on all of them, as a
+        # serial run's does: a baseline recorded either way compares under either.
+        settings = replace(settings, threads=_worker_threads(workers),
+                           timing_threads=physical_cores())
     plot = config.option.quant_plot
     if plot:
         if Path(plot).suffix.lower() not in (".png", ".svg"):
@@ -242,7 +265,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     threads = (f"threads {s.threads}" if s.threads is not None
                else f"threads {physical_cores()}" if workers == 1
                else f"threads {_worker_threads(workers)} per worker ({physical_cores()} physical"
-               f" cores / {workers} workers)")
+               f" cores / {workers} workers; timings on {physical_cores()}, as a serial run)")
     shard = f" (shard {qs.shard[0]}/{qs.shard[1]})" if qs.shard else ""
     return (f"quantcheck: {__version__}, model {model}, variants {', '.join(qs.variants())}{shard},"
             f" mode {s.mode}, alpha {s.alpha:g}, {threads}, cache {cache_root()}")
@@ -258,11 +281,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              scope="session")
 
 
-def _item_checks(item: pytest.Item, settings: Settings) -> list[checks.Check]:
-    """The item's quantcheck markers, parsed; a ``pytest.UsageError`` names what is wrong."""
+def _registered_markers(config: pytest.Config) -> frozenset[str]:
+    """Markers the project registers (``markers`` ini lines, ``name(args): help``)."""
+    return frozenset(line.split(":")[0].split("(")[0].strip() for line in config.getini("markers"))
+
+
+def _item_checks(item: pytest.Item, settings: Settings, registered: frozenset[str] = frozenset(),
+                 ad_hoc: dict[str, str] | None = None) -> list[checks.Check]:
+    """The item's quantcheck markers, parsed; a ``pytest.UsageError`` names what is wrong: a
+    bad argument, an ``of=`` that names no model, or a marker one slip away from a check's
+    name (without ``--strict-markers`` pytest only warns of it, and the check would never run).
+    ``ad_hoc`` gathers the file types an ``of=`` has built for its comparison alone."""
     found = []
     for mark in item.iter_markers():
         if mark.name not in checks.REGISTRY:
+            meant = None if mark.name in registered else checks.misspelt(mark.name)
+            if meant:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: unknown marker @pytest.mark.{mark.name}; did you mean"
+                    f" {meant}? (a misspelt check never runs)")
             continue
         try:
             check = checks.parse(mark.name, mark.args, dict(mark.kwargs))
@@ -271,6 +308,13 @@ def _item_checks(item: pytest.Item, settings: Settings) -> list[checks.Check]:
         conflict = check.kind.conflict(check.args, settings)
         if conflict:
             raise pytest.UsageError(f"{item.nodeid}: {check.label} {conflict}")
+        of = check.args.get("of")
+        if isinstance(of, str):
+            try:
+                if built_for_comparison(of, settings) and ad_hoc is not None:
+                    ad_hoc.setdefault(of.upper(), f"{item.nodeid} ({check.label})")
+            except VariantError as exc:
+                raise pytest.UsageError(f"{item.nodeid}: {check.label}: {exc}") from None
         found.append(check)
     if found and "quant_model" not in getattr(item, "fixturenames", ()):
         raise pytest.UsageError(
@@ -289,9 +333,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.hook.pytest_deselected(items=[i for i in items if id(i) not in kept_ids])
             items[:] = kept
     collected: list[tuple[checks.Check, str]] = []
+    registered = _registered_markers(config)
+    ad_hoc: dict[str, str] = {}
     for item in items:
         try:
-            found = _item_checks(item, session.settings)
+            found = _item_checks(item, session.settings, registered, ad_hoc)
         except pytest.UsageError as exc:
             if not hasattr(config, "workerinput"):
                 raise
@@ -304,6 +350,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.stash[item_checks_key] = found
         variant = item.callspec.params["quant_model"]  # type: ignore[attr-defined]
         collected.extend((check, variant) for check in found)
+    for spec, where in ad_hoc.items():  # said, so that a gate never widens its work unseen
+        session.notes.append((f"notice: {spec} is not in variants; it is built from the base for"
+                              f" the comparison of {where}, and not checked itself", False))
     session.collect(collected)
 
 

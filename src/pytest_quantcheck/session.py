@@ -449,10 +449,8 @@ class QuantSession:
                 stored, subject.name, self.models.speed_keys(), self.settings.baseline_ignore,
                 phase, self.models.fingerprint(), self.settings.fingerprint_ignore)
         except baseline.MeasuredElsewhere as exc:
-            raise CheckSkipped(
-                f"the {phase} throughput baseline of {subject.name} was measured on another"
-                f" machine ({exc}); compare on that machine, record this one with"
-                f" {baseline.UPDATE_FLAG}, or list the field in fingerprint_ignore") from None
+            raise CheckSkipped(exc.reason(f"the {phase} throughput baseline of {subject.name}")
+                               ) from None
         return SpeedAgainst(f"baseline {stored.path.name}", runs[-1], True, tuple(runs))
 
     def baseline_payload(self) -> BaselinePayload | None:
@@ -505,18 +503,23 @@ class QuantSession:
         return out
 
     def worker_payload(self) -> str:
-        """What a pytest-xdist worker sends the controller: outcomes, steps, plot points and,
-        when updating, its baseline records."""
+        """What a pytest-xdist worker sends the controller: outcomes, steps, plot points, notes
+        (what collection found to say) and, when updating, its baseline records."""
         payload = self.baseline_payload() if self.baseline_mode == "update" else None
         return json.dumps({"outcomes": [o.to_dict() for o in self.outcomes], "baseline": payload,
                            "points": self.points(), "steps": self.steps,
-                           "models": self.models.model_table()}, default=str)
+                           "models": self.models.model_table(), "notes": self.notes},
+                          default=str)
 
     def merge(self, data: str, worker: str = "worker") -> None:
         """Take in a worker's payload (on the controller)."""
         payload = json.loads(data)
         self.outcomes.extend(Outcome.from_dict(o) for o in payload["outcomes"])
         self.steps.extend(f"[{worker}] {step}" for step in payload.get("steps", []))
+        # every worker collects every test, so each sends the same collection notices: one each
+        for text, red in payload.get("notes", []):
+            if (text, red) not in self.notes:
+                self.notes.append((str(text), bool(red)))
         self._merged_points.update(payload.get("points", {}))
         self._merged_models.update(payload.get("models", {}))
         if payload.get("baseline"):

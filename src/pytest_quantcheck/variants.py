@@ -9,6 +9,7 @@ it is used again.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from pytest_quantcheck import cache
 from pytest_quantcheck.backends import FILE_TYPE_MIX, Backend, QuantizeOptions, physical_cores
-from pytest_quantcheck.config import Recipe
+from pytest_quantcheck.config import Recipe, Settings
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.gguf_check import check_model_file
 
@@ -119,6 +120,54 @@ def from_path(path: Path, name: str | None = None) -> Variant:
     return Variant(name=name or path.stem, path=path, file_type=None)
 
 
+FULL_PRECISION = (0, 1, 30)  # ggml types llama.cpp quantizes from: F32, F16, BF16
+
+
+def check_unquantized(base: Path) -> None:
+    """llama.cpp quantizes only from F32, F16 or BF16 weights; asked to quantize a quantized
+    file it fails with nothing more than an error code, so the base's file type (and, where it
+    is not recorded or is a float type, its tensors' types) is read first and a quantized base
+    is refused, saying what it is and what to use."""
+    from pytest_quantcheck.gguf_file import read_gguf
+    from pytest_quantcheck.tensor_mix import GGML_TYPE_NAMES, file_type_name
+
+    contents = read_gguf(base, decode_strings=False)
+    ftype = contents.metadata.get("general.file_type")
+    named = file_type_name(ftype) if isinstance(ftype, int) else None
+    quantized = sorted({GGML_TYPE_NAMES.get(t.ggml_type, str(t.ggml_type))
+                        for t in contents.tensors.values() if t.ggml_type not in FULL_PRECISION
+                        and len(t.shape) > 1})  # 1-d tensors (norms) stay F32 in any file
+    if named in (None, "F32", "F16", "BF16") and not quantized:
+        return
+    what = (f"is {named}, a quantized file" if named not in (None, "F32", "F16", "BF16")
+            else f"holds quantized tensors ({', '.join(quantized)})")
+    raise VariantError(f"{base}: {what}; quantize from an F32, F16 or BF16 GGUF (as"
+                       " convert_hf_to_gguf.py writes it)")
+
+
+def built_for_comparison(spec: str, settings: Settings) -> bool:
+    """Whether the model a check's ``of=`` names is built for that comparison alone: a file type
+    that is neither a variant nor the reference (False: a variant, the reference, ``base``,
+    ``baseline`` or a .gguf file). A name that is none of these is a :class:`VariantError`
+    naming the closest, found at collection rather than when the check runs."""
+    named = (*settings.variants, settings.reference, "base")
+    if spec in (*named, "baseline"):
+        return False
+    if spec.upper() in FILE_TYPES:
+        return spec.upper() not in {name.upper() for name in named}
+    path = Path(spec).expanduser()  # relative to where pytest runs, as the model store reads it
+    if spec.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise VariantError(f"of={spec!r}: {path.absolute()} is not a file; fix the path")
+        return False
+    if path.exists():
+        return False
+    close = difflib.get_close_matches(spec, [*named, "baseline", *FILE_TYPES], n=1)
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    raise VariantError(f"of={spec!r} names no model: not a variant ({', '.join(settings.variants)}),"
+                       f" 'base', 'baseline', a file type nor an existing .gguf file{guess}")
+
+
 def _entry_is_valid(path: Path) -> bool:
     sidecar = path.with_name(path.name + ".json")
     try:
@@ -145,6 +194,7 @@ def quantize(
     the recipe's ``name``), from the cache or built now."""
     ft = file_type(type_name)
     check_gguf_path(base)
+    check_unquantized(base)
     if ft.needs_imatrix and imatrix is None:
         raise VariantError(
             f"{ft.name} needs an importance matrix; pass one made by llama-imatrix (imatrix=...)"

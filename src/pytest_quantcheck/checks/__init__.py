@@ -27,6 +27,7 @@ from pytest_quantcheck.checks.registry import (
     Param,
     marker_lines,
     marker_table,
+    misspelt,
     parse,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "files",
     "marker_lines",
     "marker_table",
+    "misspelt",
     "parse",
     "quality",
     "speed",

@@ -258,6 +258,30 @@ def parse(marker: str, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | N
     return Check(marker, kind.bind(args, kwargs or {}))
 
 
+def _edits(a: str, b: str) -> int:
+    """Edits (insert, delete, replace, swap two neighbours) that turn ``a`` into ``b``."""
+    rows = [list(range(len(b) + 1))]
+    for i, ca in enumerate(a, 1):
+        row = [i]
+        for j, cb in enumerate(b, 1):
+            row.append(min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (ca != cb)))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
+def misspelt(name: str) -> str | None:
+    """The check ``name`` is most likely a misspelling of: one at most two edits away (case
+    aside); None for a check's own name and for names far from all of them. Two edits catch
+    the slips of a hand (a letter doubled, dropped, swapped or mistyped) and stay far from other
+    plugins' markers; no two check names are fewer than four edits apart."""
+    if name in REGISTRY:
+        return None
+    best = min(REGISTRY, key=lambda marker: _edits(name.lower(), marker))
+    return best if _edits(name.lower(), best) <= 2 else None
+
+
 def marker_lines() -> dict[str, str]:
     """Marker name to its ini ``markers`` line (``pytest --markers`` shows them)."""
     return {name: f"{kind.signature()}: {kind.summary.replace('`', '')}"
