@@ -226,10 +226,13 @@ def check_pytest_args(args: list[str], where: str, pytester: pytest.Pytester) ->
     exists and every settings value passes the plugin's validation."""
     from pytest_quantcheck.config import ConfigError
 
-    for arg in args:  # paths named on the line, so the plugin's "is it a file" checks pass
-        if not arg.startswith("-") and "/" in arg and not arg.endswith("/"):
-            path = pytester.path / arg.split("=")[-1]
-            path.parent.mkdir(parents=True, exist_ok=True)
+    for arg in args:  # files named on the line exist, so the plugin's "is it a file" checks pass
+        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        for part in value.split(","):
+            path = pytester.path / part.split("=")[-1]
+            if path.suffix in (".txt", ".gguf", ".csv", ".bin", ".dat"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
     try:
         pytester.parseconfigure(*args)
     except (pytest.UsageError, ConfigError) as exc:
@@ -338,7 +341,7 @@ def _fake_tasks(project: Path, tasks: dict[str, Any]) -> dict[str, Any]:
         make = {"hellaswag": demo_tasks.hellaswag, "winogrande": demo_tasks.winogrande,
                 "multiple-choice": demo_tasks.multiple_choice}[mode]
         path = project / f"{name}.tasks"
-        path.write_bytes(make(words, np.random.default_rng(5), 40))
+        path.write_bytes(make(words, np.random.default_rng(5), 20))
         out[name] = {"file": path.name, "mode": mode}
     return out
 
@@ -356,7 +359,7 @@ def _fake_variant(project: Path, entry: Any) -> Any:
     return entry
 
 
-HARNESS = {"n_ctx": 128, "n_batch": 512, "chunks": 16, "min_chunks": 4, "min_tasks": 10,
+HARNESS = {"n_ctx": 128, "n_batch": 512, "chunks": 8, "sequential": False,
            "task_limit": 0, "bench_repetitions": 2, "bench_prompt": 16, "bench_gen": 8}
 DEFAULT_TASKS = {"hellaswag": "", "winogrande": "", "multiple-choice": ""}
 
