@@ -495,3 +495,18 @@ def test_readme_is_short_and_starts_with_the_two_commands() -> None:
         "# pytest-quantcheck",
     ]
     assert "## Install into your own project" in lines
+
+
+def test_readme_links_point_at_files_and_anchors_that_exist() -> None:
+    """The README is read on a forge, not built by MkDocs: its links are checked here."""
+    text = (ROOT / "README.md").read_text()
+    for target in re.findall(r"\]\(([^)]+)\)", text):
+        if target.startswith("http"):
+            continue
+        path, _, anchor = target.partition("#")
+        page = ROOT / path
+        assert page.is_file(), target
+        if anchor:
+            headings = re.findall(r"^#+ (.+?)(?: \{#[\w-]+\})?$", page.read_text(), re.M)
+            slugs = {re.sub(r"[^\w\s-]", "", h.lower()).strip().replace(" ", "-") for h in headings}
+            assert anchor in slugs, target
