@@ -98,9 +98,7 @@ def settings_section() -> str:
     """A heading per setting key, in ``config.KEYS`` order: its default, flag, ini name, help."""
     from pytest_quantcheck.config import KEYS, Settings
 
-    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-                for f in dataclasses.fields(Settings)
-                if f.name in KEYS}  # type: ignore[misc]
+    defaults = Settings()
     helps = _setting_help()
     options = pytest_options()
     out: list[str] = []
@@ -109,7 +107,7 @@ def settings_section() -> str:
         flag = f"`{option.flag}`" if option else "`--quant-baseline=DIR`"
         text = _cell(helps[key]).rstrip(".")
         if "default" not in text:  # help texts state their defaults; these few show the field's
-            text += f" (default: {_default(defaults[key])})"
+            text += f" (default: {_default(getattr(defaults, key))})"
         out += [f"### `{key}` {{#{key}}}", "", f"{text[0].upper()}{text[1:]}.", "",
                 f"Command line: {flag} · ini file: `quant_{key}`", ""]
     return "\n".join(out)
