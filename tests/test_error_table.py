@@ -1,4 +1,5 @@
-"""Every row of the README's error table, produced for real and matched against its text."""
+"""Every row of the documentation's error table (docs/reference/errors.md), produced for real and
+matched against its text."""
 
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from pytest_quantcheck.gguf_file import write_gguf
 
 from fakes import FakeBackend, write_fake_gguf
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ERRORS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "reference" / "errors.md"
 
 
 def table() -> dict[str, str]:
-    text = README.read_text()
+    text = ERRORS_PAGE.read_text()
     body = text.split("<!-- error-table -->")[1].split("<!-- /error-table -->")[0]
     rows = {}
     for line in body.strip().splitlines()[2:]:
@@ -306,7 +307,7 @@ def produce(tmp_path: Path, capsys: pytest.CaptureFixture[str], pytester: pytest
 def test_error_table_row(label: str, produce: dict[str, Callable[[], str]]) -> None:
     message = produce[label]()
     expected = table()[label]
-    assert matches(expected, message), f"\nREADME: {expected}\nactual: {message}"
+    assert matches(expected, message), f"\ndocs: {expected}\nactual: {message}"
 
 
 def test_every_row_has_a_scenario(produce: dict[str, Callable[[], str]]) -> None:

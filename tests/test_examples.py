@@ -88,37 +88,3 @@ def test_custom_variants_example(demo_model: Path, real_cache: Path, tmp_path: P
     summary = result.stdout.split("quantcheck summary")[1]
     # 3 marker checks a variant, and the candidate's 4 assertion helper calls
     assert summary.count("Q3_K_M-q8-embed ") == 7 and summary.count("Q4_K_M ") == 3
-
-
-def test_github_actions_gate_uses_real_options(pytester: pytest.Pytester) -> None:
-    import re
-
-    import yaml
-
-    workflow = yaml.safe_load((ROOT / "examples" / "github-actions" / "quant-gate.yml").read_text())
-    steps = workflow["jobs"]["quant-gate"]["steps"]
-    command = next(s["run"] for s in steps if s.get("name") == "Quality gate")
-    flags = set(re.findall(r"--quant-[a-z-]+", command))
-    assert flags >= {"--quant-baseline", "--quant-junit", "--quant-json"}
-    help_text = pytester.runpytest("--help").stdout.str()
-    for flag in flags:
-        assert flag in help_text, flag
-
-
-def test_github_actions_matrix_splits_and_merges(pytester: pytest.Pytester) -> None:
-    import yaml
-
-    from pytest_quantcheck.cli import build_parser
-
-    workflow = yaml.safe_load((ROOT / "examples" / "github-actions" / "quant-matrix.yml").read_text())
-    shards = workflow["jobs"]["shard"]["strategy"]["matrix"]["shard"]
-    steps = workflow["jobs"]["shard"]["steps"]
-    command = next(s["run"] for s in steps if s.get("name") == "Quality gate, one shard")
-    assert f"--quant-shard=${{{{ matrix.shard }}}}/{len(shards)}" in command
-    assert "--quant-shard" in pytester.runpytest("--help").stdout.str()
-    merge = next(s["run"] for s in workflow["jobs"]["gate"]["steps"]
-                 if s.get("name") == "Merge the shards and gate")
-    args = merge.split()
-    assert args[:2] == ["quantcheck", "merge"]
-    parsed = build_parser().parse_args(args[1:])  # every option exists
-    assert parsed.junit and parsed.output and parsed.markdown

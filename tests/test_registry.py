@@ -1,25 +1,14 @@
-"""The check registry: markers, the README's table, the assertion helpers and the plan all come
-from one class per check."""
+"""The check registry: markers, the docs' marker table (tests/test_docs.py), the assertion helpers
+and the plan all come from one class per check."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_quantcheck import assertions, checks
 from pytest_quantcheck.checks.registry import KL, PPL, CheckType, Param, speed
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def test_readme_marker_table_is_the_registry() -> None:
-    readme = (ROOT / "README.md").read_text()
-    table = re.search(r"<!-- marker-table[^>]*-->\n(.*?)<!-- /marker-table -->", readme, re.S)
-    assert table is not None
-    assert table.group(1) == checks.marker_table()  # regenerate: python -m pytest_quantcheck.checks
 
 
 def test_every_check_has_an_assertion_helper_and_nothing_else_does() -> None:

@@ -27,7 +27,7 @@ def test_distribution_shift(quant_model):
     pass
 
 
-# Task accuracy on the built-in demo tasks (made from the held-out text; see the README), scored
+# Task accuracy on the built-in demo tasks (made from the held-out text; see docs/guides/tasks.md), scored
 # as llama-perplexity --hellaswag / --winogrande / --multiple-choice scores them.
 @pytest.mark.accuracy_at_least("winogrande", 0.55)  # well above chance (0.5)
 @pytest.mark.accuracy_within("multiple-choice", points=10)  # paired with the base, task by task
