@@ -3,7 +3,7 @@
 ``llama-perplexity`` takes the row maximum in float32, subtracts it in float32, exponentiates in
 float32 (``expf``) and sums in double. We do the same, so our numbers equal theirs to the last
 printed digit instead of being "close"; only the order of the double sum differs (see
-:func:`row_sums`).
+:func:`row_sums`), by about 1e-16.
 
 At real vocabularies (128k-262k tokens) this arithmetic, not the model, is most of the cost of
 scoring, so it runs a block of :data:`ROW_BLOCK` rows at a time in a per-thread float32 scratch
@@ -23,7 +23,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 ROW_BLOCK = 8  # rows a worker takes at once: 8 MiB of scratch at a 262,144-token vocabulary
-_SUM_BLOCK = 256  # terms a float32 partial sum takes (see row_sums)
 
 BlockWork = Callable[[int, int, NDArray[np.float32]], None]
 
@@ -63,19 +62,13 @@ def map_blocks(work: BlockWork, n_rows: int, n_vocab: int, threads: int = 1) -> 
 
 
 def row_sums(terms: NDArray[np.float32]) -> NDArray[np.float64]:
-    """Sum of each row of positive float32 terms, as a double.
+    """Sum of each row of float32 terms, accumulated in double as llama.cpp does.
 
-    Float32 sums of :data:`_SUM_BLOCK` consecutive terms (NumPy's pairwise summation: a relative
-    error below 8 x 2**-24 in the worst case, about 1e-8 in practice), then a double sum across
-    them. llama.cpp adds every term into one double; converting every term to double first costs
-    a third of the exponentials' time at 262k tokens, and the difference is far below the digits
-    either tool reports (1e-8 of the row sum is 1e-8 of a log-probability).
-    """
-    n, width = terms.shape
-    whole = width - width % _SUM_BLOCK
-    sums = terms[:, :whole].reshape(n, -1, _SUM_BLOCK).sum(axis=2).sum(axis=1, dtype=np.float64)
-    if whole < width:
-        sums += terms[:, whole:].sum(axis=1, dtype=np.float64)
+    NumPy converts the terms in buffers and sums them pairwise, where llama.cpp adds them into
+    one double in order: the two differ by about 1e-16 of the sum. (Float32 partial sums would
+    save 8 % of a row's time and bias a peaked row's sum low by 2e-8, visible in a printed
+    perplexity; not worth it.)"""
+    sums: NDArray[np.float64] = terms.sum(axis=1, dtype=np.float64)
     return sums
 
 
