@@ -2,7 +2,7 @@
 and peak RSS of perplexity, KL divergence and HellaSwag, side by side in one run.
 
     python benchmarks/bench_big_vocab.py [--vocab 262144] [-c 512] [--chunks 4] [-t 2] [-r 3]
-        [--tasks 40] [--work DIR]
+        [--tasks 40] [--work DIR] [--before OTHER_CHECKOUT/src]
 
 Builds (once, in ``--work``) a synthetic F16 model with random weights and a generated tokenizer of
 ``--vocab`` tokens (``benchmarks/synthetic_model.py``; nothing is downloaded) and its Q4_K_M
@@ -77,6 +77,9 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=40, help="HellaSwag tasks")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "qc-big-vocab")
     parser.add_argument("--only", choices=["ppl", "kld", "hellaswag"], action="append")
+    parser.add_argument("--before", type=Path, default=None, metavar="SRC",
+                        help="also run the quantcheck whose package is in SRC (e.g. another"
+                             " checkout's src/), as a third column: before and after in one run")
     args = parser.parse_args()
     llama_ppl = find_llama_perplexity()
     if llama_ppl is None:
@@ -98,10 +101,11 @@ def main() -> int:
     def llama(model: Path, *extra: str) -> Run:
         return measure([str(llama_ppl), "-m", str(model), *extra])
 
-    def ours(*cmd: str) -> Run:
+    def ours(*cmd: str, src: Path | None = None) -> Run:
         for sub in ("reference", "results"):  # every KLD run builds its reference anew
             shutil.rmtree(qc_cache / sub, ignore_errors=True)
-        return measure(["env", *(f"{k}={v}" for k, v in env.items()), *qc, *cmd])
+        path = {"PYTHONPATH": str(src)} if src else {}
+        return measure(["env", *(f"{k}={v}" for k, v in {**env, **path}.items()), *qc, *cmd])
 
     def llama_kld() -> Run:
         base = llama(f16, *ppl_args, "-b", "2048", "--kl-divergence-base", str(base_file))
@@ -109,23 +113,30 @@ def main() -> int:
                     "--kl-divergence")
         return base[0] + run[0], max(base[1], run[1]), run[2]
 
-    jobs: dict[str, tuple[Callable[[], Run], Callable[[], Run]]] = {
-        "ppl": (lambda: llama(f16, *ppl_args, "-b", "2048"),
-                lambda: ours("perplexity", str(f16), *ppl_args, "--no-cache", "--json")),
-        "kld": (llama_kld, lambda: ours("kld", str(f16), str(q4), *ppl_args, "--json")),
-        "hellaswag": (
-            lambda: llama(f16, "-f", str(hellaswag), "--hellaswag", "--hellaswag-tasks",
-                          str(args.tasks), *common),
-            lambda: ours("hellaswag", str(f16), "-f", str(hellaswag), "--tasks", str(args.tasks),
-                         *common, "--json")),
-    }
-    names = args.only or list(jobs)
-    runs: dict[str, dict[str, list[Run]]] = {n: {"llama.cpp": [], "quantcheck": []} for n in names}
+    def our_jobs(src: Path | None) -> dict[str, Callable[[], Run]]:
+        return {
+            "ppl": lambda: ours("perplexity", str(f16), *ppl_args, "--no-cache", "--json",
+                                src=src),
+            "kld": lambda: ours("kld", str(f16), str(q4), *ppl_args, "--json", src=src),
+            "hellaswag": lambda: ours("hellaswag", str(f16), "-f", str(hellaswag), "--tasks",
+                                      str(args.tasks), *common, "--json", src=src),
+        }
+
+    jobs: dict[str, dict[str, Callable[[], Run]]] = {"llama.cpp": {
+        "ppl": lambda: llama(f16, *ppl_args, "-b", "2048"),
+        "kld": llama_kld,
+        "hellaswag": lambda: llama(f16, "-f", str(hellaswag), "--hellaswag", "--hellaswag-tasks",
+                                   str(args.tasks), *common),
+    }, "quantcheck": our_jobs(None)}
+    if args.before:
+        jobs["before"] = our_jobs(args.before.resolve())
+    names = args.only or ["ppl", "kld", "hellaswag"]
+    tools = list(jobs)
+    runs: dict[str, dict[str, list[Run]]] = {n: {t: [] for t in tools} for n in names}
     for rep in range(args.repetitions):
         for name in names:
-            order = [("llama.cpp", 0), ("quantcheck", 1)]
-            for tool, i in order if rep % 2 == 0 else order[::-1]:  # alternate who goes first
-                runs[name][tool].append(jobs[name][i]())
+            for tool in tools if rep % 2 == 0 else tools[::-1]:  # alternate who goes first
+                runs[name][tool].append(jobs[tool][name]())
                 print(f"# {name} {tool} rep {rep + 1}: {runs[name][tool][-1][0]:.1f} s,"
                       f" {runs[name][tool][-1][1]:.0f} MiB", file=sys.stderr)
     base_file.unlink(missing_ok=True)
@@ -134,8 +145,9 @@ def main() -> int:
           f" Q4_K_M {q4.stat().st_size / 2**20:.0f} MiB; n_ctx {args.ctx_size}, {args.chunks}"
           f" chunks, {args.threads} threads, HellaSwag {args.tasks} tasks;"
           f" {args.repetitions} alternating repetitions, medians (min-max)")
-    print("| measure | llama.cpp | quantcheck | ratio |")
-    print("|---|---:|---:|---:|")
+    before = " | quantcheck before | ratio" if args.before else ""
+    print(f"| measure | llama.cpp | quantcheck | ratio{before} |")
+    print(f"|---|---:|---:|---:{'|---:|---:' if args.before else ''}|")
 
     def spread(values: list[float], fmt: str) -> str:
         return (f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})")
@@ -144,8 +156,12 @@ def main() -> int:
         theirs, mine = runs[name]["llama.cpp"], runs[name]["quantcheck"]
         for what, i, fmt in (("time, s", 0, ".1f"), ("peak RSS, MiB", 1, ".0f")):
             a, b = [r[i] for r in theirs], [r[i] for r in mine]
-            print(f"| {name}: {what} | {spread(a, fmt)} | {spread(b, fmt)} |"
-                  f" {statistics.median(b) / statistics.median(a):.2f}x |")
+            row = (f"| {name}: {what} | {spread(a, fmt)} | {spread(b, fmt)} |"
+                   f" {statistics.median(b) / statistics.median(a):.2f}x |")
+            if args.before:
+                c = [r[i] for r in runs[name]["before"]]
+                row += f" {spread(c, fmt)} | {statistics.median(c) / statistics.median(a):.2f}x |"
+            print(row)
         out_theirs, res = theirs[-1][2], json.loads(mine[-1][2])
         if name == "ppl":
             ppl = grab(r"Final estimate: PPL = ([0-9.]+)", out_theirs, "llama-perplexity")

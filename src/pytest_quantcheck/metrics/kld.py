@@ -173,9 +173,9 @@ def _gather(a: NDArray[np.float32], rows: NDArray[np.int64], ids: NDArray[Any]
             ) -> NDArray[np.float32]:
     """``a[rows, ids]`` of a block whose rows are contiguous, by flat index: several times
     faster than two-dimensional fancy indexing for the ~10^5 elements a block keeps."""
-    if not a.flags.c_contiguous:
-        return a[rows, ids]
-    return np.take(a.reshape(-1), rows * a.shape[1] + ids)
+    picked: NDArray[np.float32] = (a[rows, ids] if not a.flags.c_contiguous
+                                   else np.take(a.reshape(-1), rows * a.shape[1] + ids))
+    return picked
 
 
 def _tail_logp(terms: NDArray[np.float32], sums: NDArray[np.float64], rows: NDArray[np.int64],
