@@ -121,3 +121,64 @@ def test_kept_tokens_are_the_fewest_that_cover_all_but_the_tail_mass(tail_mass: 
     res = summarize([compare_tokens(rows, q, t)], 120)
     assert res.ref_tail_mass <= tail_mass
     assert res.kld.value <= full_kld(ref, q).mean() + 1e-9
+
+
+@pytest.mark.parametrize(("tail_mass", "max_tokens"), [(1e-2, 120), (1e-4, 20), (0.0, 8), (1e-5, 120)])
+@pytest.mark.parametrize("noise", [0.05, 0.5, 2.0])
+def test_full_kld_lies_within_the_tail_bound(tail_mass: float, max_tokens: int,
+                                             noise: float) -> None:
+    # peaked rows, as a language model's, and noisy copies: the derived bound holds per token
+    rng = np.random.default_rng(11)
+    ref = (rng.standard_normal((200, 400)) * 5).astype(np.float32)
+    q = (ref + noise * rng.standard_normal(ref.shape)).astype(np.float32)
+    t = rng.integers(0, 400, 200).astype(np.int32)
+    cmp = compare_tokens(reference_rows(ref, t, tail_mass, max_tokens), q, t)
+    exact = full_kld(ref, q)
+    slack = 1e-4 * exact + 1e-8  # float32 log-probabilities, as llama.cpp's, against float64
+    assert np.all(cmp.kld <= exact + slack)
+    assert np.all(exact <= cmp.kld + cmp.tail_bound + slack)
+    assert np.all(cmp.tail_bound[cmp.ref_tail_mass == 0] == 0)
+    res = summarize([cmp], 400)
+    assert res.kld.value <= exact.mean() + slack.mean()
+    assert exact.mean() <= res.kld.value + res.kld_tail_bound + slack.mean()
+
+
+def test_full_vocabulary_has_no_tail_bound() -> None:
+    ref, q, t = pair()
+    res = summarize([compare_tokens(reference_rows(ref, t, 0.0, 120), q, t)], 120)
+    assert res.exact and res.kld_tail_bound == 0.0
+
+
+def naive_kept(logits: np.ndarray, tail_mass: float, max_tokens: int) -> list[list[int]]:
+    """The kept tokens by a full sort of every row: by probability, ties to the lower id."""
+    out = []
+    for row in logits:
+        shifted = row - row.max()
+        lse = np.log(np.exp(shifted.astype(np.float64)).sum())
+        order = np.lexsort((np.arange(len(row)), -shifted))[:max_tokens]
+        covered = np.cumsum(np.exp(shifted[order].astype(np.float64) - lse))
+        count = len(order) if tail_mass <= 0 else min(
+            int((covered < 1 - tail_mass).sum()) + 1, len(order))
+        out.append(order[:count].tolist())
+    return out
+
+
+@pytest.mark.parametrize(("tail_mass", "max_tokens"), [(1e-3, 5000), (1e-6, 300), (0.0, 77),
+                                                       (1e-5, 5000)])
+def test_kept_tokens_equal_a_full_sort_also_with_ties(tail_mass: float, max_tokens: int) -> None:
+    # a vocabulary large enough for the sampled threshold, and logits rounded so many tie
+    rng = np.random.default_rng(12)
+    logits = np.round(rng.standard_normal((24, 5000)) * 3, 1).astype(np.float32)
+    logits[3] = 0.0  # a flat row: every token ties
+    rows = reference_rows(logits, np.zeros(24, dtype=np.int32), tail_mass, max_tokens)
+    want = naive_kept(logits, tail_mass, max_tokens)
+    for i, ids in enumerate(want):
+        got = rows.ids[rows.offsets[i]:rows.offsets[i + 1]].tolist()
+        assert got == sorted(got), i  # stored in id order
+        assert abs(len(got) - len(ids)) <= 1, i  # the crossing token may fall either side
+        n = min(len(got), len(ids))
+        shorter, longer = (got, ids) if len(got) == n else (ids, got)
+        assert set(shorter) <= set(longer), i
+        if len(longer) > n:  # the one token more is the least probable of the longer set
+            extra = (set(longer) - set(shorter)).pop()
+            assert logits[i, extra] <= logits[i, list(shorter)].min(), i

@@ -52,6 +52,26 @@ def test_batching_does_not_change_the_numbers(demo_model: Path, demo_text: Path)
     np.testing.assert_allclose(wide.token_nll, narrow.token_nll, rtol=1e-4, atol=1e-4)
 
 
+def test_chunks_decoded_one_by_one_give_the_batchs_logits_bit_for_bit(demo_model: Path,
+                                                                      demo_text: Path) -> None:
+    # llama-perplexity decodes n_batch / n_ctx chunks in one batch; we decode them one at a
+    # time (llama.cpp's logits buffer then holds one chunk): the logits must not change a bit
+    model = default_backend().load(demo_model, RunOptions())
+    try:
+        tokens = model.tokenize(read_eval_text(demo_text))
+        chunks = tokens[: 4 * 256].reshape(4, 256).copy()
+        chunks[:, 0] = model.bos_token
+        batch = model.open_context(256, 4, 1024)
+        together = batch.score_chunks(chunks, 128).copy()
+        batch.close()
+        single = model.open_context(256, 1, 256)
+        alone = np.stack([single.score_chunks(chunks[i:i + 1], 128)[0].copy() for i in range(4)])
+        single.close()
+    finally:
+        model.close()
+    assert np.array_equal(together, alone)
+
+
 def test_model_against_itself_is_exact(demo_model: Path, demo_text: Path) -> None:
     res = Engine.default().kl_divergence(demo_model, demo_model, demo_text, PROTO)
     assert res.kld.value == 0.0 and res.kld_max == 0.0

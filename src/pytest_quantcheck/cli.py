@@ -214,7 +214,8 @@ def _pm(e: Any, scale: float = 1.0, digits: int = 6) -> str:
 
 def _print_kld(res: KLDResult, seconds: float) -> None:
     cover = "the whole vocabulary" if res.exact else (
-        f"kept tokens + remainder; uncovered reference mass {res.ref_tail_mass:.2e}")
+        f"kept tokens + remainder; uncovered reference mass {res.ref_tail_mass:.2e},"
+        f" full-vocabulary KLD at most {res.kld_tail_bound:.2e} above")
     print(f"scored {res.n_tokens} tokens in {res.n_chunks} chunks; KLD over {cover}")
     print(f"Mean PPL(Q)                   : {_pm(res.ppl)}")
     print(f"Mean PPL(base)                : {_pm(res.ppl_ref)}")

@@ -99,7 +99,8 @@ class Engine:
                 tokens = model.tokenize(text)
                 n_total = check_length(tokens, proto, str(text_path))
                 end = look_end(proto, n_total, want)
-                nll = chunk_nll(model, tokens, proto, end, start, progress)
+                nll = chunk_nll(model, tokens, proto, end, start, progress,
+                                self.options.threads())
                 return Cached({"token_nll": nll}, n_total,
                               tokens_digest(tokens[: n_total * proto.n_ctx]))
             finally:
@@ -152,7 +153,7 @@ class Engine:
                         "backend": self.backend.version, "reference_key": key,
                         "n_available": n_total, "complete": n_chunks == n_total}
                 write_reference(tmp, model, tokens, proto, n_chunks, meta, tail_mass, max_tokens,
-                                progress, previous)
+                                progress, previous, self.options.threads())
             finally:
                 model.close()
 
@@ -195,7 +196,7 @@ class Engine:
                     )
                 end = look_end(proto, n_chunks, want)
                 found = compare_chunks(model, tokens, proto, store.rows(start), end, start,
-                                       progress)
+                                       progress, self.options.threads())
                 arrays = {name: np.stack([getattr(c, name) for c in found])
                           for name in COMPARISON_FIELDS}
                 return Cached(arrays, n_chunks, str(store.meta["tokens_sha256"]))
@@ -243,7 +244,7 @@ class Engine:
                 ctx = model.open_batch(total, n_parallel, min(n_batch, total))
                 try:
                     scored = score_tasks(task_set, model.tokenize, ctx, total, n_parallel,
-                                         progress, start, upto)
+                                         progress, start, upto, self.options.threads())
                 finally:
                     ctx.close()
             finally:

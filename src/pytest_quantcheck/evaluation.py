@@ -3,9 +3,10 @@
 The text is tokenized once (BOS per the vocabulary) and cut into ``n_chunks`` chunks of
 ``n_ctx`` tokens; each chunk is decoded from an empty cache with its first token replaced by
 BOS when the vocabulary adds one, and only its second half is scored: the logits at positions
-``n_ctx/2 .. n_ctx-2`` predict tokens ``n_ctx/2+1 .. n_ctx-1``. ``n_batch // n_ctx`` chunks are
-decoded side by side in one batch. Memory is bounded by one batch of logits, whatever the
-length of the text.
+``n_ctx/2 .. n_ctx-2`` predict tokens ``n_ctx/2+1 .. n_ctx-1``. llama-perplexity decodes
+``n_batch // n_ctx`` chunks side by side in one batch; we decode them one at a time, with the
+same logits (see :func:`scored_groups`). Memory is bounded by one chunk's scored logits, whatever
+the length of the text.
 """
 
 from __future__ import annotations
@@ -118,21 +119,26 @@ def scored_groups(
     progress: Callable[[int, int], None] | None = None,
     start_chunk: int = 0,
 ) -> Iterator[ScoredGroup]:
-    """Decode chunks ``start_chunk .. n_chunks-1`` ``n_seq`` at a time and yield the logits of
-    their scored positions (``start_chunk`` starts a group: a multiple of ``n_seq``)."""
+    """Decode chunks ``start_chunk .. n_chunks-1`` and yield the logits of their scored
+    positions, one chunk at a time.
+
+    llama-perplexity decodes ``n_seq`` chunks in one batch; each is its own sequence, masked
+    from the others, and the batch is cut into the same physical batches of 512 tokens, so
+    decoding them one by one gives the same logits bit for bit (tests/test_real_engine.py
+    checks it) while llama.cpp's logits buffer holds one chunk's scored rows, not ``n_seq``
+    chunks' (at a 262,144-token vocabulary, 256 MiB rather than 1 GiB at n_ctx 512)."""
     n_ctx, first = proto.n_ctx, proto.first
-    ctx = model.open_context(n_ctx, proto.n_seq, proto.n_batch)
+    ctx = model.open_context(n_ctx, 1, min(proto.n_batch, n_ctx))
     try:
-        for start in range(start_chunk, n_chunks, proto.n_seq):
-            k = min(proto.n_seq, n_chunks - start)
-            inputs = tokens[start * n_ctx : (start + k) * n_ctx].reshape(k, n_ctx).copy()
+        for start in range(start_chunk, n_chunks):
+            inputs = tokens[start * n_ctx : (start + 1) * n_ctx].reshape(1, n_ctx).copy()
             if model.add_bos:
                 inputs[:, 0] = model.bos_token
             logits = ctx.score_chunks(inputs, first)[:, :-1, :]
-            targets = tokens[start * n_ctx : (start + k) * n_ctx].reshape(k, n_ctx)[:, first + 1 :]
+            targets = tokens[start * n_ctx : (start + 1) * n_ctx].reshape(1, n_ctx)[:, first + 1 :]
             yield ScoredGroup(start, targets, logits)
             if progress is not None:
-                progress(start + k, n_chunks)
+                progress(start + 1, n_chunks)
     finally:
         ctx.close()
 
@@ -148,12 +154,15 @@ def look_end(proto: ScoringProtocol, n_total: int, upto: int | None) -> int:
 def chunk_nll(
     model: Model, tokens: NDArray[np.int32], proto: ScoringProtocol, n_chunks: int,
     start_chunk: int = 0, progress: Callable[[int, int], None] | None = None,
+    threads: int = 1,
 ) -> NDArray[np.float64]:
-    """Per-token NLL of chunks ``start_chunk .. n_chunks-1``, shape ``(chunks, scored)``."""
+    """Per-token NLL of chunks ``start_chunk .. n_chunks-1``, shape ``(chunks, scored)``;
+    the log-softmax on ``threads`` threads."""
     nll = np.empty((n_chunks - start_chunk, proto.scored_per_chunk), dtype=np.float64)
     for group in scored_groups(model, tokens, proto, n_chunks, progress, start_chunk):
         for row, (targets, logits) in enumerate(zip(group.targets, group.logits, strict=True)):
-            nll[group.first_chunk - start_chunk + row] = -target_logprobs(logits, targets)
+            nll[group.first_chunk - start_chunk + row] = -target_logprobs(logits, targets,
+                                                                          threads)
     return nll
 
 
@@ -164,10 +173,11 @@ def perplexity(
     *,
     source: str = "text",
     progress: Callable[[int, int], None] | None = None,
+    threads: int = 1,
 ) -> PerplexityResult:
     tokens = model.tokenize(text)
     n_chunks = check_length(tokens, proto, source)
-    nll = chunk_nll(model, tokens, proto, n_chunks, progress=progress)
+    nll = chunk_nll(model, tokens, proto, n_chunks, progress=progress, threads=threads)
     return perplexity_from_nll(nll, proto.n_ctx, tokens_digest(tokens[: n_chunks * proto.n_ctx]))
 
 
@@ -179,21 +189,22 @@ def kl_divergence(
     *,
     n_chunks: int,
     progress: Callable[[int, int], None] | None = None,
+    threads: int = 1,
 ) -> KLDResult:
     """Compare ``model`` chunk by chunk with reference rows (one :class:`ReferenceRows` a chunk)."""
-    return summarize(compare_chunks(model, tokens, proto, reference, n_chunks, 0, progress),
-                     model.n_vocab)
+    return summarize(compare_chunks(model, tokens, proto, reference, n_chunks, 0, progress,
+                                    threads), model.n_vocab)
 
 
 def compare_chunks(
     model: Model, tokens: NDArray[np.int32], proto: ScoringProtocol,
     reference: Iterator[ReferenceRows], n_chunks: int, start_chunk: int = 0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, threads: int = 1,
 ) -> list[TokenComparison]:
     """Chunks ``start_chunk .. n_chunks-1`` of ``model`` against the reference's rows of the
     same chunks."""
     comparisons = []
     for group in scored_groups(model, tokens, proto, n_chunks, progress, start_chunk):
         for targets, logits in zip(group.targets, group.logits, strict=True):
-            comparisons.append(compare_tokens(next(reference), logits, targets))
+            comparisons.append(compare_tokens(next(reference), logits, targets, threads))
     return comparisons

@@ -122,8 +122,9 @@ def _check_vocabulary(path: Path, metadata: dict[str, Any]) -> None:
     if not isinstance(tokens, SkippedStrings) or metadata.get("tokenizer.ggml.model") in NO_VOCAB:
         return
     words = tokens.raw
-    if len(set(words)) == len(words) and not any(not w or b"\0" in w for w in words):
-        return  # the common case: all distinct, none empty or holding a NUL
+    if len(set(words)) == len(words) and all(words) and b"\0" not in b"".join(words):
+        return  # the common case: all distinct, none empty or holding a NUL (C loops: 262k
+        # tokens take milliseconds, not the third of a second a generator takes)
     seen: dict[bytes, int] = {}
     for i, raw in enumerate(words):  # find the pair, as llama.cpp sees the strings
         word = raw.split(b"\0", 1)[0] or b"[EMPTY_%d]" % i

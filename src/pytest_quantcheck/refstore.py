@@ -15,9 +15,10 @@ An entry is a directory:
     reference's most probable token.
 
 Size: ``8 * kept + 20`` bytes per scored token. ``kept`` depends on how sure the reference is:
-at most ``max_tokens`` (4096 by default), so at most 32.8 MB per 1,000 tokens whatever the
+at most ``max_tokens`` (16,384 by default), so at most 131 MB per 1,000 tokens whatever the
 vocabulary, against 64 MB per 1,000 tokens for the 16-bit full-vocabulary file of
-``llama-perplexity --kl-divergence-base`` with a 32k vocabulary; a confident model keeps far fewer.
+``llama-perplexity --kl-divergence-base`` with a 32k vocabulary and 524 MB with a 262k one; a
+confident model keeps far fewer.
 The files are written chunk by chunk, so building an entry needs no more memory than one batch.
 """
 
@@ -44,7 +45,7 @@ from pytest_quantcheck.metrics.kld import (
 from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
 
 FORMAT = "pytest-quantcheck reference log-probs"
-VERSION = 1
+VERSION = 2  # 2: rows summed as metrics/logprobs.py sums them
 _DENSE = {"tail_logp": np.float64, "target_logp": np.float64, "top1": np.int32}
 _FLAT = {"ids": np.dtype("<i4"), "logp": np.dtype("<f4")}
 
@@ -108,6 +109,7 @@ def write_reference(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     progress: Callable[[int, int], None] | None = None,
     previous: ReferenceStore | None = None,
+    threads: int = 1,
 ) -> None:
     """Evaluate the reference ``model`` and write an entry at ``dest`` (a new directory),
     starting with ``previous``'s chunks where given (an entry of the same inputs holding the
@@ -131,7 +133,7 @@ def write_reference(
                     out.write(src.read(kept * _FLAT[name].itemsize))
         for group in scored_groups(model, tokens, proto, n_chunks, progress, have):
             for row, (targets, logits) in enumerate(zip(group.targets, group.logits, strict=True)):
-                rows = reference_rows(logits, targets, tail_mass, max_tokens)
+                rows = reference_rows(logits, targets, tail_mass, max_tokens, threads)
                 i = group.first_chunk + row
                 base = int(offsets[i * s])
                 offsets[i * s + 1 : (i + 1) * s + 1] = base + rows.offsets[1:]

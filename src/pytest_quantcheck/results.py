@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from pytest_quantcheck import cache
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: log-softmax sums of metrics/logprobs.py; KL tail bound
 Arrays = dict[str, NDArray[Any]]
 
 

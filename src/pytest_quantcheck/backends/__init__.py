@@ -104,7 +104,8 @@ class BatchContext(Protocol):
                seq_ids: Sequence[tuple[int, ...]], outputs: NDArray[np.bool_]) -> NDArray[np.float32]:
         """Empty the cache, decode the tokens (token ``i`` at position ``pos[i]`` in every
         sequence of ``seq_ids[i]``) in pieces of ``n_batch``, and return the logits of the
-        tokens whose ``outputs`` flag is set, in order: shape ``(outputs.sum(), n_vocab)``."""
+        tokens whose ``outputs`` flag is set, in order: shape ``(outputs.sum(), n_vocab)``.
+        It may be a view into the backend's buffer that is valid only until the next call."""
         ...
 
     def close(self) -> None: ...

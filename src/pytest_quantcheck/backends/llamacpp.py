@@ -273,7 +273,11 @@ class LlamaCppBatch(_NativeContext):
     def decode(self, tokens: NDArray[np.int32], pos: NDArray[np.int32],
                seq_ids: Sequence[tuple[int, ...]], outputs: NDArray[np.bool_]) -> NDArray[np.float32]:
         n_vocab = self.model.n_vocab
-        result = np.empty((int(outputs.sum()), n_vocab), dtype=np.float32)
+        n_outputs = int(outputs.sum())
+        # One piece (the usual case: n_batch covers the context): the rows are returned where
+        # llama.cpp wrote them, not copied; several pieces are gathered into one array.
+        single = len(tokens) <= self.n_batch
+        result = None if single else np.empty((n_outputs, n_vocab), dtype=np.float32)
         lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
         seq_ptrs = self._batch.seq_id
         done = 0
@@ -294,11 +298,14 @@ class LlamaCppBatch(_NativeContext):
             if rc != 0:
                 raise BackendError(f"{self.model.path}: llama_decode failed with code {rc}")
             n_out = int(outputs[start:end].sum())
-            if n_out:
+            if n_out and result is None:
+                return np.ctypeslib.as_array(lc.llama_get_logits(self._ctx),
+                                             shape=(n_out, n_vocab))
+            if n_out and result is not None:
                 result[done: done + n_out] = np.ctypeslib.as_array(
                     lc.llama_get_logits(self._ctx), shape=(n_out, n_vocab))
                 done += n_out
-        return result
+        return result if result is not None else np.empty((0, n_vocab), dtype=np.float32)
 
 
 class LlamaCppModel:

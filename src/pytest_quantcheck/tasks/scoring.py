@@ -19,9 +19,11 @@ What is scored:
   tokens are not left out, llama.cpp reads choice 2's first scored logit from a row of choice 1
   (its own FIXME); we read the same row, so the answers agree.
 
-Log-probabilities are computed in double precision from llama.cpp's float logits; llama.cpp
-computes them in float, so a score agrees to about 1e-6 and an answer agrees unless two choices
-score within that of each other.
+Log-probabilities use llama.cpp's arithmetic (maximum and ``expf`` in float, the sum in double,
+the result stored as float; metrics/logprobs.py), only the order of the sum differs, so a score
+agrees to about 1e-7 and an answer agrees unless two choices score within that of each other.
+The rows are read where the backend left them (no copy of a batch of logits) and normalized once
+each, on the run's threads.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pytest_quantcheck.backends import BatchContext
+from pytest_quantcheck.metrics.logprobs import logprobs_at
 from pytest_quantcheck.tasks.files import HELLASWAG, MULTIPLE_CHOICE, WINOGRANDE, Task, TaskFileError, TaskSet
 
 MAX_TASKS_PER_BATCH = {HELLASWAG: 32, WINOGRANDE: 128, MULTIPLE_CHOICE: 32}
@@ -130,19 +133,19 @@ def batches(prepared: list[Prepared], mode: str, n_ctx: int, n_parallel: int,
         i0 = i1
 
 
-def log_probs(logits: NDArray[np.float32], tokens: NDArray[np.int64]) -> NDArray[np.float32]:
-    """log softmax(row)[token] of each logits row, in double precision, rounded to float."""
-    rows = logits.astype(np.float64)
-    top = rows.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(rows - top).sum(axis=1)) + top[:, 0]
-    picked = rows[np.arange(len(tokens)), tokens]
-    result: NDArray[np.float32] = (picked - lse).astype(np.float32)
-    return result
+def log_probs(logits: NDArray[np.float32], tokens: NDArray[np.int64],
+              threads: int = 1) -> NDArray[np.float32]:
+    """log softmax(row)[token] of each logits row, rounded to float as llama.cpp stores it."""
+    rows = np.arange(len(tokens), dtype=np.int64)
+    return logprobs_at(logits, rows, np.asarray(tokens, dtype=np.int64), threads).astype(np.float32)
 
 
-def _mean_choice_scores(p: Prepared, logits: NDArray[np.float32], start: int,
-                        mode: str) -> list[float]:
-    """HellaSwag and multiple choice: each choice's mean log-probability after the prefix."""
+Requests = tuple[list[int], list[int]]  # logit rows and the tokens whose log-probability they give
+
+
+def _mean_choice_requests(p: Prepared, start: int) -> Requests:
+    """HellaSwag and multiple choice: each choice's first token from the prefix's last row,
+    then each choice's tokens after the prefix from its own rows."""
     rows, targets = [start] * len(p.seqs), [int(s[p.prefix]) for s in p.seqs]
     li = 1
     for seq in p.seqs:
@@ -150,7 +153,11 @@ def _mean_choice_scores(p: Prepared, logits: NDArray[np.float32], start: int,
             rows.append(start + li)
             targets.append(int(seq[j + 1]))
             li += 1
-    lp = log_probs(logits[rows], np.array(targets, dtype=np.int64))
+    return rows, targets
+
+
+def _mean_choice_scores(p: Prepared, lp: NDArray[np.float32], mode: str) -> list[float]:
+    """Each choice's mean log-probability after the prefix (``lp`` in request order)."""
     scores, at = [], len(p.seqs)
     for s, seq in enumerate(p.seqs):
         n = len(seq) - 1 - p.prefix
@@ -166,10 +173,12 @@ def _mean_choice_scores(p: Prepared, logits: NDArray[np.float32], start: int,
     return scores
 
 
-def _winogrande_scores(p: Prepared, logits: NDArray[np.float32], start: int) -> list[float]:
+def _winogrande_spans(p: Prepared) -> list[tuple[int, int, int]]:
+    """Per choice: the first scored row after the task's start, the first position scored,
+    and how many."""
     len0, len1 = len(p.seqs[0]), len(p.seqs[1])
     skip = (len0 - p.prefix > WINOGRANDE_MIN_TRAILING and len1 - p.prefix > WINOGRANDE_MIN_TRAILING)
-    scores = []
+    spans = []
     for s, seq in enumerate(p.seqs):
         n_base = p.n_base[s] if skip else p.prefix
         last = 1 if len(seq) - n_base > 1 else 0
@@ -177,13 +186,28 @@ def _winogrande_scores(p: Prepared, logits: NDArray[np.float32], start: int) -> 
         if li < 0:
             raise TaskFileError(f"task {p.task.number}: its choices tokenize into each other, which"
                                 " llama-perplexity cannot score; reword the choices")
-        js = range(n_base - 1, len(seq) - 1 - last)
-        rows = [start + li + k for k in range(len(js))]
-        lp = log_probs(logits[rows], np.array([int(seq[j + 1]) for j in js], dtype=np.int64))
+        spans.append((li, n_base - 1, max(0, len(seq) - n_base - last)))
+    return spans
+
+
+def _winogrande_requests(p: Prepared, start: int) -> Requests:
+    rows: list[int] = []
+    targets: list[int] = []
+    for seq, (li, j0, n) in zip(p.seqs, _winogrande_spans(p), strict=True):
+        rows.extend(start + li + k for k in range(n))
+        targets.extend(int(seq[j0 + k + 1]) for k in range(n))
+    return rows, targets
+
+
+def _winogrande_scores(p: Prepared, lp: NDArray[np.float32]) -> list[float]:
+    scores, at = [], 0
+    for seq, (_li, j0, n) in zip(p.seqs, _winogrande_spans(p), strict=True):
         acc = np.float32(0.0)
-        for value in lp:
+        for value in lp[at: at + n]:
             acc = np.float32(acc + value)
-        count = (len(seq) - n_base - last) % 2**64  # size_t, as in llama.cpp
+        at += n
+        # llama.cpp divides by a size_t: len(seq) - n_base - last, wrapped when negative
+        count = (len(seq) - (j0 + 1) - (1 if len(seq) - (j0 + 1) > 1 else 0)) % 2**64
         scores.append(float(np.float32(acc / np.float32(count))) if count else float("nan"))
     return scores
 
@@ -210,11 +234,12 @@ class Scored:
 
 def score(tasks: TaskSet, tokenize: Callable[[bytes], NDArray[np.int32]], ctx: BatchContext,
           n_ctx: int, n_parallel: int, progress: Callable[[int, int], None] | None = None,
-          start: int = 0, upto: int | None = None) -> Scored:
+          start: int = 0, upto: int | None = None, threads: int = 1) -> Scored:
     """Score the tasks of ``tasks`` in batches on ``ctx`` (a context of ``n_ctx`` tokens and
     ``n_parallel`` sequences): from task ``start`` until at least ``upto`` tasks (None: all) are
     scored, in whole batches of the full run's packing, so a task's answer does not depend on
-    where a run stopped. Returns the tasks from ``start`` to the end of the last batch scored."""
+    where a run stopped. Returns the tasks from ``start`` to the end of the last batch scored.
+    The log-softmax of a batch's rows runs on ``threads`` threads."""
     source = str(tasks.path)
     prepared = [prepare(t, tokenize, tasks.mode, source) for t in tasks.tasks]
     end = len(prepared) if upto is None else min(len(prepared), max(upto, start))
@@ -230,12 +255,21 @@ def score(tasks: TaskSet, tokenize: Callable[[bytes], NDArray[np.int32]], ctx: B
         logits = ctx.decode(np.array(batch.tokens, dtype=np.int32),
                             np.array(batch.pos, dtype=np.int32), batch.seq_ids,
                             np.array(batch.outputs, dtype=np.bool_))
-        for i, first in zip(members, starts, strict=True):
+        wanted = [_winogrande_requests(prepared[i], first) if tasks.mode == WINOGRANDE
+                  else _mean_choice_requests(prepared[i], first)
+                  for i, first in zip(members, starts, strict=True)]
+        rows = np.array([r for w in wanted for r in w[0]], dtype=np.int64)
+        targets = np.array([t for w in wanted for t in w[1]], dtype=np.int64)
+        lp_all = logprobs_at(logits, rows, targets, threads).astype(np.float32)
+        at = 0
+        for i, (w_rows, _) in zip(members, wanted, strict=True):
             p = prepared[i]
+            lp = lp_all[at: at + len(w_rows)]
+            at += len(w_rows)
             if tasks.mode == WINOGRANDE:
-                s = _winogrande_scores(p, logits, first)
+                s = _winogrande_scores(p, lp)
             else:
-                s = _mean_choice_scores(p, logits, first, tasks.mode)
+                s = _mean_choice_scores(p, lp, tasks.mode)
             chosen[i] = choose(tasks.mode, s)
             correct[i] = int(chosen[i]) in p.task.correct
             all_scores[i] = tuple(s)
