@@ -18,13 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from fakes import FakeBackend, FakeModel, _bigram_table, noise_of
 from numpy.typing import NDArray
 
 from pytest_quantcheck.backends import FILE_TYPE_MIX, QuantizeOptions, RunOptions
 from pytest_quantcheck.gguf_check import GGML_TYPE_SIZES
 from pytest_quantcheck.gguf_file import _encode_value, _string, read_gguf
 from pytest_quantcheck.tensor_mix import GGML_TYPE_NAMES, TYPE_IDS
+
+from fakes import FakeBackend, FakeModel, _bigram_table, noise_of
 
 WIDTH = 256  # every row a whole block of every type
 ROWS = 4

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_mix import MixBackend, noise_of_types, stock_types, tensor_names, write_base, write_typed
 
 from pytest_quantcheck.blame import (
     BlameError,
@@ -22,6 +21,8 @@ from pytest_quantcheck.blame import (
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import ScoringProtocol
 from pytest_quantcheck.tensor_mix import read_mix
+
+from fake_mix import MixBackend, noise_of_types, stock_types, tensor_names, write_base, write_typed
 
 PROTO = ScoringProtocol(n_ctx=128, n_batch=128)
 
@@ -166,7 +167,7 @@ def test_a_quantizer_that_ignores_overrides_is_caught(tmp_path: Path, base: Path
         def quantize(self, source: Path, dest: Path, ftype: int, **kw: object) -> None:
             write_typed(dest, stock_types(ftype), ftype)
 
-    with pytest.raises(BlameError, match="did not give .* the type asked"):
+    with pytest.raises(BlameError, match=r"did not give .* the type asked"):
         blame(base, "Q4_0", text_file, PROTO, engine=Engine(Stubborn(), cache_dir=tmp_path))
 
 
