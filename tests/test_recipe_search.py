@@ -3,19 +3,21 @@ verified, the entry accepted by the settings' own validation, honest failure."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
-from fake_mix import MixBackend, write_base
+import tomllib
 
 from pytest_quantcheck.blame import BlameError
 from pytest_quantcheck.config import Layer, Recipe, merge
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import ScoringProtocol
 from pytest_quantcheck.recipe_search import search, toml_entry
+from pytest_quantcheck.report import plot_tradeoffs
 from pytest_quantcheck.tensor_mix import read_mix
 from pytest_quantcheck.variants import quantize, recipe_options
+
+from fake_mix import MixBackend, write_base
 
 PROTO = ScoringProtocol(n_ctx=128, n_batch=128)
 
@@ -62,6 +64,10 @@ def test_max_kld_of_the_next_stock_type(tmp_path: Path, base: Path, engine: Engi
     assert types["output.weight"] != "Q4_0"
     doc = result.to_dict()
     assert {"recipe", "size_bytes", "kld", "stock"} <= set(doc)
+    points = result.tradeoff_points()
+    assert set(points) == {"Q4_0", "Q4_K_M", "Q5_0", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0-recipe"}
+    plot_tradeoffs(tmp_path / "tradeoffs.png", points, {"Q4_0-recipe": "pass"})
+    assert (tmp_path / "tradeoffs.png").read_bytes()[:4] == b"\x89PNG"
     assert doc["recipe"]["type"] == "Q4_0" and doc["kld"]["value"] <= q5.kld.value
 
 
@@ -72,7 +78,7 @@ def test_max_size_spends_the_bytes_it_has(base: Path, engine: Engine, text_file:
                     compare=["Q4_0"])
     assert result.met and result.verified.size_bytes <= budget
     assert result.verified.kld.value < result.stock[0].kld.value
-    with pytest.raises(BlameError, match="already .* bytes, above --max-size 10"):
+    with pytest.raises(BlameError, match=r"already .* bytes, above --max-size 10"):
         search(base, "Q4_0", text_file, PROTO, max_size=10, engine=engine, compare=["Q4_0"])
 
 
@@ -93,3 +99,27 @@ def test_entry_patterns_survive_toml(tmp_path: Path) -> None:
 def test_start_must_be_quantized(base: Path, engine: Engine, text_file: Path) -> None:
     with pytest.raises(BlameError, match="--from 'F16': name a quantized"):
         search(base, "F16", text_file, PROTO, max_kld=0.1, engine=engine)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["recipe", "m.gguf", "-f", "t.txt", "--from", "Q4_0"], "one of the arguments --max-kld"),
+    (["recipe", "m.gguf", "-f", "t.txt", "--from", "Q4_0", "--max-kld", "0.1", "--max-size",
+      "9"], "not allowed with argument"),
+    (["blame", "m.gguf", "Q4_0", "-f", "t.txt", "--by", "row"], "invalid choice: 'row'"),
+])
+def test_command_arguments(argv: list[str], message: str,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_quantcheck.cli import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_command_names_a_missing_model(tmp_path: Path, text_file: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_quantcheck.cli import main
+
+    missing = tmp_path / "nope.gguf"
+    assert main(["blame", str(missing), "Q4_0", "-f", str(text_file)]) == 2
+    assert f"{missing}: model file not found" in capsys.readouterr().err

@@ -207,6 +207,9 @@ def _blame_parsers(sub: Any) -> None:
     r.add_argument("--by", choices=BY, default="kind",
                    help="groups whose types are chosen (default: kind)")
     r.add_argument("--name", default=None, help="the recipe's name (default: TYPE-recipe)")
+    r.add_argument("--plot", type=Path, default=None,
+                   help="draw the recipe beside the stock types on the trade-off plot (PNG or"
+                   " SVG)")
     r.add_argument("--compare", default=None,
                    help="stock types to measure beside it, comma-separated (default: a few"
                    " around --from)")
@@ -247,6 +250,11 @@ def _recipe(args: argparse.Namespace) -> int:
     result = search(args.base, args.start, args.file, _protocol(args), max_kld=args.max_kld,
                     max_size=args.max_size, by=args.by, engine=engine, name=args.name,
                     compare=compare, log=log)
+    if args.plot:
+        from pytest_quantcheck.report import plot_tradeoffs
+
+        plot_tradeoffs(args.plot, result.tradeoff_points(),
+                       {result.verified.name: "pass" if result.met else "fail"})
     if args.json:
         _dump(result.to_dict())
     else:

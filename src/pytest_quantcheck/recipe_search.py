@@ -106,6 +106,12 @@ class SearchResult:
                 "steps": [s.__dict__ for s in self.steps], "passes": self.passes,
                 "seconds": self.seconds, "notes": list(self.notes)}
 
+    def tradeoff_points(self) -> dict[str, dict[str, float]]:
+        """The stock types and the recipe as points of :func:`report.plot_tradeoffs`."""
+        return {m.name: {"bits_per_weight": m.bits_per_weight, "kld": m.kld.value,
+                         "kld_low": m.kld.low, "kld_high": m.kld.high}
+                for m in (*self.stock, self.verified)}
+
     def lines(self) -> list[str]:
         v = self.verified
         out = [f"{'met' if self.met else 'NOT met'}: {_target_text(self.target)}"]
