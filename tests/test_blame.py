@@ -187,3 +187,26 @@ def test_by_layer_and_json_and_plot(tmp_path: Path, base: Path, engine: Engine,
 
 def test_fake_noise_is_what_the_weights_say() -> None:
     assert noise_of_types({"output.weight": "Q4_0"}) == pytest.approx(1.2 * 0.2)
+
+
+def test_quant_model_blame_in_a_suite(pytester: pytest.Pytester) -> None:
+    """``quant_model.blame()`` hands a test the table, named as the run names the variant."""
+    from fake_mix import write_base
+    from fakes import word_text
+
+    write_base(pytester.path / "base.gguf")
+    (pytester.path / "eval.txt").write_text(word_text(900) + "\n")
+    pytester.makepyprojecttoml(
+        '[tool.quantcheck]\nmodel = "base.gguf"\nvariants = ["Q4_0"]\neval_text = "eval.txt"\n'
+        'n_ctx = 128\nn_batch = 128\n')
+    pytester.makeconftest(
+        "from fake_mix import MixBackend\n\n"
+        "def pytest_quantcheck_make_backend(config):\n"
+        "    return MixBackend()\n")
+    pytester.makepyfile(
+        "def test_culprits(quant_model):\n"
+        "    table = quant_model.blame()\n"
+        "    assert table.variant_name == 'Q4_0'\n"
+        "    assert table.groups[0].group.name == 'output'\n"
+        "    assert quant_model.blame(by='layer').by == 'layer'\n")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)

@@ -25,9 +25,9 @@ ARGS = ["-c", "256", "--chunks", "24"]
 
 
 def test_blame_matches_brute_force(demo_model: Path, demo_text: Path, real_cache: Path) -> None:
-    """Brute force builds each mix another way (a kind's regular expression per type, under
-    another file type, so other files and other cache entries) and measures it on every chunk;
-    blame's shares are the same arithmetic on the same logits."""
+    """Brute force builds each mix another way (its own overrides, a catch-all for the rest,
+    under another file type, so other files and other cache entries) and measures it on every
+    chunk; blame's shares must be the same arithmetic on the same logits."""
     engine = Engine(default_backend(), cache_dir=real_cache)
     result = blame(demo_model, "Q4_0", demo_text, PROTO, engine=engine, sequential=False)
     variant = quantize(demo_model, "Q4_0", backend=engine.backend, cache_dir=real_cache)
@@ -39,7 +39,7 @@ def test_blame_matches_brute_force(demo_model: Path, demo_text: Path, real_cache
         def options(quantized: bool, kind: str = kind) -> QuantizeOptions:
             pick = [(n, t) for n, t in types.items() if (kind_of(n) == kind) == quantized]
             return QuantizeOptions(tensor_types=(
-                *((rf"{re.escape(n)}$", TYPE_IDS[t]) for n, t in pick),
+                *((rf"^{re.escape(n)}$", TYPE_IDS[t]) for n, t in pick),
                 (r"weight", TYPE_IDS["F32"])))  # everything else kept at the base's type
         only = quantize(demo_model, "Q5_1", backend=engine.backend, cache_dir=real_cache,
                         options=options(True), name=f"brute-only-{kind}")

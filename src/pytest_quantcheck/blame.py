@@ -346,17 +346,20 @@ def blame(
     base: Path, variant: str | Path, text: Path, proto: ScoringProtocol = DEFAULT_PROTOCOL,
     *, by: str = "kind", engine: Engine | None = None, confidence: float = 0.95,
     alpha: float = 0.05, min_chunks: int = 4, resolution: float = 0.02,
-    sequential: bool = True, log: Callable[[str], None] = lambda _msg: None,
+    sequential: bool = True, name: str | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
 ) -> BlameResult:
     """How much of ``variant``'s KL divergence from ``base`` each group of tensors causes (see
     the module docstring for the mixes, the estimator and the stopping rule). ``variant``: a
     llama.cpp file type (built from ``base``, cached) or a .gguf file of the same model.
-    ``sequential=False`` measures every group on every chunk."""
+    ``sequential=False`` measures every group on every chunk; ``name``: the variant's name in
+    the table (default: the file type, or the file's stem)."""
     t0 = time.perf_counter()
     engine = engine or Engine.default()
     check_gguf_path(base)
     group_key(by, 1)  # a bad grouping fails before any work
     variant_path, variant_type, variant_name = resolve_variant(base, variant, engine)
+    variant_name = name or variant_name
     base_mix, var_mix = read_mix(base, engine.cache_dir), read_mix(variant_path, engine.cache_dir)
     check_pair(base_mix, var_mix, base, variant_path)
     groups = group_tensors(base_mix, var_mix, by)
