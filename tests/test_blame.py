@@ -189,9 +189,8 @@ def test_fake_noise_is_what_the_weights_say() -> None:
     assert noise_of_types({"output.weight": "Q4_0"}) == pytest.approx(1.2 * 0.2)
 
 
-def test_quant_model_blame_in_a_suite(pytester: pytest.Pytester) -> None:
-    """``quant_model.blame()`` hands a test the table, named as the run names the variant."""
-    from fake_mix import write_base
+@pytest.fixture
+def mix_project(pytester: pytest.Pytester) -> pytest.Pytester:
     from fakes import word_text
 
     write_base(pytester.path / "base.gguf")
@@ -203,6 +202,12 @@ def test_quant_model_blame_in_a_suite(pytester: pytest.Pytester) -> None:
         "from fake_mix import MixBackend\n\n"
         "def pytest_quantcheck_make_backend(config):\n"
         "    return MixBackend()\n")
+    return pytester
+
+
+def test_quant_model_blame_in_a_suite(mix_project: pytest.Pytester) -> None:
+    """``quant_model.blame()`` hands a test the table, named as the run names the variant."""
+    pytester = mix_project
     pytester.makepyfile(
         "def test_culprits(quant_model):\n"
         "    table = quant_model.blame()\n"
@@ -210,3 +215,23 @@ def test_quant_model_blame_in_a_suite(pytester: pytest.Pytester) -> None:
         "    assert table.groups[0].group.name == 'output'\n"
         "    assert quant_model.blame(by='layer').by == 'layer'\n")
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+SUITE = """
+import pytest
+
+@pytest.mark.kl_divergence_at_most(0.0001)
+def test_gate(quant_model):
+    pass
+"""
+
+
+def test_a_failing_gate_names_its_culprits_when_asked(mix_project: pytest.Pytester) -> None:
+    mix_project.makepyfile(SUITE)
+    plain = mix_project.runpytest("-p", "no:cacheprovider")
+    plain.assert_outcomes(failed=1)
+    assert "blame:" not in plain.stdout.str()  # it costs passes: only when asked
+    asked = mix_project.runpytest("-p", "no:cacheprovider", "--quant-blame", "true")
+    asked.assert_outcomes(failed=1)
+    asked.stdout.re_match_lines([r".*blame: of Q4_0's KLD from base.gguf, \d+\.\d% from output"
+                                 r" \(CI \d+\.\d-\d+\.\d%\), \d+\.\d% from ffn_down.*"])

@@ -301,6 +301,19 @@ class BlameResult:
         return lines
 
 
+BLAMED_METRICS = ("PPL", "KLD", "top-1 agreement")  # the metrics a failing check gets culprits for
+
+
+def culprits(result: BlameResult, most: int = 3, least: float = 0.05) -> str:
+    """One line naming the groups that cause most of the variant's KLD (at most ``most``, each
+    with at least ``least`` of it), e.g. "blame: 62.0% of Q4_0's KLD from the base comes from
+    ffn_down (CI 55.0-70.0%), ..."."""
+    top = [g for g in result.groups[:most] if g.share.value >= least] or list(result.groups[:1])
+    parts = [f"{_pct(g.share.value)} from {g.group.name} (CI {_range(g.share)})" for g in top]
+    return (f"blame: of {result.variant_name}'s KLD from {result.base.name}, "
+            + ", ".join(parts) + f" (by {result.by}, {result.n_chunks} chunks)")
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 

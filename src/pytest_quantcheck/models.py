@@ -136,6 +136,7 @@ class QuantModel:
         evaluation text or the one named ``text``."""
         return self.models.kl_divergence(self, reference=reference, text=text)
 
+    @functools.cache  # noqa: B019 (a model lives for the session; every failing check shares one)
     def blame(self, by: str = "kind", text: str | None = None) -> BlameResult:
         """Each tensor group's share of this model's KL divergence from the base model
         (:mod:`pytest_quantcheck.blame`), on the default evaluation text or the one named."""
