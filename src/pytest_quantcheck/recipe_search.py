@@ -14,14 +14,16 @@ is measured once: its KLD saving over the stock and its extra bytes. Then a gree
 saved per byte: from the stock, take the upgrade (a group to a higher type, counting from the
 type it holds now) that saves the most KLD per extra byte, until the predicted KLD (the stock's
 minus the savings, i.e. assuming the groups' savings add) meets ``max_kld``, or while the size
-stays within ``max_size``. Greedy on the ratio is the classic answer for a knapsack with
-one item class per group when each group's saving per byte falls as its type rises (what
-quantization error does: each extra bit saves less); it needs ``groups x types`` passes, where an
-exhaustive search needs ``types ** groups``. Savings are measured one group at a time, so they
-may not add: the result is therefore **verified** by building the recipe exactly as the
-``variants`` entry will build it and evaluating it on every chunk. Under ``max_kld`` a
-verification that misses the target takes the next greedy step and verifies again (at most
-:data:`MAX_VERIFY` times); the result says honestly when no recipe met the target.
+stays within ``max_size``. Under ``max_kld`` the final move is the cheapest one that reaches the
+target, where the ratio alone would overshoot with a large last step. Greedy on the ratio is the
+classic answer for a knapsack with one choice per group when each group's saving per byte falls
+as its type rises (what quantization error does: each extra bit saves less); it needs
+``groups x types`` passes, where an exhaustive search needs ``types ** groups``. Savings are
+measured one group at a time, so they may not add: the result is therefore **verified** by
+building the recipe exactly as the ``variants`` entry will build it and evaluating it on every
+chunk. Under ``max_kld`` a verification that misses the target takes the next greedy step and
+verifies again (at most :data:`MAX_VERIFY` times); the result says honestly when no recipe met
+the target.
 """
 
 from __future__ import annotations
@@ -257,6 +259,7 @@ def search(
 
     def next_step() -> Step | None:
         best: tuple[float, Step] | None = None
+        enough: tuple[int, Step] | None = None  # the cheapest move that alone meets max_kld
         for g_name, cands in options.items():
             have = chosen.get(g_name, ("", 0.0, 0))
             for type_name, saving, extra in cands:
@@ -265,9 +268,15 @@ def search(
                     continue
                 if max_size is not None and size() + cost > max_size:
                     continue
+                step = Step(g_name, type_name, saving, extra)
                 if best is None or gain / cost > best[0]:
-                    best = (gain / cost, Step(g_name, type_name, saving, extra))
-        return None if best is None else best[1]
+                    best = (gain / cost, step)
+                if max_kld is not None and predicted() - gain <= max_kld and (
+                        enough is None or cost < enough[0]):
+                    enough = (cost, step)
+        # The last move need not be the most efficient one: the cheapest that reaches the target
+        # is what keeps the file small (greedy by ratio alone overshoots with a big final step).
+        return enough[1] if enough is not None else None if best is None else best[1]
 
     def take(step: Step) -> None:
         chosen[step.group] = (step.type, step.saving, step.extra_bytes)
