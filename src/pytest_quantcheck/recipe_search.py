@@ -259,7 +259,7 @@ def search(
 
     def next_step() -> Step | None:
         best: tuple[float, Step] | None = None
-        enough: tuple[int, Step] | None = None  # the cheapest move that alone meets max_kld
+        enough: tuple[int, float, Step] | None = None  # the cheapest move that meets max_kld
         for g_name, cands in options.items():
             have = chosen.get(g_name, ("", 0.0, 0))
             for type_name, saving, extra in cands:
@@ -272,11 +272,11 @@ def search(
                 if best is None or gain / cost > best[0]:
                     best = (gain / cost, step)
                 if max_kld is not None and predicted() - gain <= max_kld and (
-                        enough is None or cost < enough[0]):
-                    enough = (cost, step)
+                        enough is None or (cost, -gain) < enough[:2]):
+                    enough = (cost, -gain, step)
         # The last move need not be the most efficient one: the cheapest that reaches the target
         # is what keeps the file small (greedy by ratio alone overshoots with a big final step).
-        return enough[1] if enough is not None else None if best is None else best[1]
+        return enough[2] if enough is not None else None if best is None else best[1]
 
     def take(step: Step) -> None:
         chosen[step.group] = (step.type, step.saving, step.extra_bytes)
