@@ -34,7 +34,7 @@ from pytest_quantcheck.evaluation import ScoringProtocol
 
 
 def _their_kld(out: str) -> float:
-    m = re.search(r"Mean\s+KLD:\s+([0-9.]+)", out)
+    m = re.search(r"Mean\s+KLD:\s+(-?[0-9.]+)", out)
     return float(m.group(1)) if m else float("nan")
 
 

@@ -6,8 +6,8 @@ measured through two files llama.cpp's quantizer writes from the base: *only*, t
 that group quantized as the variant has it, and *restored*, the variant with just that group back
 at the base's type. Every tensor's type is set by an exact-name ``tensor_types`` override taken
 from the variant file's actual types (what :func:`tensor_mix.read_mix` reads), so a mix holds
-exactly the planned types; the file type passed to llama.cpp only has to be a quantized one (with
-an unquantized one llama.cpp ignores overrides). Each written mix is read back and checked. Mixes
+exactly the planned types; the file type the quantizer runs as (:data:`CARRIER`) decides none.
+Each written mix is read back and checked. Mixes
 are cached by content like every variant (:func:`variants.quantize`).
 
 **Shares.** Each mix is compared with the base's stored log-probabilities (one pass of the mix),
@@ -52,13 +52,18 @@ from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.evaluation import ScoringProtocol
 from pytest_quantcheck.sequential import look_alphas, look_schedule
-from pytest_quantcheck.tensor_mix import TYPE_IDS, TensorMix, file_type_name, read_mix
+from pytest_quantcheck.tensor_mix import TYPE_IDS, TensorMix, read_mix
 from pytest_quantcheck.variants import FILE_TYPES, check_gguf_path, from_path, quantize
 
 BY = ("kind", "layer", "tensor")
 UNQUANTIZED = ("F32", "F16", "BF16")
 MAX_BANDS = 4  # --by layer: each kind in at most this many bands of adjacent layers
 DEFAULT_PROTOCOL = ScoringProtocol()
+# The file type the quantizer runs as when it writes a mix. Every matrix is overridden, so it
+# decides no tensor's type; it must be a quantized one (under F32/F16 llama.cpp ignores overrides)
+# with 32-value blocks: llama.cpp skips a tensor's override when the file type itself would have
+# to fall back on that tensor, which a 256-value K-quant does on rows of, say, 896 values.
+CARRIER = "Q8_0"
 _LAYER = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight)?$")
 
 
@@ -171,12 +176,9 @@ def planned_types(base: TensorMix, chosen: Mapping[str, str]) -> dict[str, str]:
     return {t.name: chosen.get(t.name, t.type_name) for t in base.tensors if len(t.shape) >= 2}
 
 
-def build_mix(base_path: Path, types: Mapping[str, str], carrier: str,
-              engine: Engine, name: str) -> Path:
-    """The base with each tensor at ``types[name]`` (cached by content), read back and checked.
-    ``carrier``: a quantized llama.cpp file type to run the quantizer as (every matrix is
-    overridden, so it decides nothing else)."""
-    variant = quantize(base_path, carrier, backend=engine.backend, cache_dir=engine.cache_dir,
+def build_mix(base_path: Path, types: Mapping[str, str], engine: Engine, name: str) -> Path:
+    """The base with each tensor at ``types[name]`` (cached by content), read back and checked."""
+    variant = quantize(base_path, CARRIER, backend=engine.backend, cache_dir=engine.cache_dir,
                        options=mix_options(types), name=name)
     got = {t.name: t.type_name for t in read_mix(variant.path, engine.cache_dir).tensors}
     wrong = [f"{n} ({got.get(n)} for {t})" for n, t in types.items() if got.get(n) != t]
@@ -185,12 +187,6 @@ def build_mix(base_path: Path, types: Mapping[str, str], carrier: str,
                          f" asked ({', '.join(wrong[:3])}); this llama.cpp build ignores some"
                          " tensor_types overrides, so a mix cannot be built")
     return variant.path
-
-
-def carrier_type(variant_type: str | None, variant: TensorMix) -> str:
-    """A quantized file type to build mixes as: the variant's own, else Q8_0."""
-    name = variant_type or file_type_name(variant.file_type)
-    return name if name is not None and name not in UNQUANTIZED and name in FILE_TYPES else "Q8_0"
 
 
 # ---- statistics --------------------------------------------------------------------------------
@@ -328,15 +324,14 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.2f}M" if n >= 2**20 else f"{n / 2**10:.1f}K"
 
 
-def resolve_variant(base_path: Path, variant: str | Path, engine: Engine) -> tuple[Path, str | None,
-                                                                                    str]:
-    """The variant's file, its file type (None: a file given by path) and its name."""
+def resolve_variant(base_path: Path, variant: str | Path, engine: Engine) -> tuple[Path, str]:
+    """The variant's file (built from the base for a file type) and its name."""
     text = str(variant)
     if text.endswith(".gguf") or (Path(text).exists() and text.upper() not in FILE_TYPES):
         v = from_path(Path(text))
-        return v.path, None, v.name
-    v = quantize(base_path, text, backend=engine.backend, cache_dir=engine.cache_dir)
-    return v.path, v.file_type, v.name
+    else:
+        v = quantize(base_path, text, backend=engine.backend, cache_dir=engine.cache_dir)
+    return v.path, v.name
 
 
 class _Meter:
@@ -371,15 +366,14 @@ def blame(
     engine = engine or Engine.default()
     check_gguf_path(base)
     group_key(by, 1)  # a bad grouping fails before any work
-    variant_path, variant_type, variant_name = resolve_variant(base, variant, engine)
+    variant_path, variant_name = resolve_variant(base, variant, engine)
     variant_name = name or variant_name
     base_mix, var_mix = read_mix(base, engine.cache_dir), read_mix(variant_path, engine.cache_dir)
     check_pair(base_mix, var_mix, base, variant_path)
     groups = group_tensors(base_mix, var_mix, by)
     if not groups:
         raise BlameError(f"{variant_path}: every tensor has the base's type; nothing to blame")
-    files = _build_mixes(base, base_mix, var_mix, groups, carrier_type(variant_type, var_mix),
-                         engine, variant_name, log)
+    files = _build_mixes(base, base_mix, var_mix, groups, engine, variant_name, log)
     meter = _Meter(engine, base, text, proto)
     log(f"measuring {variant_name}")
     whole = meter.chunk_kld(variant_path, None)
@@ -412,8 +406,7 @@ Measured = dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]]
 
 
 def _build_mixes(base: Path, base_mix: TensorMix, var_mix: TensorMix, groups: list[Group],
-                 carrier: str, engine: Engine, variant_name: str,
-                 log: Callable[[str], None]) -> Mixes:
+                 engine: Engine, variant_name: str, log: Callable[[str], None]) -> Mixes:
     """Each group's *only* and *restored* files."""
     var_types = {t.name: t.type_name for t in var_mix.tensors}
     files = {}
@@ -422,9 +415,9 @@ def _build_mixes(base: Path, base_mix: TensorMix, var_mix: TensorMix, groups: li
         only = planned_types(base_mix, {n: var_types[n] for n in g.tensors})
         restored = planned_types(base_mix, {n: t for n, t in var_types.items()
                                             if n not in g.tensors})
-        files[g.name] = (build_mix(base, only, carrier, engine,
+        files[g.name] = (build_mix(base, only, engine,
                                    f"{variant_name}-only-{g.name}"),
-                         build_mix(base, restored, carrier, engine,
+                         build_mix(base, restored, engine,
                                    f"{variant_name}-restored-{g.name}"))
     return files
 

@@ -241,8 +241,7 @@ def search(
                 continue
             types = planned_types(base_mix, {**start_types, **dict.fromkeys(g.tensors, type_name)})
             log(f"measuring {g_name} at {type_name}")
-            path = build_mix(base, types, stock_type.name, engine,
-                             f"{stock_type.name}-{g_name}-{type_name}")
+            path = build_mix(base, types, engine, f"{stock_type.name}-{g_name}-{type_name}")
             kld = engine.kl_divergence(base, path, text, proto).kld.value
             passes += 1
             options.setdefault(g_name, []).append(
