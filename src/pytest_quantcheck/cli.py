@@ -1,5 +1,5 @@
 """The ``quantcheck`` command: quantize, perplexity, kld, hellaswag, winogrande, multiple-choice,
-bench, memory, tensors, demo-model, merge. No pytest here."""
+bench, memory, tensors, blame, recipe, demo-model, merge. No pytest here."""
 
 from __future__ import annotations
 
@@ -170,11 +170,99 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--json", action="store_true",
                    help="print per file the types, the data digest and each tensor's type and"
                    " SHA-256 as JSON")
+    _blame_parsers(sub)
     d = sub.add_parser("demo-model", help="print the built-in demo model's path (builds it once)")
     d.add_argument("--eval-text", action="store_true",
                    help="print the path of its held-out evaluation text instead")
     _run_args(d)
     return parser
+
+
+def _blame_parsers(sub: Any) -> None:
+    from pytest_quantcheck.blame import BY
+
+    a = sub.add_parser("blame", help="which tensor groups cause a variant's KL divergence, each"
+                       " share with a confidence interval")
+    a.add_argument("base", type=Path, help="base model (F32, F16 or BF16 GGUF)")
+    a.add_argument("variant", help="a file type built from BASE, or a .gguf quantization of it")
+    a.add_argument("--by", choices=BY, default="kind",
+                   help="group tensors by kind, by kind x band of layers, or one by one"
+                   " (default: kind)")
+    a.add_argument("--plot", type=Path, default=None,
+                   help="draw the shares with their intervals here (PNG or SVG)")
+    a.add_argument("--min-chunks", type=_positive, default=4,
+                   help="chunks of the first look (default: 4)")
+    a.add_argument("--all-chunks", action="store_true",
+                   help="measure every group on every chunk, no early stop")
+    _eval_args(a)
+    r = sub.add_parser("recipe", help="search per-group tensor types for the smallest file"
+                       " within a KLD (or the least KLD within a size), verified by a full"
+                       " evaluation, printed as a variants entry")
+    r.add_argument("base", type=Path, help="base model (F32, F16 or BF16 GGUF)")
+    r.add_argument("--from", dest="start", required=True,
+                   help="stock file type to start from (its tensors get raised)")
+    target = r.add_mutually_exclusive_group(required=True)
+    target.add_argument("--max-kld", type=float, default=None,
+                        help="largest mean KLD from BASE the recipe may have")
+    target.add_argument("--max-size", type=_positive, default=None,
+                        help="largest file size in bytes; the least KLD within it")
+    r.add_argument("--by", choices=BY, default="kind",
+                   help="groups whose types are chosen (default: kind)")
+    r.add_argument("--name", default=None, help="the recipe's name (default: TYPE-recipe)")
+    r.add_argument("--plot", type=Path, default=None,
+                   help="draw the recipe beside the stock types on the trade-off plot (PNG or"
+                   " SVG)")
+    r.add_argument("--compare", default=None,
+                   help="stock types to measure beside it, comma-separated (default: a few"
+                   " around --from)")
+    _eval_args(r)
+
+
+def _blame(args: argparse.Namespace) -> int:
+    from pytest_quantcheck.blame import blame, plot_blame
+
+    check_gguf_path(args.base)
+    read_eval_text(args.file)
+    engine = Engine.default(_options(args), result_cache=not args.no_cache)
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else (lambda _m: None)
+    result = blame(args.base, args.variant, args.file, _protocol(args), by=args.by,
+                   engine=engine, min_chunks=args.min_chunks, sequential=not args.all_chunks,
+                   log=log)
+    if args.plot:
+        plot_blame(args.plot, result)
+    if args.json:
+        _dump(result.to_dict())
+    else:
+        for line in result.table():
+            print(line)
+    return 0
+
+
+def _recipe(args: argparse.Namespace) -> int:
+    """Exit status 0 when the verified recipe meets the target, 1 when none did."""
+    from pytest_quantcheck.recipe_search import search
+
+    check_gguf_path(args.base)
+    read_eval_text(args.file)
+    engine = Engine.default(_options(args), result_cache=not args.no_cache)
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else (lambda _m: None)
+    compare = None if args.compare is None else [t.strip() for t in args.compare.split(",")]
+    for type_name in compare or ():
+        file_type(type_name)
+    result = search(args.base, args.start, args.file, _protocol(args), max_kld=args.max_kld,
+                    max_size=args.max_size, by=args.by, engine=engine, name=args.name,
+                    compare=compare, log=log)
+    if args.plot:
+        from pytest_quantcheck.report import plot_tradeoffs
+
+        plot_tradeoffs(args.plot, result.tradeoff_points(),
+                       {result.verified.name: "pass" if result.met else "fail"})
+    if args.json:
+        _dump(result.to_dict())
+    else:
+        for line in result.lines():
+            print(line)
+    return 0 if result.met else 1
 
 
 def _options(args: argparse.Namespace) -> RunOptions:
@@ -369,6 +457,10 @@ def _run(args: argparse.Namespace) -> int:
         return _merge(args)
     if args.command == "tensors":
         return _tensors(args)
+    if args.command == "blame":
+        return _blame(args)
+    if args.command == "recipe":
+        return _recipe(args)
     if args.command == "quantize":
         file_type(args.type)  # bad names and files fail before llama.cpp is even loaded
         check_gguf_path(args.base)

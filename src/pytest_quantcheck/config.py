@@ -104,6 +104,7 @@ class Settings:
     min_chunks: int = 8  # chunks of the first look (no decision before)
     min_tasks: int = 100  # tasks of a task check's first look
     result_cache: bool = True  # per-chunk results kept by content across runs
+    blame: bool = False  # a failing quality check names the tensor groups behind the KLD
     verbose: bool = False
     # variants given as tables (recipes), by name; their names are in ``variants`` too
     recipes: Mapping[str, Recipe] = field(default_factory=dict)
@@ -358,6 +359,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "min_chunks": _int(2),
     "min_tasks": _int(2),
     "result_cache": _bool,
+    "blame": _bool,
     "verbose": _bool,
 }
 KEYS = tuple(_PARSERS)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_quantcheck import cache, machine
 from pytest_quantcheck.backends import Backend, RunOptions
@@ -42,6 +42,9 @@ from pytest_quantcheck.variants import (
     recipe_chooses,
     recipe_options,
 )
+
+if TYPE_CHECKING:
+    from pytest_quantcheck.blame import BlameResult
 
 BASE = "base"
 
@@ -133,6 +136,16 @@ class QuantModel:
         """KL divergence from the run's reference model, or from ``reference``, on the default
         evaluation text or the one named ``text``."""
         return self.models.kl_divergence(self, reference=reference, text=text)
+
+    @functools.cache  # noqa: B019 (a model lives for the session; every failing check shares one)
+    def blame(self, by: str = "kind", text: str | None = None) -> BlameResult:
+        """Each tensor group's share of this model's KL divergence from the base model
+        (:mod:`pytest_quantcheck.blame`), on the default evaluation text or the one named."""
+        from pytest_quantcheck.blame import blame
+
+        m = self.models
+        return blame(m.base_path(), self.path, m.eval_text(text), m.protocol, by=by,
+                     engine=m.engine, name=self.name)
 
     def reference(self) -> QuantModel:
         """The model relative checks compare this one with by default."""

@@ -85,6 +85,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " (default: 100)",
         "result_cache": "keep per-chunk results by content, so an unchanged model is never"
         " decoded twice (true/false, default: true)",
+        "blame": "a failing perplexity, KL or top-1 check names the tensor groups that cause"
+        " the variant's KLD, with intervals (costs two passes a group; true/false, default:"
+        " false)",
         "verbose": "show llama.cpp's log (true/false, default: false)",
     }
     for key, flag in _FLAGS.items():

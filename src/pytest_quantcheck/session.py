@@ -18,6 +18,7 @@ from typing import Any
 
 from pytest_quantcheck import baseline, exchange, report, sequential, stats
 from pytest_quantcheck.backends import Backend
+from pytest_quantcheck.blame import BLAMED_METRICS
 from pytest_quantcheck.checks import (
     Against,
     Check,
@@ -234,8 +235,20 @@ class QuantSession:
         else:
             outcome = check.evaluate(model, self.context())
         outcome = replace(outcome, nodeid=where[0], file=where[1], line=where[2])
+        if self.settings.blame and outcome.verdict == stats.FAIL and outcome.metric.startswith(
+                BLAMED_METRICS):
+            outcome = replace(outcome, note="; ".join(
+                x for x in (outcome.note, self._culprits(model)) if x))
         self.record(outcome)
         return outcome
+
+    def _culprits(self, model: QuantModel) -> str:
+        from pytest_quantcheck.blame import culprits
+
+        try:
+            return culprits(model.blame())
+        except QuantcheckError as exc:
+            return f"blame: not available ({exc})"
 
     def decide_test(self, found: list[Check], model: QuantModel,
                     where: tuple[str, str, int]) -> CheckedTest:
