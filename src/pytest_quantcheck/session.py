@@ -18,7 +18,7 @@ from typing import Any
 
 from pytest_quantcheck import baseline, exchange, report, sequential, stats
 from pytest_quantcheck.backends import Backend
-from pytest_quantcheck.blame import BLAMED_METRICS
+from pytest_quantcheck.blame import BLAMED_METRICS, culprits
 from pytest_quantcheck.checks import (
     Against,
     Check,
@@ -243,8 +243,6 @@ class QuantSession:
         return outcome
 
     def _culprits(self, model: QuantModel) -> str:
-        from pytest_quantcheck.blame import culprits
-
         try:
             return culprits(model.blame())
         except QuantcheckError as exc:
