@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pytest_quantcheck import cache, machine
 from pytest_quantcheck.backends import Backend, RunOptions
 from pytest_quantcheck.checks.outcome import Outcome
-from pytest_quantcheck.checks.registry import KL, MACRO, text_of
+from pytest_quantcheck.checks.registry import KL, MACRO, Check, text_of
 from pytest_quantcheck.config import Settings, TaskSpec
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import ScoringProtocol
@@ -44,6 +44,7 @@ from pytest_quantcheck.variants import (
 )
 
 BASE = "base"
+REFERENCE = "reference"  # an assertion helper's default of=: the run's reference model
 
 
 def task_specs(settings: Settings) -> dict[str, TaskSpec]:
@@ -165,9 +166,9 @@ class QuantModel:
 class Models:
     settings: Settings
     backend_factory: Callable[[], Backend]
-    # Where the outcome of a check decided outside the session's own loop (an assertion helper
-    # on one of these models) goes, so it reaches the summary and the reports.
-    record: Callable[[Outcome], None] = lambda _outcome: None
+    # Decides an assertion helper's check on one of these models as the run decides a marker's
+    # (check, model, alpha, mode, (node id, file, line)), keeping its fate for the reports.
+    decide: Callable[[Check, QuantModel, float, str, tuple[str, str, int]], Outcome] | None = None
     # Long steps and their times ("KL divergence of Q2_K: 2.4 s"), shown after the run: a line
     # printed while pytest writes its progress dots would split pytest's own output.
     steps: list[str] = field(default_factory=list)
@@ -329,6 +330,14 @@ class Models:
 
     def reference(self) -> QuantModel:
         return self.model(self.settings.reference)
+
+    def named(self, name: str) -> QuantModel:
+        """A model of the run by its name (an assertion helper's ``of=`` model: a .gguf
+        variant's name is its file's stem, not its spec), else the model ``name`` specifies."""
+        for model in self._by_spec.values():
+            if model.name == name:
+                return model
+        return self.model(name)
 
     def chunks_available(self, model: QuantModel, first: int, text: str | None = None,
                          reference: QuantModel | None = None) -> int:

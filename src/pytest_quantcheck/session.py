@@ -21,6 +21,7 @@ from pytest_quantcheck.backends import Backend
 from pytest_quantcheck.checks import (
     Against,
     Check,
+    CheckArgumentError,
     CheckSkipped,
     Context,
     Outcome,
@@ -35,7 +36,7 @@ from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.exchange import Decided
 from pytest_quantcheck.metrics.tasks import Z95
-from pytest_quantcheck.models import Models, QuantModel, task_specs
+from pytest_quantcheck.models import REFERENCE, Models, QuantModel, task_specs
 from pytest_quantcheck.sequential import look_alphas, look_schedule
 from pytest_quantcheck.tensor_mix import identical_notices
 
@@ -115,7 +116,7 @@ class QuantSession:
     _merged_models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.models = Models(self.settings, self.backend_factory, record=self.record)
+        self.models = Models(self.settings, self.backend_factory, decide=self.decide_helper)
 
     def variants(self) -> tuple[str, ...]:
         """The variants this run checks: all of them, or its shard's (every N-th, from K)."""
@@ -154,16 +155,33 @@ class QuantSession:
         self.collected = list(checks)
         self.models.plan((variant, check.needs) for check, variant in checks)
 
-    def context(self) -> Context:
-        return Context(self.settings.alpha, self.settings.mode, self.resolve, self.resolve_speed,
+    def context(self, alpha: float | None = None, mode: str | None = None,
+                n: int | None = None) -> Context:
+        """What a check compares with: at the run's alpha and mode (a helper passes its own),
+        over every chunk and task, or the first ``n`` (a look; throughput is not re-measured
+        inside a look)."""
+        level = self.settings.alpha if alpha is None else alpha
+        how = self.settings.mode if mode is None else mode
+        if n is not None:
+            return Context(level, how, functools.partial(self.resolve, n=n), self.resolve_speed,
+                           None, functools.partial(self.resolve_task, n=n),
+                           functools.partial(self.resolve_kl, n=n), texts=self.models.texts())
+        return Context(level, how, self.resolve, self.resolve_speed,
                        self.remeasure if self.settings.throughput_confirm else None,
                        self.resolve_task, self.resolve_kl, self.resolve_tensors,
                        self.models.texts())
 
+    def _other(self, of: str | None) -> QuantModel:
+        """The model a check's ``of`` names: the run's reference (None, or a helper's
+        ``"reference"``), a model of the run by name (a helper's ``of=`` model), or a spec."""
+        if of is None or of == REFERENCE:
+            return self.reference()
+        return self.models.named(of)
+
     def resolve_tensors(self, subject: Any, of: str) -> tuple[str, dict[str, list[str]]]:
         """The baseline's tensor types and hashes of ``subject``, or another model's."""
         if of != "baseline":
-            other = self.model(of)
+            other = self._other(of)
             return other.name, other.tensor_mix().hashes()
         if self.baseline_mode == "update":
             return "baseline (being updated)", subject.tensor_mix().hashes()
@@ -177,13 +195,13 @@ class QuantSession:
         """``subject``'s KL divergence from the model ``of`` names (a variant or a .gguf path),
         on a text, over every chunk or the first ``n`` (a look)."""
         # a look passes as its model
-        return self.models.kl_divergence(subject, n, self.model(of), text)
+        return self.models.kl_divergence(subject, n, self._other(of), text)
 
     def remeasure(self, subject: Any, of: str | None) -> None:
         if of in (None, "baseline"):
             self.models.throughput(subject, again=True)
         else:  # a comparison of two variants is measured again as it was: interleaved
-            self.models.throughput_pair(subject, self.model(of), again=True)
+            self.models.throughput_pair(subject, self._other(of), again=True)
 
     def resolve(self, subject: Any, of: str | None, text: str | None = None,
                 n: int | None = None) -> Against:
@@ -192,14 +210,14 @@ class QuantSession:
         if of == "baseline":
             stored = self.baseline_against(subject, text)
             return stored if n is None else replace(stored, chunk_nll=stored.chunk_nll[:n])
-        other = self.reference() if of is None else self.model(of)
+        other = self._other(of)
         label = f"{other.name} (reference)" if of is None else other.name
         return Against(label, self.models.perplexity(other, n, text).chunk_nll)
 
     def resolve_speed(self, subject: Any, of: str, phase: str) -> SpeedAgainst:
         if of == "baseline":
             return self.baseline_speed(subject, phase)
-        mine, other = self.models.throughput_pair(subject, self.model(of))
+        mine, other = self.models.throughput_pair(subject, self._other(of))
         if phase not in other.tests:
             raise CheckSkipped(f"no {phase} test was run for {of}")
         return SpeedAgainst(of, other.tests[phase], mine=mine)
@@ -210,32 +228,57 @@ class QuantSession:
         baseline's are stored whole, and the check pairs the first ``n``)."""
         if of == "baseline":
             return self.baseline_task(subject, task)
-        other = self.reference() if of is None else self.model(of)
+        other = self._other(of)
         label = f"{other.name} (reference)" if of is None else other.name
         return TaskAgainst.of(label, self.models.task(other, task, n))
 
     def run_check(self, check: Check, model: QuantModel,
                   where: tuple[str, str, int] = ("", "", 0)) -> Outcome:
-        """Decide one collected check (``where``: the test's node id, file and line). With Holm
-        correction all collected checks are decided together the first time, since an adjusted
-        p-value depends on every p-value of the run; a chunk-based check is otherwise decided
-        in looks, unless ``sequential`` is off."""
-        if self._sequential(check):
-            outcome = self._in_looks(check, model)
-        elif self.settings.correction == "holm":
-            if self._holm is None:
-                self._holm = self._holm_outcomes()
-            found = self._holm.get((check.label, model.name))
-            if found is None:  # not collected (a check added by a hook, say): decided alone
-                found = check.evaluate(model, self.context())
-            if isinstance(found, Exception):
-                raise found  # skipped or failed to evaluate: reported at this check's turn
-            outcome = found
-        else:
-            outcome = check.evaluate(model, self.context())
+        """Decide one collected check (``where``: the test's node id, file and line) at the
+        run's alpha and mode, and keep its outcome."""
+        outcome = replace(self._decide(check, model, self.settings.alpha, self.settings.mode),
+                          nodeid=where[0], file=where[1], line=where[2])
+        self.record(outcome)
+        return outcome
+
+    def decide_helper(self, check: Check, model: QuantModel, alpha: float, mode: str,
+                      where: tuple[str, str, int]) -> Outcome:
+        """Decide an assertion helper's check on one of the run's models as a marker's is
+        decided (in looks, with the same notes), and keep its fate for the reports: an
+        outcome, or skipped / error when it raised (the exception goes on to the test)."""
+        try:
+            if check.compares_with == "baseline":
+                raise CheckArgumentError(
+                    f"assert_{check.marker} compares two files: pass the other model (a helper"
+                    " cannot read the baseline; use the marker for that)")
+            outcome = self._decide(check, model, alpha, mode)
+        except Exception as exc:
+            verdict = SKIPPED if isinstance(exc, CheckSkipped) else ERROR
+            self.record(replace(check.undecided(model.name, verdict, str(exc), mode, alpha),
+                                nodeid=where[0], file=where[1], line=where[2]))
+            raise
         outcome = replace(outcome, nodeid=where[0], file=where[1], line=where[2])
         self.record(outcome)
         return outcome
+
+    def _decide(self, check: Check, model: QuantModel, alpha: float, mode: str) -> Outcome:
+        """The one decider of markers and helpers. With Holm correction all collected checks
+        are decided together the first time, since an adjusted p-value depends on every
+        p-value of the run (a check not collected, a helper's, is decided alone); a chunk- or
+        task-based check is otherwise decided in looks, unless ``sequential`` is off."""
+        if self._sequential(check):
+            return self._in_looks(check, model, alpha, mode)
+        if self.settings.correction == "holm":
+            if self._holm is None:
+                self._holm = self._holm_outcomes()
+            found = self._holm.get((check.label, model.name))
+            if found is None or (isinstance(found, Outcome)
+                                 and (found.alpha, found.mode) != (alpha, mode)):
+                return check.evaluate(model, self.context(alpha, mode))
+            if isinstance(found, Exception):
+                raise found  # skipped or failed to evaluate: reported at this check's turn
+            return found
+        return check.evaluate(model, self.context(alpha, mode))
 
     def decide_test(self, found: list[Check], model: QuantModel,
                     where: tuple[str, str, int]) -> CheckedTest:
@@ -332,7 +375,7 @@ class QuantSession:
                 and text_of(check.needs) != MACRO  # texts of other lengths: decided whole
                 and (bool(check.needs & CHUNK_NEEDS) or len(tasks_needed(check.needs)) == 1))
 
-    def _in_looks(self, check: Check, model: QuantModel) -> Outcome:
+    def _in_looks(self, check: Check, model: QuantModel, alpha: float, mode: str) -> Outcome:
         """``check`` decided in looks (sequential.py) of chunks, or of tasks for a task check:
         the model, and what the check compares with, are decoded (scored) only as far as the
         looks go (every model's decoding is shared by its checks, so a model stops when the last
@@ -341,7 +384,7 @@ class QuantSession:
         if check.needs & CHUNK_NEEDS:
             unit, least, group = "chunks", s.min_chunks, self.models.protocol.n_seq
             first = look_schedule(2**31, least, group)[0]
-            other = self.model(check.args["of"]) if KL_FROM in check.needs else None
+            other = self._other(check.args["of"]) if KL_FROM in check.needs else None
             n_total = self.models.chunks_available(model, first, text_of(check.needs), other)
         else:
             (task,) = tasks_needed(check.needs)
@@ -350,18 +393,14 @@ class QuantSession:
             n_total = int(self.models.task(model, task, first).task_numbers.size)
         looks = look_schedule(n_total, least, group)
 
-        def evaluate(n: int, level: float, mode: str) -> Outcome:
-            ctx = Context(level, mode, functools.partial(self.resolve, n=n),
-                          self.resolve_speed, None, functools.partial(self.resolve_task, n=n),
-                          functools.partial(self.resolve_kl, n=n),
-                          texts=self.models.texts())
-            return check.evaluate(_Look(model, n), ctx)
+        def evaluate(n: int, level: float, how: str) -> Outcome:
+            return check.evaluate(_Look(model, n), self.context(level, how, n))
 
-        outcome, i = sequential.decide(looks, look_alphas(looks, s.alpha), s.mode, evaluate)
+        outcome, i = sequential.decide(looks, look_alphas(looks, alpha), mode, evaluate)
         n = looks[i]
         when = f"all {n} {unit}" if n == n_total else f"{n} of {n_total} {unit}"
         note = (f"sequential: decided after {when} (look {i + 1} of {len(looks)}; alpha"
-                f" {s.alpha:g} spent over all looks)")
+                f" {alpha:g} spent over all looks)")
         return replace(outcome, n_available=n_total,
                        note="; ".join(x for x in (outcome.note, note) if x))
 
