@@ -20,10 +20,13 @@ from pytest_quantcheck import cache, machine
 from pytest_quantcheck.backends import Backend, RunOptions
 from pytest_quantcheck.checks.outcome import Outcome
 from pytest_quantcheck.checks.registry import KL, MACRO, Check, text_of
-from pytest_quantcheck.config import Settings, TaskSpec
+from pytest_quantcheck.config import Settings
+from pytest_quantcheck.demo.model import data_path, demo_model_path
+from pytest_quantcheck.demo.tasks import task_specs
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import ScoringProtocol
 from pytest_quantcheck.gguf_file import GGUFError, read_gguf
+from pytest_quantcheck.gguf_types import FILE_TYPES
 from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.memory import MemoryUsage
@@ -34,7 +37,6 @@ from pytest_quantcheck.progress import LiveProgress, Progress
 from pytest_quantcheck.refstore import ReferenceStore
 from pytest_quantcheck.tensor_mix import TensorMix, fallback_notice, read_mix
 from pytest_quantcheck.variants import (
-    FILE_TYPES,
     Variant,
     VariantError,
     from_path,
@@ -45,16 +47,6 @@ from pytest_quantcheck.variants import (
 
 BASE = "base"
 REFERENCE = "reference"  # an assertion helper's default of=: the run's reference model
-
-
-def task_specs(settings: Settings) -> dict[str, TaskSpec]:
-    """The run's task sets by name: the ``tasks`` setting, or with the built-in demo model (no
-    ``model`` set) and no ``tasks``, the demo's three task files."""
-    if settings.tasks or settings.model is not None:
-        return dict(settings.tasks)
-    from pytest_quantcheck.demo.tasks import FILES, task_path
-
-    return {name.split(".")[0]: TaskSpec(task_path(name)) for name in FILES}
 
 
 def _key(name: str, text: str | None = None, reference: str | None = None) -> str:
@@ -222,8 +214,6 @@ class Models:
     def base_path(self) -> Path:
         if self.settings.model is not None:
             return self.settings.model
-        from pytest_quantcheck.demo.model import demo_model_path
-
         return demo_model_path(self.engine.backend, self.engine.options,
                                log=lambda msg: self.steps.append(f"demo model: {msg}"))
 
@@ -233,8 +223,6 @@ class Models:
             return self.settings.eval_texts[text]
         if self.settings.eval_text is not None:
             return self.settings.eval_text
-        from pytest_quantcheck.demo.model import data_path
-
         return data_path("eval.txt")
 
     def texts(self) -> tuple[str, ...]:

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 
 from pytest_quantcheck import __version__, checks, hookspec, report
-from pytest_quantcheck.backends import physical_cores
+from pytest_quantcheck.backends import default_backend, physical_cores
 from pytest_quantcheck.cache import cache_root
 from pytest_quantcheck.config import KEYS, ConfigError, Layer, Settings, merge, read_pyproject, read_yaml
 from pytest_quantcheck.errors import QuantcheckError
+from pytest_quantcheck.gguf_types import FILE_TYPES
 from pytest_quantcheck.models import QuantModel
 from pytest_quantcheck.progress import LiveProgress
 from pytest_quantcheck.session import QuantSession, ReportPaths
 from pytest_quantcheck.variants import (
-    FILE_TYPES,
     VariantError,
     built_for_comparison,
     check_unquantized,
@@ -213,8 +213,6 @@ def pytest_configure(config: pytest.Config) -> None:
         custom = config.hook.pytest_quantcheck_make_backend(config=config)
         if custom is not None:
             return custom
-        from pytest_quantcheck.backends import default_backend
-
         return default_backend()
 
     qs = QuantSession(settings, make_backend, mode, shard=parse_shard(config.option.quant_shard))

@@ -32,11 +32,12 @@ from pytest_quantcheck.checks import (
 from pytest_quantcheck.checks.outcome import ERROR, RECORDED, SKIPPED
 from pytest_quantcheck.checks.registry import KL, KL_FROM, MACRO, PPL, tasks_needed, text_of
 from pytest_quantcheck.config import Settings
+from pytest_quantcheck.demo.tasks import task_specs
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.exchange import Decided
 from pytest_quantcheck.metrics.tasks import Z95
-from pytest_quantcheck.models import REFERENCE, Models, QuantModel, task_specs
+from pytest_quantcheck.models import REFERENCE, Models, QuantModel
 from pytest_quantcheck.sequential import look_alphas, look_schedule
 from pytest_quantcheck.tensor_mix import identical_notices
 
