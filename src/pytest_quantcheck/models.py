@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from pytest_quantcheck import cache
 from pytest_quantcheck.checks.outcome import Outcome
@@ -39,11 +39,14 @@ from pytest_quantcheck.variants import (
 REFERENCE = "reference"  # an assertion helper's default of=: the run's reference model
 
 
-def _key(name: str, text: str | None = None, reference: str | None = None) -> str:
-    """Results are held by model name; on another text than the default, or from another
-    model than the reference, under a longer key (which baselines and plots leave out)."""
-    return name + (f"\0text={text}" if text else "") + (f"\0from={reference}" if reference
-                                                         else "")
+class PassKey(NamedTuple):
+    """What a perplexity or KL pass is held by: the model's name, the named text (None: the
+    default), and the model a KL pass is taken from (None: the run's reference). Baselines and
+    plots keep the default text against the reference; the others are kept apart."""
+
+    model: str
+    text: str | None = None
+    reference: str | None = None
 
 
 def _first_chunks(res: PerplexityResult, upto: int | None) -> PerplexityResult:
@@ -67,7 +70,7 @@ def _first_kld_chunks(res: KLDResult, upto: int | None) -> KLDResult:
 R = TypeVar("R", PerplexityResult, KLDResult)
 
 
-def _held(full: dict[str, R], partial: dict[str, R], name: str, upto: int | None,
+def _held(full: dict[PassKey, R], partial: dict[PassKey, R], name: PassKey, upto: int | None,
           cut: Callable[[R, int | None], R]) -> R | None:
     """The result of ``name`` this run holds for ``upto`` chunks (None: all), if any."""
     if name in full:
@@ -78,7 +81,7 @@ def _held(full: dict[str, R], partial: dict[str, R], name: str, upto: int | None
     return None
 
 
-def _keep(full: dict[str, R], partial: dict[str, R], name: str, res: R, n_available: int) -> None:
+def _keep(full: dict[PassKey, R], partial: dict[PassKey, R], name: PassKey, res: R, n_available: int) -> None:
     """Hold a new result: complete when it covers every chunk, else partial."""
     if res.n_chunks >= n_available:
         full[name] = res
@@ -152,15 +155,15 @@ class Models(Timings):
     # Decides an assertion helper's check on one of these models as the run decides a marker's
     # (check, model, alpha, mode, (node id, file, line)), keeping its fate for the reports.
     decide: Callable[[Check, QuantModel, float, str, tuple[str, str, int]], Outcome] | None = None
-    ppl: dict[str, PerplexityResult] = field(default_factory=dict)
-    kld: dict[str, KLDResult] = field(default_factory=dict)
+    ppl: dict[PassKey, PerplexityResult] = field(default_factory=dict)
+    kld: dict[PassKey, KLDResult] = field(default_factory=dict)
     task_results: dict[tuple[str, str], TaskResult] = field(default_factory=dict)  # (model, task)
     # per model: chunks decoded in this run, and the seconds its decoding took
     decoded: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     tasks_scored: dict[str, int] = field(default_factory=dict)  # per model, scored in this run
-    _partial_ppl: dict[str, PerplexityResult] = field(default_factory=dict)
-    _partial_kld: dict[str, KLDResult] = field(default_factory=dict)
+    _partial_ppl: dict[PassKey, PerplexityResult] = field(default_factory=dict)
+    _partial_kld: dict[PassKey, KLDResult] = field(default_factory=dict)
     _by_spec: dict[str, QuantModel] = field(default_factory=dict)
     _wants_kl: set[tuple[str, str | None]] = field(default_factory=set)  # (variant spec, text)
     # log-probabilities of the reference, and of other models a check's of= names, by
@@ -170,10 +173,8 @@ class Models(Timings):
 
     def texts_of(self, name: str) -> list[str]:
         """The named texts other than the default this run measured ``name`` on."""
-        prefix = f"{name}\0text="
-        return sorted({key[len(prefix):] for table in (self.ppl, self._partial_ppl, self.kld,
-                                                        self._partial_kld)
-                       for key in table if key.startswith(prefix) and "\0from=" not in key})
+        return sorted({key.text for table in self._tables() for key in table
+                       if key.model == name and key.text and key.reference is None})
 
     def model(self, spec: str) -> QuantModel:
         """``base``, a llama.cpp file type, or a path to a .gguf file."""
@@ -229,7 +230,7 @@ class Models(Timings):
         """The model's perplexity over all chunks, or the first ``upto`` (a sequential look), on
         the default text or the one named ``text``."""
         text = self.named_text(text)
-        key = _key(model.name, text)
+        key = PassKey(model.name, text)
         held = _held(self.ppl, self._partial_ppl, key, upto, _first_chunks)
         if held is not None:
             return held
@@ -303,7 +304,7 @@ class Models(Timings):
         text = self.named_text(text)
         if reference is not None and reference.name == self.reference().name:
             reference = None
-        key = _key(model.name, text, None if reference is None else reference.name)
+        key = PassKey(model.name, text, None if reference is None else reference.name)
         held = _held(self.kld, self._partial_kld, key, upto, _first_kld_chunks)
         if held is not None:
             return held
@@ -320,8 +321,8 @@ class Models(Timings):
 
     def chunks_used(self, name: str) -> int:
         """The most chunks of ``name`` this run has looked at."""
-        found = [r.n_chunks for table in (self.ppl, self._partial_ppl, self.kld, self._partial_kld)
-                 for key, r in table.items() if key == name]
+        found = [r.n_chunks for table in self._tables() for key, r in table.items()
+                 if key == PassKey(name)]
         if name == self.reference().name and (name, None) in self._stores:
             found.append(self._stores[(name, None)].n_chunks)  # its log-probabilities
         return max(found, default=0)
@@ -364,8 +365,7 @@ class Models(Timings):
     def names(self) -> set[str]:
         """Every model this run decoded, measured, scored or read log-probabilities of."""
         names = set(self.decoded) | set(self.measured())
-        names |= {key.split("\0")[0] for table in (self.ppl, self.kld, self._partial_ppl,
-                                                  self._partial_kld) for key in table}
+        names |= {key.model for table in self._tables() for key in table}
         return names | {model for model, _task in self.task_results} | {m for m, _t in self._stores}
 
     def measured(self) -> dict[str, QuantModel]:
@@ -378,11 +378,13 @@ class Models(Timings):
     def has_quality(self, name: str) -> bool:
         """Whether this run computed perplexity (or KL divergence) of ``name``, in full or in
         part."""
-        return any(name in table for table in (self.ppl, self._partial_ppl, self.kld,
-                                               self._partial_kld))
+        return any(PassKey(name) in table for table in self._tables())
 
     def has_kl(self, name: str) -> bool:
-        return name in self.kld or name in self._partial_kld
+        return PassKey(name) in self.kld or PassKey(name) in self._partial_kld
+
+    def _tables(self) -> tuple[dict[PassKey, PerplexityResult] | dict[PassKey, KLDResult], ...]:
+        return (self.ppl, self._partial_ppl, self.kld, self._partial_kld)
 
     def tasks_of(self, name: str, complete: bool = False) -> dict[str, TaskResult]:
         """The task results of the model ``name``, by task set: as far as this run scored them,
