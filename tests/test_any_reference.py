@@ -37,7 +37,7 @@ def test_kl_from_another_model_is_the_engines_pass_against_it(tmp_path: Path) ->
     assert session.models.has_kl("worse") and not session.models.has_kl("Q8_0")
     # the chunk counts describe the default passes; building Q8_0's log-probabilities shows as
     # its time
-    row = session.models.model_table()["Q8_0"]
+    row = session.model_table()["Q8_0"]
     assert row["chunks_used"] == row["chunks_decoded"] == 0 and row["seconds"] > 0
 
 

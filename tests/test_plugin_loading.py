@@ -29,3 +29,17 @@ def test_loading_the_plugin_leaves_scipy_for_when_a_check_runs() -> None:
     code = "import sys, pytest_quantcheck.plugin; print('scipy.stats' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("with_xdist", [True, False])
+def test_xdist_hooks_are_registered_only_with_xdist(pytester: pytest.Pytester,
+                                                     with_xdist: bool) -> None:
+    pytester.makepyfile(
+        "def test_hooks(pytestconfig):\n"
+        "    hooks = pytestconfig.pluginmanager.get_plugin('quantcheck-xdist')\n"
+        "    print('xdist hooks:', type(hooks).__name__)\n"
+    )
+    flags = () if with_xdist else ("-p", "no:xdist")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-s", *flags)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*xdist hooks: {'XdistHooks' if with_xdist else 'NoneType'}*"])

@@ -114,3 +114,32 @@ def test_plugin_stops_early_and_reuses_results(qc_project: pytest.Pytester) -> N
     again.stdout.fnmatch_lines(["quantcheck: results from the cache: *Q2_K (*"])
     rows = json.loads((qc_project.path / "again.json").read_text())["models"]
     assert all(row["chunks_decoded"] == 0 for row in rows.values())
+
+
+def test_a_helper_is_decided_in_looks_like_the_marker(qc_project: pytest.Pytester) -> None:
+    """An assertion helper on a fixture's model goes through the run's decider: it stops at the
+    look the marker with the same arguments stops at, with the same note, and decodes no more."""
+    qc_project.makepyfile(
+        """
+        import pytest
+        from pytest_quantcheck.assertions import assert_perplexity_within
+
+        @pytest.mark.perplexity_within(pct=3, of="base")
+        def test_marker(quant_model):
+            pass
+
+        def test_helper(quantize):
+            assert_perplexity_within(quantize("Q2_K"), quantize("base"), pct=3)
+        """
+    )
+    runs = {}
+    for name, chosen in (("marker", "test_marker"), ("helper", "test_helper")):
+        qc_project.runpytest("-k", chosen, "--quant-variants", "Q2_K", "--quant-json", f"{name}.json",
+                             "--quant-result-cache", "false")
+        runs[name] = json.loads((qc_project.path / f"{name}.json").read_text())
+    (marker,), (helper,) = runs["marker"]["checks"], runs["helper"]["checks"]
+    assert "sequential: decided after" in helper["message"], helper["message"]
+    assert helper["verdict"] == marker["verdict"]
+    assert helper["message"].split(" FAIL ")[1] == marker["message"].split(" FAIL ")[1]
+    decoded = {name: run["models"]["Q2_K"]["chunks_decoded"] for name, run in runs.items()}
+    assert 0 < decoded["helper"] <= decoded["marker"] < helper["n_available"], decoded

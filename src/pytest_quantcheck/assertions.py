@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from pytest_quantcheck import checks
@@ -79,27 +78,19 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
         return of.name, of.tensor_mix().hashes()
 
     models = getattr(model, "models", None)
-    texts = models.texts() if isinstance(models, Models) else ()
-    check = checks.parse(kind.marker, args, kwargs)
-    if isinstance(models, Models):  # what a marker's arguments are checked against at collection
+    if isinstance(models, Models) and models.decide is not None:
+        # a fixture's model: decided by the run, as a marker with these arguments would be
+        check = checks.parse(kind.marker, args, kwargs)
         conflict = check.kind.conflict(check.args, models.settings)
-        if conflict:
+        if conflict:  # what a marker's arguments are checked against at collection
             raise checks.CheckArgumentError(f"assert_{kind.marker}: {conflict}")
-    try:
-        outcome = check.evaluate(model, checks.Context(alpha, mode, resolve, resolve_speed,
-                                                       resolve_task=resolve_task,
-                                                       resolve_kl=resolve_kl,
-                                                       resolve_tensors=resolve_tensors,
-                                                       texts=texts))
-    except Exception as exc:  # skipped or in error: its fate still reaches the reports
-        if isinstance(models, Models):
-            verdict = checks.SKIPPED if isinstance(exc, checks.CheckSkipped) else checks.ERROR
-            undecided = check.undecided(model.name, verdict, str(exc), mode, alpha)
-            models.record(replace(undecided, **_where_fields()))
-        raise
-    if isinstance(models, Models):  # a fixture's model: the outcome joins the run's reports
-        outcome = replace(outcome, **_where_fields())
-        models.record(outcome)
+        where = _where_fields()
+        outcome = models.decide(check, model, alpha, mode,
+                                (where["nodeid"], where["file"], where["line"]))
+    else:
+        outcome = checks.parse(kind.marker, args, kwargs).evaluate(model, checks.Context(
+            alpha, mode, resolve, resolve_speed, resolve_task=resolve_task,
+            resolve_kl=resolve_kl, resolve_tensors=resolve_tensors))
     if not outcome.passed:
         raise AssertionError(outcome.message())
     return outcome

@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pytest_quantcheck import __version__, cache
+from pytest_quantcheck.config import KEY_FIELDS
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import KLDResult
@@ -40,7 +41,6 @@ from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
 
 SCHEMA = "pytest-quantcheck baseline"
 SCHEMA_VERSION = 3
-KEY_FIELDS = ("model_sha256", "text_sha256", "tokens_sha256", "n_ctx", "protocol", "llama_cpp")
 SPEED_KEY_FIELDS = ("model_sha256", "llama_cpp")  # what the variant files' bytes depend on
 UPDATE_FLAG = "--quant-update-baseline"
 

@@ -19,13 +19,14 @@ from pytest_quantcheck.backends import RunOptions, default_backend
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol, read_eval_text
+from pytest_quantcheck.gguf_types import FILE_TYPES
 from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
 from pytest_quantcheck.metrics.throughput import ThroughputRun
 from pytest_quantcheck.progress import LiveProgress, Progress
 from pytest_quantcheck.tasks.files import DEFAULT_LIMIT, HELLASWAG, MODES, MULTIPLE_CHOICE, WINOGRANDE
 from pytest_quantcheck.tasks.files import load as load_tasks
-from pytest_quantcheck.variants import FILE_TYPES, check_gguf_path, file_type, quantize
+from pytest_quantcheck.variants import check_gguf_path, file_type, quantize
 
 
 def _positive(text: str) -> int:
@@ -417,12 +418,8 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _tensors(args: argparse.Namespace) -> int:
-    from pytest_quantcheck.tensor_mix import (
-        fallback_notice,
-        file_type_name,
-        identical_notices,
-        read_mix,
-    )
+    from pytest_quantcheck.gguf_types import file_type_name
+    from pytest_quantcheck.tensor_mix import fallback_notice, identical_notices, read_mix
 
     for path in args.models:  # every file checked before any is read
         check_gguf_path(path)

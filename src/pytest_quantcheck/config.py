@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from pytest_quantcheck.errors import QuantcheckError
+from pytest_quantcheck.gguf_types import FILE_TYPES, TYPE_IDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,6 +25,11 @@ else:  # pragma: no cover
 
 MODES = ("detect", "prove")
 CORRECTIONS = ("none", "holm")
+# What a baseline's quality records are keyed by (baseline.py compares them; settings name
+# those to ignore)
+KEY_FIELDS = ("model_sha256", "text_sha256", "tokens_sha256", "n_ctx", "protocol", "llama_cpp")
+# The fields of a machine fingerprint (machine.Fingerprint; tests/test_architecture.py holds
+# them equal), which fingerprint_ignore may name
 FINGERPRINT_FIELDS = ("cpu", "cpu_features", "threads", "os", "llama_cpp", "gpu", "n_gpu_layers")
 
 
@@ -175,10 +181,6 @@ def _names(allowed: tuple[str, ...] | None = None) -> Callable[[Any], tuple[str,
 
 
 def _baseline_keys(value: Any) -> tuple[str, ...]:
-    # Imported here, not at the top: baseline imports machine, which imports this module, and
-    # baseline's imports (numpy) would make every import of the settings slow.
-    from pytest_quantcheck.baseline import KEY_FIELDS  # baseline owns the list of its keys
-
     return _names(KEY_FIELDS)(value)
 
 
@@ -189,10 +191,6 @@ _RECIPE_KEYS = ("name", "type", "token_embedding_type", "output_tensor_type", "t
 def _recipe(entry: Mapping[str, Any]) -> Recipe:
     """A variant table, checked: known keys, a name that is no file type's, known types, and
     patterns that compile."""
-    # imported here: the type tables come with modules that load numpy
-    from pytest_quantcheck.tensor_mix import TYPE_IDS
-    from pytest_quantcheck.variants import FILE_TYPES
-
     unknown = set(entry) - set(_RECIPE_KEYS)
     if unknown or "name" not in entry or "type" not in entry:
         raise ValueError(f"a variant table takes name and type (and {', '.join(_RECIPE_KEYS[2:])});"
@@ -252,8 +250,6 @@ def _unknown_model(name: str, base: Path, recipes: Mapping[str, Recipe]) -> str 
     ``base``, no recipe, and no ``.gguf`` file (relative to ``base``, the folder of the file that
     names it). Checked at start-up: a typo found when a test asks for the model would error every
     test of the variant, after the others had been decoded."""
-    from pytest_quantcheck.variants import FILE_TYPES  # imported here: it loads numpy
-
     if (name == "base" or name.upper() in FILE_TYPES or name in recipes
             or name.lower().endswith(".gguf") or (base / name).expanduser().exists()):
         return None

@@ -22,16 +22,9 @@ from typing import Any
 
 from pytest_quantcheck.gguf_file import GGUFContents, GGUFError, SkippedStrings, read_gguf
 
-# ggml type -> (elements per block, bytes per block), as ggml defines them
-QK_K = 256
-GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
-    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
-    9: (32, 36), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
-    15: (256, 292), 16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18),
-    21: (256, 110), 22: (256, 82), 23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4),
-    27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66),
-    39: (32, 17), 40: (64, 36), 41: (128, 18), 42: (64, 18),
-}  # fmt: skip
+# re-exported: metrics/throughput.py and users name the sizes here, where they were first
+from pytest_quantcheck.gguf_types import GGML_TYPE_SIZES as GGML_TYPE_SIZES
+
 MAX_NAME = 64  # GGML_MAX_NAME, terminator included
 MAX_ELEMENTS = 1 << 50
 # Types ggml stores but has no CPU dot product for (Q8_1 and Q8_K only quantize activations): a

@@ -17,14 +17,13 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pytest_quantcheck import cache
-from pytest_quantcheck.config import FINGERPRINT_FIELDS as FIELDS
 
 
 @dataclass(frozen=True)
@@ -96,6 +95,10 @@ class Fingerprint:
         if self.n_gpu_layers:
             where += f", {self.n_gpu_layers} layers on {', '.join(self.gpu) or 'GPU'}"
         return f"{where}, {self.llama_cpp}"
+
+
+# what tells machines apart; config.FINGERPRINT_FIELDS names the same (a test holds them equal)
+FIELDS = tuple(f.name for f in fields(Fingerprint))
 
 
 def _show(value: Any) -> str:

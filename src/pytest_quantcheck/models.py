@@ -13,16 +13,13 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import NamedTuple, TypeVar
 
-from pytest_quantcheck import cache, machine
-from pytest_quantcheck.backends import Backend, RunOptions
+from pytest_quantcheck import cache
+from pytest_quantcheck.blame import BlameResult, blame
 from pytest_quantcheck.checks.outcome import Outcome
-from pytest_quantcheck.checks.registry import KL, MACRO, text_of
-from pytest_quantcheck.config import Settings, TaskSpec
-from pytest_quantcheck.engine import Engine
-from pytest_quantcheck.evaluation import ScoringProtocol
+from pytest_quantcheck.checks.registry import KL, MACRO, Check, text_of
+from pytest_quantcheck.demo.tasks import task_specs
 from pytest_quantcheck.gguf_file import GGUFError, read_gguf
 from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import KLDResult
@@ -30,40 +27,27 @@ from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
 from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import ThroughputRun
-from pytest_quantcheck.progress import LiveProgress, Progress
+from pytest_quantcheck.progress import Progress
 from pytest_quantcheck.refstore import ReferenceStore
-from pytest_quantcheck.tensor_mix import TensorMix, fallback_notice, read_mix
+from pytest_quantcheck.run.store import BASE as BASE
+from pytest_quantcheck.run.timings import Timings
+from pytest_quantcheck.tensor_mix import TensorMix, read_mix
 from pytest_quantcheck.variants import (
-    FILE_TYPES,
     Variant,
     VariantError,
-    from_path,
-    quantize,
-    recipe_chooses,
-    recipe_options,
 )
 
-if TYPE_CHECKING:
-    from pytest_quantcheck.blame import BlameResult
-
-BASE = "base"
+REFERENCE = "reference"  # an assertion helper's default of=: the run's reference model
 
 
-def task_specs(settings: Settings) -> dict[str, TaskSpec]:
-    """The run's task sets by name: the ``tasks`` setting, or with the built-in demo model (no
-    ``model`` set) and no ``tasks``, the demo's three task files."""
-    if settings.tasks or settings.model is not None:
-        return dict(settings.tasks)
-    from pytest_quantcheck.demo.tasks import FILES, task_path
+class PassKey(NamedTuple):
+    """What a perplexity or KL pass is held by: the model's name, the named text (None: the
+    default), and the model a KL pass is taken from (None: the run's reference). Baselines and
+    plots keep the default text against the reference; the others are kept apart."""
 
-    return {name.split(".")[0]: TaskSpec(task_path(name)) for name in FILES}
-
-
-def _key(name: str, text: str | None = None, reference: str | None = None) -> str:
-    """Results are held by model name; on another text than the default, or from another
-    model than the reference, under a longer key (which baselines and plots leave out)."""
-    return name + (f"\0text={text}" if text else "") + (f"\0from={reference}" if reference
-                                                         else "")
+    model: str
+    text: str | None = None
+    reference: str | None = None
 
 
 def _first_chunks(res: PerplexityResult, upto: int | None) -> PerplexityResult:
@@ -87,7 +71,7 @@ def _first_kld_chunks(res: KLDResult, upto: int | None) -> KLDResult:
 R = TypeVar("R", PerplexityResult, KLDResult)
 
 
-def _held(full: dict[str, R], partial: dict[str, R], name: str, upto: int | None,
+def _held(full: dict[PassKey, R], partial: dict[PassKey, R], name: PassKey, upto: int | None,
           cut: Callable[[R, int | None], R]) -> R | None:
     """The result of ``name`` this run holds for ``upto`` chunks (None: all), if any."""
     if name in full:
@@ -98,7 +82,7 @@ def _held(full: dict[str, R], partial: dict[str, R], name: str, upto: int | None
     return None
 
 
-def _keep(full: dict[str, R], partial: dict[str, R], name: str, res: R, n_available: int) -> None:
+def _keep(full: dict[PassKey, R], partial: dict[PassKey, R], name: PassKey, res: R, n_available: int) -> None:
     """Hold a new result: complete when it covers every chunk, else partial."""
     if res.n_chunks >= n_available:
         full[name] = res
@@ -141,8 +125,6 @@ class QuantModel:
     def blame(self, by: str = "kind", text: str | None = None) -> BlameResult:
         """Each tensor group's share of this model's KL divergence from the base model
         (:mod:`pytest_quantcheck.blame`), on the default evaluation text or the one named."""
-        from pytest_quantcheck.blame import blame
-
         m = self.models
         return blame(m.base_path(), self.path, m.eval_text(text), m.protocol, by=by,
                      engine=m.engine, name=self.name)
@@ -175,118 +157,39 @@ class QuantModel:
 
 
 @dataclass
-class Models:
-    settings: Settings
-    backend_factory: Callable[[], Backend]
-    # Where the outcome of a check decided outside the session's own loop (an assertion helper
-    # on one of these models) goes, so it reaches the summary and the reports.
-    record: Callable[[Outcome], None] = lambda _outcome: None
-    # Long steps and their times ("KL divergence of Q2_K: 2.4 s"), shown after the run: a line
-    # printed while pytest writes its progress dots would split pytest's own output.
-    steps: list[str] = field(default_factory=list)
-    live: LiveProgress | None = None  # progress of long steps on a terminal, if one is watched
-    step_note_after: float = 0.5  # seconds: quicker steps (cache hits) stay out of the steps
-    ppl: dict[str, PerplexityResult] = field(default_factory=dict)
-    kld: dict[str, KLDResult] = field(default_factory=dict)
-    speed: dict[str, ThroughputRun] = field(default_factory=dict)
-    speed_pairs: dict[tuple[str, str], tuple[ThroughputRun, ThroughputRun]] = field(
-        default_factory=dict)
-    memory_usage: dict[str, MemoryUsage] = field(default_factory=dict)
+class Models(Timings):
+    """The models of one run and their measurements: memo tables of results (whole, or as far
+    as a look needed), the plan of passes, and the models table."""
+
+    # Decides an assertion helper's check on one of these models as the run decides a marker's
+    # (check, model, alpha, mode, (node id, file, line)), keeping its fate for the reports.
+    decide: Callable[[Check, QuantModel, float, str, tuple[str, str, int]], Outcome] | None = None
+    ppl: dict[PassKey, PerplexityResult] = field(default_factory=dict)
+    kld: dict[PassKey, KLDResult] = field(default_factory=dict)
     task_results: dict[tuple[str, str], TaskResult] = field(default_factory=dict)  # (model, task)
     # per model: chunks decoded in this run, and the seconds its decoding took
     decoded: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     tasks_scored: dict[str, int] = field(default_factory=dict)  # per model, scored in this run
-    _partial_ppl: dict[str, PerplexityResult] = field(default_factory=dict)
-    _partial_kld: dict[str, KLDResult] = field(default_factory=dict)
-    _engine: Engine | None = None
-    _timing_engine: Engine | None = None
+    _partial_ppl: dict[PassKey, PerplexityResult] = field(default_factory=dict)
+    _partial_kld: dict[PassKey, KLDResult] = field(default_factory=dict)
     _by_spec: dict[str, QuantModel] = field(default_factory=dict)
-    _fingerprint: Fingerprint | None = None
     _wants_kl: set[tuple[str, str | None]] = field(default_factory=set)  # (variant spec, text)
     # log-probabilities of the reference, and of other models a check's of= names, by
     # (model name, text), each kept as the reference's are, by content
     _stores: dict[tuple[str, str | None], ReferenceStore] = field(default_factory=dict)
     _mixes: dict[str, TensorMix] = field(default_factory=dict)
 
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            options = RunOptions(self.settings.threads, self.settings.n_gpu_layers,
-                                 self.settings.verbose)
-            self._engine = Engine(self.backend_factory(), options,
-                                  result_cache=self.settings.result_cache)
-        return self._engine
-
-    @property
-    def timing_engine(self) -> Engine:
-        """The engine of throughput and memory measurements: the evaluation's, or one on the
-        ``timing_threads`` setting's thread count (a pytest-xdist worker's timings run on as
-        many threads as a serial run's)."""
-        threads = self.settings.timing_threads
-        if threads is None or threads == self.engine.options.threads():
-            return self.engine
-        if self._timing_engine is None:
-            self._timing_engine = replace(self.engine,
-                                          options=replace(self.engine.options, n_threads=threads))
-        return self._timing_engine
-
-    def base_path(self) -> Path:
-        if self.settings.model is not None:
-            return self.settings.model
-        from pytest_quantcheck.demo.model import demo_model_path
-
-        return demo_model_path(self.engine.backend, self.engine.options,
-                               log=lambda msg: self.steps.append(f"demo model: {msg}"))
-
-    def eval_text(self, text: str | None = None) -> Path:
-        """The default evaluation text, or the one named ``text`` (from a table eval_text)."""
-        if text is not None:
-            return self.settings.eval_texts[text]
-        if self.settings.eval_text is not None:
-            return self.settings.eval_text
-        from pytest_quantcheck.demo.model import data_path
-
-        return data_path("eval.txt")
-
-    def texts(self) -> tuple[str, ...]:
-        """The names of the evaluation texts (none when eval_text is one path)."""
-        return tuple(self.settings.eval_texts)
-
-    def text_keys(self, text: str) -> dict[str, str]:
-        """What a named text's baseline record depends on beyond the run's quality keys (its
-        hash, remembered by path, size and mtime: a look asks again)."""
-        return {"text_sha256": cache.file_sha256(self.eval_text(text),
-                                                  root=self.engine.cache_dir)}
-
     def texts_of(self, name: str) -> list[str]:
         """The named texts other than the default this run measured ``name`` on."""
-        prefix = f"{name}\0text="
-        return sorted({key[len(prefix):] for table in (self.ppl, self._partial_ppl, self.kld,
-                                                        self._partial_kld)
-                       for key in table if key.startswith(prefix) and "\0from=" not in key})
-
-    def named_text(self, text: str | None) -> str | None:
-        """The name of a text other than the default; None for the default, under any of its
-        names."""
-        names = self.texts()
-        if text is None or (names and text == names[0]):
-            return None
-        if text not in names:
-            raise VariantError(f"text {text!r} is not in eval_text"
-                               f" ({', '.join(names) or 'a single unnamed text'}); name it there")
-        return text
-
-    @property
-    def protocol(self) -> ScoringProtocol:
-        s = self.settings
-        return ScoringProtocol(n_ctx=s.n_ctx, n_batch=s.n_batch, n_chunks=s.chunks)
+        return sorted({key.text for table in self._tables() for key in table
+                       if key.model == name and key.text and key.reference is None})
 
     def model(self, spec: str) -> QuantModel:
         """``base``, a llama.cpp file type, or a path to a .gguf file."""
         if spec not in self._by_spec:
             with self.step(f"preparing {spec}"):
-                model = QuantModel(self, self._variant(spec))
+                model = QuantModel(self, self.variant(spec))
             same = [(other, m) for other, m in self._by_spec.items() if m.name == model.name]
             if same and same[0][1].path.resolve() == model.path.resolve():
                 model = same[0][1]  # one file named two ways: one model, measured once
@@ -297,51 +200,16 @@ class Models:
             self._by_spec[spec] = model
         return self._by_spec[spec]
 
-    @contextlib.contextmanager
-    def step(self, what: str, unit: str = "chunks",
-             detail: Callable[[], str] = str) -> Iterator[Progress | None]:
-        """A heavy step: shown live on a terminal (:attr:`live`; the step gets the progress
-        callback, or None), noted when slow (``detail`` adds what it did, once done), and never
-        run beside a throughput timing."""
-        start = time.perf_counter()
-        try:
-            with machine.heavy_step():
-                yield None if self.live is None else self.live.step(what, unit)
-        finally:
-            if self.live is not None:
-                self.live.end()
-        seconds = time.perf_counter() - start
-        if seconds >= self.step_note_after:
-            done = detail()
-            self.steps.append(f"{what}{', ' + done if done else ''}: {seconds:.1f} s")
-
-    def _variant(self, spec: str) -> Variant:
-        base = self.base_path()
-        if spec == BASE:
-            return from_path(base, name=BASE)
-        recipe = self.settings.recipes.get(spec)
-        if recipe is not None:
-            return quantize(base, recipe.type, backend=self.engine.backend,
-                            imatrix=recipe.imatrix or self.settings.imatrix,
-                            n_threads=self.settings.threads,
-                            options=recipe_options(recipe, base), name=recipe.name)
-        if spec.upper() in FILE_TYPES:
-            return quantize(base, spec, backend=self.engine.backend, imatrix=self.settings.imatrix,
-                            n_threads=self.settings.threads)
-        path = Path(spec)
-        if not path.is_absolute() and spec in (*self.settings.variants, self.settings.reference):
-            # a path in the settings is relative to the file that set it
-            key = "variants" if spec in self.settings.variants else "reference"
-            path = self.settings.bases.get(key, Path.cwd()) / path
-        if path.suffix.lower() == ".gguf" or path.exists():
-            return from_path(path)
-        raise VariantError(
-            f"variant {spec!r} is neither a quantization type, 'base', nor an existing .gguf file;"
-            f" types: {', '.join(FILE_TYPES)}"
-        )
-
     def reference(self) -> QuantModel:
         return self.model(self.settings.reference)
+
+    def named(self, name: str) -> QuantModel:
+        """A model of the run by its name (an assertion helper's ``of=`` model: a .gguf
+        variant's name is its file's stem, not its spec), else the model ``name`` specifies."""
+        for model in self._by_spec.values():
+            if model.name == name:
+                return model
+        return self.model(name)
 
     def chunks_available(self, model: QuantModel, first: int, text: str | None = None,
                          reference: QuantModel | None = None) -> int:
@@ -371,7 +239,7 @@ class Models:
         """The model's perplexity over all chunks, or the first ``upto`` (a sequential look), on
         the default text or the one named ``text``."""
         text = self.named_text(text)
-        key = _key(model.name, text)
+        key = PassKey(model.name, text)
         held = _held(self.ppl, self._partial_ppl, key, upto, _first_chunks)
         if held is not None:
             return held
@@ -445,7 +313,7 @@ class Models:
         text = self.named_text(text)
         if reference is not None and reference.name == self.reference().name:
             reference = None
-        key = _key(model.name, text, None if reference is None else reference.name)
+        key = PassKey(model.name, text, None if reference is None else reference.name)
         held = _held(self.kld, self._partial_kld, key, upto, _first_kld_chunks)
         if held is not None:
             return held
@@ -462,8 +330,8 @@ class Models:
 
     def chunks_used(self, name: str) -> int:
         """The most chunks of ``name`` this run has looked at."""
-        found = [r.n_chunks for table in (self.ppl, self._partial_ppl, self.kld, self._partial_kld)
-                 for key, r in table.items() if key == name]
+        found = [r.n_chunks for table in self._tables() for key, r in table.items()
+                 if key == PassKey(name)]
         if name == self.reference().name and (name, None) in self._stores:
             found.append(self._stores[(name, None)].n_chunks)  # its log-probabilities
         return max(found, default=0)
@@ -475,54 +343,6 @@ class Models:
             with self.step(f"tensor hashes of {model.name}"):
                 self._mixes[model.name] = read_mix(model.path, self.engine.cache_dir)
         return self._mixes[model.name]
-
-    def model_table(self) -> dict[str, dict[str, Any]]:
-        """Per model: chunks decoded in this run, taken from the result cache, looked at, the
-        seconds its decoding took, the tasks answered, and what its file holds: the tensor
-        types (count and bytes of each), one digest of all tensors, and the tensors that fell
-        back from the file type's blocks."""
-        by_name = {m.name: m for m in self._by_spec.values()}
-        names = set(self.decoded) | set(self.measured())
-        names |= {key.split("\0")[0] for table in (self.ppl, self.kld, self._partial_ppl,
-                                                  self._partial_kld) for key in table}
-        names |= {model for model, _task in self.task_results} | {m for m, _t in self._stores}
-        return {name: {"chunks_decoded": self.decoded.get(name, 0),
-                       "chunks_from_cache": max(0, self.chunks_used(name)
-                                                - self.decoded.get(name, 0)),
-                       "chunks_used": self.chunks_used(name),
-                       "seconds": round(self.seconds.get(name, 0.0), 3),
-                       # tasks answered over all task sets: scored now, or from the cache
-                       "tasks_scored": self.tasks_scored.get(name, 0),
-                       "tasks_from_cache": max(0, sum(r.n_tasks for r in
-                                                      self.tasks_of(name).values())
-                                               - self.tasks_scored.get(name, 0)),
-                       **(self._values_row(by_name[name]) if name in by_name else {}),
-                       **(self._file_row(by_name[name]) if name in by_name else {})}
-                for name in sorted(names)}
-
-    def _values_row(self, model: QuantModel) -> dict[str, Any]:
-        """The model's quality numbers on the default text, each with the chunks (tasks) it
-        rests on: a model decided early in looks has fewer than one decoded to the end."""
-        row: dict[str, Any] = {}
-        used = self.chunks_used(model.name)
-        if used and self.has_quality(model.name):
-            ppl = self.perplexity(model, used)
-            row["perplexity"] = {"ppl": ppl.ppl, "ppl_err": ppl.ppl_err, "chunks": ppl.n_chunks}
-        if used and self.has_kl(model.name):
-            kld = self.kl_divergence(model, used)
-            row["kl_divergence"] = {"mean": float(kld.chunk_kld.mean()), "chunks": kld.n_chunks}
-        tasks = self.tasks_of(model.name)
-        if tasks:
-            row["task_accuracy"] = {task: {"accuracy": r.accuracy, "tasks": r.n_tasks}
-                                    for task, r in tasks.items()}
-        return row
-
-    def _file_row(self, model: QuantModel) -> dict[str, Any]:
-        mix = self.tensor_mix(model)
-        return {"file_type": model.file_type, "tensor_types": mix.by_type(),
-                "tensor_data_sha256": mix.data_sha256(),
-                "fallback": fallback_notice(model.name, model.file_type, mix,
-                                            recipe_chooses(self.settings.recipes.get(model.name)))}
 
     def task(self, model: QuantModel, name: str, upto: int | None = None) -> TaskResult:
         """The model's answers on the task set ``name``: every selected task, or the first
@@ -548,47 +368,14 @@ class Models:
             self.tasks_scored[model.name] = self.tasks_scored.get(model.name, 0) + scored
         return held.first(upto)
 
-    def fingerprint(self) -> Fingerprint:
-        if self._fingerprint is None:
-            self._fingerprint = self.timing_engine.fingerprint()
-        return self._fingerprint
+    def by_name(self) -> dict[str, QuantModel]:
+        return {m.name: m for m in self._by_spec.values()}
 
-    def throughput(self, model: QuantModel, again: bool = False) -> ThroughputRun:
-        """The model's throughput run; ``again``: a new run, which replaces the last."""
-        if again or model.name not in self.speed:
-            s = self.settings
-            fingerprint = self.fingerprint()
-            start = time.perf_counter()
-            with machine.timing():  # waits for heavy steps of other workers and processes
-                self.speed[model.name] = self.timing_engine.throughput(
-                    model.path, s.bench_prompt, s.bench_gen, s.bench_repetitions,
-                    n_batch=s.n_batch, fingerprint=fingerprint)
-            self.steps.append(f"throughput of {model.name}: {time.perf_counter() - start:.1f} s")
-        return self.speed[model.name]
-
-    def throughput_pair(self, model: QuantModel, other: QuantModel,
-                        again: bool = False) -> tuple[ThroughputRun, ThroughputRun]:
-        """Both models' throughput, their repetitions alternating (ABAB), for a comparison of
-        two variants of this run: slow drift of the machine hits both alike."""
-        key = (model.name, other.name)
-        if again or key not in self.speed_pairs:
-            s = self.settings
-            start = time.perf_counter()
-            with machine.timing():
-                mine, theirs = self.timing_engine.throughput_interleaved(
-                    [model.path, other.path], s.bench_prompt, s.bench_gen, s.bench_repetitions,
-                    n_batch=s.n_batch, fingerprint=self.fingerprint())
-            self.speed_pairs[key] = (mine, theirs)
-            self.steps.append(f"throughput of {model.name} and {other.name}, interleaved:"
-                              f" {time.perf_counter() - start:.1f} s")
-        return self.speed_pairs[key]
-
-    def memory(self, model: QuantModel) -> MemoryUsage:
-        if model.name not in self.memory_usage:
-            with self.step(f"memory of {model.name}"):
-                self.memory_usage[model.name] = self.timing_engine.memory(model.path,
-                                                                          self.protocol)
-        return self.memory_usage[model.name]
+    def names(self) -> set[str]:
+        """Every model this run decoded, measured, scored or read log-probabilities of."""
+        names = set(self.decoded) | set(self.measured())
+        names |= {key.model for table in self._tables() for key in table}
+        return names | {model for model, _task in self.task_results} | {m for m, _t in self._stores}
 
     def measured(self) -> dict[str, QuantModel]:
         """Models with at least one measurement, by name (a path variant's name is its stem)."""
@@ -600,11 +387,13 @@ class Models:
     def has_quality(self, name: str) -> bool:
         """Whether this run computed perplexity (or KL divergence) of ``name``, in full or in
         part."""
-        return any(name in table for table in (self.ppl, self._partial_ppl, self.kld,
-                                               self._partial_kld))
+        return any(PassKey(name) in table for table in self._tables())
 
     def has_kl(self, name: str) -> bool:
-        return name in self.kld or name in self._partial_kld
+        return PassKey(name) in self.kld or PassKey(name) in self._partial_kld
+
+    def _tables(self) -> tuple[dict[PassKey, PerplexityResult] | dict[PassKey, KLDResult], ...]:
+        return (self.ppl, self._partial_ppl, self.kld, self._partial_kld)
 
     def tasks_of(self, name: str, complete: bool = False) -> dict[str, TaskResult]:
         """The task results of the model ``name``, by task set: as far as this run scored them,
@@ -627,8 +416,3 @@ class Models:
             "protocol": {**self.protocol.describe(), "n_chunks": ref.n_chunks},
             "llama_cpp": self.engine.backend.version,
         }
-
-    def speed_keys(self) -> dict[str, object]:
-        """What the variant files' bytes depend on: the keys throughput and memory check."""
-        return {"model_sha256": cache.file_sha256(self.base_path()),
-                "llama_cpp": self.engine.backend.version}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Generator
 from dataclasses import replace
 from pathlib import Path
@@ -14,19 +13,20 @@ from typing import Any
 import pytest
 
 from pytest_quantcheck import __version__, checks, hookspec, report
-from pytest_quantcheck.backends import physical_cores
+from pytest_quantcheck.backends import default_backend, physical_cores
 from pytest_quantcheck.cache import cache_root
 from pytest_quantcheck.config import KEYS, ConfigError, Layer, Settings, merge, read_pyproject, read_yaml
 from pytest_quantcheck.errors import QuantcheckError
+from pytest_quantcheck.gguf_types import FILE_TYPES
 from pytest_quantcheck.models import QuantModel
 from pytest_quantcheck.progress import LiveProgress
 from pytest_quantcheck.session import QuantSession, ReportPaths
 from pytest_quantcheck.variants import (
-    FILE_TYPES,
     VariantError,
     built_for_comparison,
     check_unquantized,
 )
+from pytest_quantcheck.xdist_hooks import XdistHooks
 
 session_key = pytest.StashKey[QuantSession]()
 item_checks_key = pytest.StashKey[list[checks.Check]]()
@@ -216,8 +216,6 @@ def pytest_configure(config: pytest.Config) -> None:
         custom = config.hook.pytest_quantcheck_make_backend(config=config)
         if custom is not None:
             return custom
-        from pytest_quantcheck.backends import default_backend
-
         return default_backend()
 
     qs = QuantSession(settings, make_backend, mode, shard=parse_shard(config.option.quant_shard))
@@ -225,17 +223,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None and workerinput.get("quantcheck_exchange"):
         qs.exchange = Path(workerinput["quantcheck_exchange"])
     config.stash[session_key] = qs
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node: Any) -> None:
-    """pytest-xdist controller: give every worker the run's exchange folder, where a Holm
-    correction's outcomes are shared (each variant evaluated by one worker)."""
-    qs = node.config.stash[session_key]
-    if qs.settings.correction == "holm":
-        if qs.exchange is None:
-            qs.exchange = Path(tempfile.mkdtemp(prefix="quantcheck-run-"))
-        node.workerinput["quantcheck_exchange"] = str(qs.exchange)
+    if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only with it (as syrupy does)
+        config.pluginmanager.register(XdistHooks(qs), "quantcheck-xdist")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -365,28 +354,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(problem, pytrace=False)
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Under pytest-xdist, send all tests of one variant to one worker, so each model is loaded
-    and evaluated once; other tests are distributed one by one, as ``--dist load`` does."""
-    if getattr(config.option, "dist", None) != "load":
-        return None  # the user chose a distribution mode: keep it
-    from xdist.scheduler import LoadScopeScheduling
-
-    variants = set(config.stash[session_key].settings.variants)
-
-    class VariantScheduling(LoadScopeScheduling):  # type: ignore[misc]
-        def _split_scope(self, nodeid: str) -> str:
-            if nodeid.endswith("]"):
-                params = nodeid[nodeid.rfind("[") + 1 : -1]
-                for part in (params, *params.split("-")):
-                    if part in variants:
-                        return f"quantcheck-{part}"
-            return nodeid
-
-    return VariantScheduling(config, log)
-
-
 # ---- running ---------------------------------------------------------------------------------
 
 
@@ -455,15 +422,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     undecided = any(o.verdict in (checks.SKIPPED, checks.ERROR) for o in session.outcomes)
     terminalreporter.write_line(f"quantcheck: {counts}", red=blocking,
                                 yellow=undecided and not blocking, green=not (blocking or undecided))
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    """pytest-xdist controller: merge a worker's outcomes, steps and baseline records."""
-    data = getattr(node, "workeroutput", {}).get("quantcheck")
-    if data:
-        worker = node.gateway.id if getattr(node, "gateway", None) is not None else "worker"
-        node.config.stash[session_key].merge(data, worker)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

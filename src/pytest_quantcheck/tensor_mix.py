@@ -19,18 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from pytest_quantcheck import cache
-from pytest_quantcheck.gguf_check import GGML_TYPE_SIZES, tensor_nbytes, validate_gguf
+from pytest_quantcheck.gguf_check import tensor_nbytes, validate_gguf
 from pytest_quantcheck.gguf_file import GGUFError
 
-# ggml type id -> its name as llama-quantize prints it (sizes: gguf_check.GGML_TYPE_SIZES)
-GGML_TYPE_NAMES: dict[int, str] = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
-    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
-    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
-    23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
-    30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4", 40: "NVFP4", 41: "Q1_0", 42: "Q2_0",
-}  # fmt: skip
-TYPE_IDS = {name: i for i, name in GGML_TYPE_NAMES.items()}
+# the type tables re-exported: they were first defined here, and tests and users name them here
+from pytest_quantcheck.gguf_types import GGML_TYPE_NAMES as GGML_TYPE_NAMES
+from pytest_quantcheck.gguf_types import GGML_TYPE_SIZES
+from pytest_quantcheck.gguf_types import TYPE_IDS as TYPE_IDS
+from pytest_quantcheck.gguf_types import file_type_name as file_type_name
+
 FORMAT_VERSION = 1
 _READ = 1 << 22  # bytes hashed at a time
 
@@ -152,15 +149,6 @@ def _read(path: Path) -> TensorMix:
 
 
 # ---- what to tell the user -------------------------------------------------------------------
-
-
-def file_type_name(ftype: int | None) -> str | None:
-    """llama-quantize's name of a ``general.file_type`` value (None: unknown)."""
-    from pytest_quantcheck.variants import FILE_TYPES
-
-    if ftype is None:
-        return None
-    return next((t.name for t in FILE_TYPES.values() if t.ftype == ftype & ~1024), None)
 
 
 def fallback_notice(name: str, asked: str | None, mix: TensorMix,

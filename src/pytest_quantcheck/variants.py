@@ -21,58 +21,17 @@ from pytest_quantcheck.backends import FILE_TYPE_MIX, Backend, QuantizeOptions, 
 from pytest_quantcheck.config import Recipe, Settings
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.gguf_check import check_model_file
+from pytest_quantcheck.gguf_file import read_gguf
+
+# FILE_TYPES and FileType re-exported: they were first defined here, and users import them here
+from pytest_quantcheck.gguf_types import FILE_TYPES as FILE_TYPES
+from pytest_quantcheck.gguf_types import GGML_TYPE_NAMES, TYPE_IDS, file_type_name
+from pytest_quantcheck.gguf_types import FileType as FileType
+from pytest_quantcheck.imatrix import check_matches, load_imatrix
 
 
 class VariantError(QuantcheckError, ValueError):
     """An unknown file type, a missing file, or a type that needs an importance matrix."""
-
-
-@dataclass(frozen=True)
-class FileType:
-    name: str
-    ftype: int  # llama.cpp's enum llama_ftype
-    needs_imatrix: bool = False
-
-
-# Names as llama-quantize spells them. Types that llama.cpp refuses to build without an
-# importance matrix are marked so the error comes before any work is done.
-FILE_TYPES: dict[str, FileType] = {
-    t.name: t
-    for t in (
-        FileType("F32", 0),
-        FileType("F16", 1),
-        FileType("BF16", 32),
-        FileType("Q8_0", 7),
-        FileType("Q6_K", 18),
-        FileType("Q5_K_M", 17),
-        FileType("Q5_K_S", 16),
-        FileType("Q5_1", 9),
-        FileType("Q5_0", 8),
-        FileType("Q4_K_M", 15),
-        FileType("Q4_K_S", 14),
-        FileType("Q4_1", 3),
-        FileType("Q4_0", 2),
-        FileType("IQ4_NL", 25),
-        FileType("IQ4_XS", 30),
-        FileType("Q3_K_L", 13),
-        FileType("Q3_K_M", 12),
-        FileType("Q3_K_S", 11),
-        FileType("IQ3_M", 27),
-        FileType("IQ3_S", 26),
-        FileType("IQ3_XS", 22, needs_imatrix=True),
-        FileType("IQ3_XXS", 23, needs_imatrix=True),
-        FileType("Q2_K", 10),
-        FileType("Q2_K_S", 21, needs_imatrix=True),
-        FileType("IQ2_M", 29, needs_imatrix=True),
-        FileType("IQ2_S", 28, needs_imatrix=True),
-        FileType("IQ2_XS", 20, needs_imatrix=True),
-        FileType("IQ2_XXS", 19, needs_imatrix=True),
-        FileType("IQ1_M", 31, needs_imatrix=True),
-        FileType("IQ1_S", 24, needs_imatrix=True),
-        FileType("TQ2_0", 37),
-        FileType("TQ1_0", 36),
-    )
-}
 
 
 def file_type(name: str) -> FileType:
@@ -128,9 +87,6 @@ def check_unquantized(base: Path) -> None:
     file it fails with nothing more than an error code, so the base's file type (and, where it
     is not recorded or is a float type, its tensors' types) is read first and a quantized base
     is refused, saying what it is and what to use."""
-    from pytest_quantcheck.gguf_file import read_gguf
-    from pytest_quantcheck.tensor_mix import GGML_TYPE_NAMES, file_type_name
-
     contents = read_gguf(base, decode_strings=False)
     ftype = contents.metadata.get("general.file_type")
     named = file_type_name(ftype) if isinstance(ftype, int) else None
@@ -213,8 +169,6 @@ def quantize(
     def build(tmp: Path) -> None:
         weights = None
         if imatrix is not None:
-            from pytest_quantcheck.imatrix import check_matches, load_imatrix
-
             weights = load_imatrix(imatrix)
             check_matches(weights, imatrix, base)
         backend.quantize(base, tmp, ft.ftype, n_threads=threads, imatrix=weights,
@@ -250,9 +204,6 @@ def recipe_chooses(recipe: Recipe | None) -> Callable[[str], bool]:
 def recipe_options(recipe: Recipe, base: Path) -> QuantizeOptions:
     """A recipe's llama-quantize options, after checking that each tensor_types pattern matches
     a tensor of ``base`` (llama.cpp matches them with std::regex_search, as re.search here)."""
-    from pytest_quantcheck.gguf_file import read_gguf
-    from pytest_quantcheck.tensor_mix import TYPE_IDS
-
     names = list(read_gguf(base, decode_strings=False).tensors)
     for pattern, _type in recipe.tensor_types:
         if not any(re.search(pattern, n) for n in names):

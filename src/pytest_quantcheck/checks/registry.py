@@ -20,18 +20,37 @@ from pytest_quantcheck.checks.outcome import CheckArgumentError, Context, Outcom
 if TYPE_CHECKING:
     from pytest_quantcheck.config import Settings
 
-# What a check needs from a model: the session plans each model's passes from these.
-PPL, KL, MEMORY, SIZE = "ppl", "kl", "memory", "size"
-KL_FROM = "kl_from"  # a KL pass against another model than the reference (a check's of=)
+class Need(str):
+    """What a check needs from a model, as a typed value: a pass (``PPL``, ``KL``, ``SIZE``...)
+    or one of a kind named by ``name`` (a throughput phase, a task set, an evaluation text). It
+    is a ``str`` equal to its old spelling (``"speed:tg"``), so a check written against plain
+    strings (``frozenset({"size"})``) keeps working; the run reads ``kind`` and ``name``, never
+    parses the text."""
+
+    kind: str
+    name: str | None
+
+    def __new__(cls, kind: str, name: str | None = None) -> Need:
+        need = super().__new__(cls, kind if name is None else f"{kind}:{name}")
+        need.kind, need.name = kind, name
+        return need
+
+    def __reduce__(self) -> tuple[type[Need], tuple[str, str | None]]:
+        return Need, (self.kind, self.name)
 
 
-def speed(phase: str) -> str:
-    return f"speed:{phase}"
+# What a check needs from a model: the run plans each model's passes from these.
+PPL, KL, MEMORY, SIZE = Need("ppl"), Need("kl"), Need("memory"), Need("size")
+KL_FROM = Need("kl_from")  # a KL pass against another model than the reference (a check's of=)
 
 
-def task_need(name: str) -> str:
+def speed(phase: str) -> Need:
+    return Need("speed", phase)
+
+
+def task_need(name: str) -> Need:
     """The need of a check on the task set ``name`` (from the ``tasks`` setting)."""
-    return f"task:{name}"
+    return Need("task", name)
 
 
 MACRO = "macro"  # text= value: every evaluation text, macro-averaged
@@ -39,17 +58,21 @@ MACRO = "macro"  # text= value: every evaluation text, macro-averaged
 
 def text_need(text: str | None) -> frozenset[str]:
     """The need that names the evaluation text a check is decided on (none: the default)."""
-    return frozenset() if text is None else frozenset({f"text:{text}"})
+    return frozenset() if text is None else frozenset({Need("text", text)})
+
+
+def _named(needs: frozenset[str], kind: str) -> list[str]:
+    return [n.name for n in needs if isinstance(n, Need) and n.kind == kind and n.name]
 
 
 def text_of(needs: frozenset[str]) -> str | None:
     """The evaluation text named by ``needs`` (None: the default; MACRO: every text)."""
-    return next((n.removeprefix("text:") for n in needs if n.startswith("text:")), None)
+    return next(iter(_named(needs, "text")), None)
 
 
 def tasks_needed(needs: frozenset[str]) -> list[str]:
     """The task sets named by ``needs``."""
-    return sorted(need.removeprefix("task:") for need in needs if need.startswith("task:"))
+    return sorted(_named(needs, "task"))
 
 
 _REQUIRED = object()

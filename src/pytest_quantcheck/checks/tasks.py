@@ -13,8 +13,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pytest_quantcheck import stats
+from pytest_quantcheck.baseline import UPDATE_FLAG, BaselineError
 from pytest_quantcheck.checks.outcome import Context, Outcome, Subject, TaskAgainst
 from pytest_quantcheck.checks.registry import CheckType, Param, task_need
+from pytest_quantcheck.demo.tasks import task_specs
 
 if TYPE_CHECKING:
     from pytest_quantcheck.config import Settings
@@ -26,8 +28,6 @@ class _TaskCheck(CheckType):
         return frozenset({task_need(args["task"])})
 
     def conflict(self, args: Mapping[str, Any], settings: Settings) -> str | None:
-        from pytest_quantcheck.models import task_specs
-
         known = task_specs(settings)
         if args["task"] not in known:
             names = ", ".join(known) or "none are set"
@@ -55,8 +55,6 @@ def _paired(subject: Subject, ctx: Context, task: str,
 
 
 def _unpaired(task: str, label: str) -> Exception:
-    from pytest_quantcheck.baseline import UPDATE_FLAG, BaselineError
-
     return BaselineError(f"task {task!r}: {label} scored other tasks (another file or task"
                          f" limit), so answers cannot be paired; record it again with"
                          f" {UPDATE_FLAG}")

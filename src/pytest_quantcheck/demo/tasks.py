@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pytest_quantcheck.config import Settings, TaskSpec
 from pytest_quantcheck.demo.model import data_path
 
 SEED = 20261202
@@ -135,3 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def task_specs(settings: Settings) -> dict[str, TaskSpec]:
+    """The run's task sets by name: the ``tasks`` setting, or with the built-in demo model (no
+    ``model`` set) and no ``tasks``, the demo's three task files."""
+    if settings.tasks or settings.model is not None:
+        return dict(settings.tasks)
+    return {name.split(".")[0]: TaskSpec(task_path(name)) for name in FILES}
