@@ -55,7 +55,8 @@ def test_a_few_percent_passes_and_a_big_regression_fails(
     # far enough from the 3% tolerance that the verdicts themselves are not machine-dependent.
     result.stdout.fnmatch_lines([
         f"*perplexity_within(pct=3) FAIL for Q4_K_M: PPL {q4:.4g} vs {base:.4g} (base (reference)),"
-        f" {q4 / base - 1:+.2%}; 90% CI +*% to +*%; tolerance +3%; paired one-sided t-test on 142"
+        f" {q4 / base - 1:+.2%} over 142 chunks; 90% CI +*% to +*%; tolerance +3%; paired"
+        " one-sided t-test on 142"
         " chunk mean NLL differences, p = *, mode detect, alpha 0.05*",
         f"*Q5_K_M*perplexity_within(pct=3)*{q5:.4g}*{base:.4g}*{q5 / base - 1:+.2%}*PASS*",
     ])
