@@ -146,11 +146,6 @@ def _settings(config: pytest.Config) -> Settings:
         if not spec.file.is_file():
             raise ConfigError(settings.sources["tasks"], f"tasks.{name}",
                               f"{spec.file} is not a file; fix the path")
-    for key, names in (("variants", settings.variants), ("reference", (settings.reference,))):
-        for name in names:
-            path = settings.bases.get(key, Path.cwd()) / Path(name).expanduser()
-            if name.lower().endswith(".gguf") and not path.is_file():
-                raise ConfigError(settings.sources[key], key, f"{path} is not a file; fix the path")
     built = [v for v in (*settings.variants, settings.reference)
              if v.upper() in FILE_TYPES or v in settings.recipes]
     if settings.model is not None and built:  # a quantized base fails every variant: say so now
@@ -227,10 +222,27 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(XdistHooks(qs), "quantcheck-xdist")
 
 
+def _check_variant_files(settings: Settings) -> None:
+    """Every .gguf file named in ``variants`` or ``reference`` exists. Checked once every
+    ``pytest_configure`` has run, not in ours: a project's conftest may build its candidate
+    there (examples/custom_variants does), and a missing file must still stop the run before
+    any model is made."""
+    for key, names in (("variants", settings.variants), ("reference", (settings.reference,))):
+        for name in names:
+            path = settings.bases.get(key, Path.cwd()) / Path(name).expanduser()
+            if name.lower().endswith(".gguf") and not path.is_file():
+                raise ConfigError(settings.sources[key], key, f"{path} is not a file; fix the path")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Long steps show their progress where a person watches: on an interactive terminal, not
-    under -q, not in a CI log, not on a pytest-xdist worker (nobody sees its output)."""
+    """A missing variant file stops the run (see :func:`_check_variant_files`). Long steps
+    show their progress where a person watches: on an interactive terminal, not under -q, not
+    in a CI log, not on a pytest-xdist worker (nobody sees its output)."""
     config = session.config
+    try:
+        _check_variant_files(config.stash[session_key].settings)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if (tr is None or not tr.isatty() or config.get_verbosity() < 0 or os.environ.get("CI")
             or hasattr(config, "workerinput")):
