@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
 from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun, bytes_per_token
+from pytest_quantcheck.progress import Progress
 from pytest_quantcheck.refstore import (
     ReferenceStore,
     ReferenceStoreError,
@@ -51,8 +51,6 @@ from pytest_quantcheck.results import Cached, ResultCache, ResultKey
 from pytest_quantcheck.tasks.files import load as load_tasks
 from pytest_quantcheck.tasks.scoring import score as score_tasks
 from pytest_quantcheck.variants import check_gguf_path
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
