@@ -71,7 +71,7 @@ def test_a_new_check_is_one_class() -> None:
         def needs(self, args: Any) -> frozenset[str]:
             return frozenset({"size"})
 
-        def evaluate(self, args: Any, subject: Any, ctx: checks.Context,
+        def evaluate(self, args: Any, subject: Any, ctx: checks.Comparisons,
                      base: dict[str, Any]) -> checks.Outcome:
             ok = subject.size_bytes % args["by"] == 0
             return checks.Outcome(metric="size", verdict="pass" if ok else "fail",
@@ -85,8 +85,8 @@ def test_a_new_check_is_one_class() -> None:
         class Model:
             name, size_bytes = "m", 64
 
-        outcome = checks.parse("test_even_size", (8,)).evaluate(Model(), checks.Context(
-            0.05, "detect", lambda s, o: None))  # type: ignore[arg-type, return-value]
+        outcome = checks.parse("test_even_size", (8,)).evaluate(
+            Model(), checks.OwnMeasurements())  # type: ignore[arg-type]
         assert outcome.passed and outcome.check == "test_even_size(by=8)"
         with pytest.raises(TypeError, match="two checks are named"):
             type("Again", (CheckType,), {"marker": "test_even_size"})

@@ -115,19 +115,20 @@ def test_a_failing_throughput_check_is_confirmed_before_it_fails(
 
     model = FlakySpeed(*speeds)
 
-    def remeasure(subject: object, of: str | None) -> None:
-        model.measured += 1
+    class Confirming(checks.OwnMeasurements):
+        def remeasure(self, subject: object, of: str | None) -> bool:
+            model.measured += 1
+            return True
 
     check = checks.parse("throughput_at_least", (), {"tokens_per_s": 100})
-    outcome = check.evaluate(model, checks.Context(0.05, "detect", lambda s, o: None,  # type: ignore[arg-type, return-value]
-                                                   remeasure=remeasure))
+    outcome = check.evaluate(model, Confirming())
     assert outcome.verdict == verdict
     assert model.measured == (1 if len(speeds) > 1 else 0)
     if note:
         assert note in outcome.message()
     # without confirmation a failure stands, measured once
     once = FlakySpeed(*speeds)
-    plain = check.evaluate(once, checks.Context(0.05, "detect", lambda s, o: None))  # type: ignore[arg-type, return-value]
+    plain = check.evaluate(once, checks.OwnMeasurements())
     assert plain.verdict == ("fail" if speeds[0] < 100 else "pass") and once.measured == 0
 
 

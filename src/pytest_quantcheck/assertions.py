@@ -48,35 +48,6 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
     __tracebackhide__ = True
     if mode not in ("detect", "prove"):
         raise checks.CheckArgumentError(f"mode must be 'detect' or 'prove', got {mode!r}")
-    def against() -> Any:
-        return of if of is not None else model.reference()
-
-    def resolve(subject: Any, _of: str | None, text: str | None = None) -> checks.Against:
-        compared = against()
-        res = compared.perplexity() if text is None else compared.perplexity(text)
-        return checks.Against(compared.name, res.chunk_nll)
-
-    def resolve_speed(subject: Any, _of: str, phase: str) -> checks.SpeedAgainst:
-        compared = against()
-        tests = compared.throughput().tests
-        if phase not in tests:
-            raise checks.CheckArgumentError(f"{compared.name} has no {phase} throughput test")
-        return checks.SpeedAgainst(compared.name, tests[phase])
-
-    def resolve_task(subject: Any, _of: str | None, task: str) -> checks.TaskAgainst:
-        compared = against()
-        return checks.TaskAgainst.of(compared.name, compared.task(task))
-
-    def resolve_kl(subject: Any, _of: str, text: str | None = None) -> Any:
-        return subject.kl_divergence(against(), text=text)
-
-    def resolve_tensors(subject: Any, _of: str) -> tuple[str, dict[str, list[str]]]:
-        if of is None:
-            raise checks.CheckArgumentError(
-                f"assert_{kind.marker} compares two files: pass the other model (a helper"
-                " cannot read the baseline; use the marker for that)")
-        return of.name, of.tensor_mix().hashes()
-
     models = getattr(model, "models", None)
     if isinstance(models, Models) and models.decide is not None:
         # a fixture's model: decided by the run, as a marker with these arguments would be
@@ -88,9 +59,10 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
         outcome = models.decide(check, model, alpha, mode,
                                 (where["nodeid"], where["file"], where["line"]))
     else:
-        outcome = checks.parse(kind.marker, args, kwargs).evaluate(model, checks.Context(
-            alpha, mode, resolve, resolve_speed, resolve_task=resolve_task,
-            resolve_kl=resolve_kl, resolve_tensors=resolve_tensors))
+        # a model outside a run: measured by its own methods, compared with ``of`` or its
+        # reference
+        outcome = checks.parse(kind.marker, args, kwargs).evaluate(
+            model, checks.OwnMeasurements(alpha, mode, of))
     if not outcome.passed:
         raise AssertionError(outcome.message())
     return outcome

@@ -5,6 +5,7 @@ lists them."""
 from pytest_quantcheck.checks import quality, speed, tasks  # isort: split
 
 from pytest_quantcheck.checks import files  # registered last, so listed last
+from pytest_quantcheck.checks.comparison import Comparisons, OwnMeasurements
 from pytest_quantcheck.checks.outcome import (
     ERROR,
     FATES,
@@ -13,7 +14,6 @@ from pytest_quantcheck.checks.outcome import (
     Against,
     CheckArgumentError,
     CheckSkipped,
-    Context,
     Outcome,
     SpeedAgainst,
     Subject,
@@ -42,8 +42,9 @@ __all__ = [
     "CheckArgumentError",
     "CheckSkipped",
     "CheckType",
-    "Context",
+    "Comparisons",
     "Outcome",
+    "OwnMeasurements",
     "Param",
     "SpeedAgainst",
     "Subject",

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from pytest_quantcheck import stats
-from pytest_quantcheck.checks.outcome import Context, Outcome, Subject
+from pytest_quantcheck.checks.comparison import Comparisons
+from pytest_quantcheck.checks.outcome import Outcome, Subject
 from pytest_quantcheck.checks.registry import SIZE, CheckType, Param
 from pytest_quantcheck.tensor_mix import changed_tensors
 
@@ -31,11 +32,9 @@ class TensorsUnchanged(CheckType):
         of: str | None = args["of"]
         return of
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
-        if ctx.resolve_tensors is None:
-            raise ValueError("tensors_unchanged needs a context that resolves other files")
-        label, stored = ctx.resolve_tensors(subject, args["of"])
+        label, stored = ctx.tensors_against(subject, args["of"])
         now = subject.tensor_mix().hashes()
         changed = changed_tensors(now, stored)
         shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8

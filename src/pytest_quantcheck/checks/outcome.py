@@ -1,5 +1,6 @@
 """What a check is decided on and what it decides: the :class:`Subject` (a model), what it is
-compared with (:class:`Against`, :class:`SpeedAgainst`, found through a :class:`Context`), and the
+compared with (:class:`Against`, :class:`SpeedAgainst`, :class:`TaskAgainst`, found through
+:class:`~pytest_quantcheck.checks.comparison.Comparisons`), and the
 :class:`Outcome`, whose ``message`` says what was measured, against what, by how much, how sure,
 and what to do. No pytest here.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
@@ -16,9 +17,7 @@ import numpy as np
 
 from pytest_quantcheck import stats
 from pytest_quantcheck.baseline import UPDATE_FLAG
-from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.memory import MemoryUsage
-from pytest_quantcheck.metrics.perplexity import PerplexityResult
 from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
 from pytest_quantcheck.tensor_mix import TensorMix
@@ -34,22 +33,19 @@ class CheckSkipped(Exception):
 
 
 class Subject(Protocol):
+    """The model a check decides on: its file, and what is measured of it whole (chunk and task
+    measurements come through :class:`~pytest_quantcheck.checks.comparison.Comparisons`, which
+    knows how many a decision rests on)."""
+
     name: str
     size_bytes: int
 
     @property
     def bits_per_weight(self) -> float: ...
 
-    # text: a named evaluation text (checks pass it only when one is named)
-    def perplexity(self, text: str | None = None) -> PerplexityResult: ...
-
-    def kl_divergence(self, reference: Any = None, text: str | None = None) -> KLDResult: ...
-
     def throughput(self) -> ThroughputRun: ...
 
     def memory(self) -> MemoryUsage: ...
-
-    def task(self, name: str) -> TaskResult: ...
 
     def tensor_mix(self) -> TensorMix: ...
 
@@ -247,27 +243,6 @@ def _num(x: float) -> str:
 
 
 # ---- evaluation --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Context:
-    """How a check finds what it compares with; supplied by the session or a helper's caller."""
-
-    alpha: float
-    mode: str
-    resolve: Callable[..., Against]  # (subject, of[, text]) -> comparison
-    resolve_speed: Callable[[Subject, str, str], SpeedAgainst] | None = None  # (subject, of, phase)
-    # Measure throughput again (the subject, and ``of`` when it names a variant), to confirm a
-    # failing check before it fails; None: a failure stands.
-    remeasure: Callable[[Subject, str | None], None] | None = None
-    resolve_task: Callable[[Subject, str | None, str], TaskAgainst] | None = None  # (subject, of, task)
-    # (subject, of, text): the subject's KL divergence from the model ``of`` names (not the
-    # run's reference), on the default text or a named one
-    resolve_kl: Callable[[Subject, str, str | None], KLDResult] | None = None
-    # (subject, of) -> what to call the other side, and its tensor types and hashes: the
-    # baseline's record of the subject, or another model's file
-    resolve_tensors: Callable[[Subject, str], tuple[str, dict[str, list[str]]]] | None = None
-    texts: tuple[str, ...] = ()  # the named evaluation texts (text="macro" averages them)
 
 
 def apply_holm(outcomes: list[Outcome]) -> list[Outcome]:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pytest_quantcheck import stats
-from pytest_quantcheck.checks.outcome import CheckArgumentError, Context, Outcome, Subject
+from pytest_quantcheck.checks.comparison import Comparisons
+from pytest_quantcheck.checks.outcome import CheckArgumentError, Outcome, Subject
 from pytest_quantcheck.checks.registry import (
     KL,
     KL_FROM,
@@ -21,7 +22,6 @@ from pytest_quantcheck.checks.registry import (
     text_need,
 )
 from pytest_quantcheck.metrics.kld import KLDResult
-from pytest_quantcheck.metrics.perplexity import PerplexityResult
 
 if TYPE_CHECKING:
     from pytest_quantcheck.config import Settings
@@ -37,7 +37,7 @@ def _on(text: str | None) -> str:
     return "" if text is None else f" ({text})"
 
 
-def _texts(ctx: Context, text: str | None) -> list[str | None]:
+def _texts(ctx: Comparisons, text: str | None) -> list[str | None]:
     """The texts a check is decided on: one, or every named text for ``text="macro"``."""
     if text != MACRO:
         return [text]
@@ -47,20 +47,11 @@ def _texts(ctx: Context, text: str | None) -> list[str | None]:
     return list(ctx.texts)
 
 
-def _ppl(subject: Subject, text: str | None) -> PerplexityResult:
-    return subject.perplexity() if text is None else subject.perplexity(text)
-
-
-def _kl_from(subject: Subject, ctx: Context, of: str | None,
+def _kl_from(subject: Subject, ctx: Comparisons, of: str | None,
              text: str | None = None) -> tuple[KLDResult, str]:
     """The subject's KL pass against the run's reference (``of=None``) or the model ``of``
     names, on a text, and the words the metric's name ends with."""
-    if of is None:
-        res = subject.kl_divergence() if text is None else subject.kl_divergence(text=text)
-        return res, ""
-    if ctx.resolve_kl is None:
-        raise ValueError("a KL check with of= needs a context that resolves other models")
-    return ctx.resolve_kl(subject, of, text), f" from {of}"
+    return ctx.kl_divergence(subject, of, text), "" if of is None else f" from {of}"
 
 
 class _OnText(CheckType):
@@ -101,11 +92,11 @@ class PerplexityWithin(_OnText):
                " (`of=\"Q8_0\"`) or the baseline (`of=\"baseline\"`), on the default text,"
                " a named one (`text=`) or all of them macro-averaged (`text=\"macro\"`)")
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
         margin = math.log1p(args["pct"] / 100)
         texts = _texts(ctx, args["text"])
-        pairs = [(_ppl(subject, t).chunk_nll, ctx.resolve(subject, args["of"], t))
+        pairs = [(ctx.perplexity(subject, t).chunk_nll, ctx.perplexity_against(subject, args["of"], t))
                  for t in texts]
         other = pairs[0][1]
         if args["text"] == MACRO:
@@ -127,9 +118,9 @@ class PerplexityAtMost(_OnText):
     params = (Param("value", low=1.0), TEXT)
     summary = "PPL at most `value` (on the default text, a named one, or `text=\"macro\"`)"
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
-        nll = [_ppl(subject, t).chunk_nll for t in _texts(ctx, args["text"])]
+        nll = [ctx.perplexity(subject, t).chunk_nll for t in _texts(ctx, args["text"])]
         limit = math.log(args["value"])
         if args["text"] == MACRO:
             d = stats.macro_mean_at_most(nll, limit, ctx.alpha, ctx.mode, "chunk mean NLLs")
@@ -156,7 +147,7 @@ class KLDivergenceAtMost(_OnText):
             return "text='macro' averages the mean KL divergence; use stat='mean' or one text"
         return None
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
         found = [_kl_from(subject, ctx, args["of"], t) for t in _texts(ctx, args["text"])]
         kld, source = found[0]
@@ -187,7 +178,7 @@ class Top1AgreementAtLeast(_OnText):
     def macro_conflict(self, args: Mapping[str, Any]) -> str | None:
         return "text='macro' is for perplexity and the mean KL divergence; name one text"
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
         kld, source = _kl_from(subject, ctx, args["of"], args["text"])
         per_chunk = kld.n_tokens // kld.n_chunks
@@ -210,7 +201,7 @@ class SizeAtMost(CheckType):
     def refine(self, args: dict[str, Any], given: set[str]) -> dict[str, Any]:
         return {k: v for k, v in args.items() if k in given}
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
         if "bytes" in args:
             ok = subject.size_bytes <= args["bytes"]

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pytest_quantcheck.checks.outcome import CheckArgumentError, Context, Outcome, Subject
+from pytest_quantcheck.checks.outcome import CheckArgumentError, Outcome, Subject
 
 if TYPE_CHECKING:
+    from pytest_quantcheck.checks.comparison import Comparisons
     from pytest_quantcheck.config import Settings
 
 class Need(str):
@@ -217,7 +218,7 @@ class CheckType:
         of: str | None = args.get("of")
         return of
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
         """Decide the check; ``base`` holds the fields every outcome shares."""
         raise NotImplementedError
@@ -258,7 +259,7 @@ class Check:
     def compares_with(self) -> str | None:
         return self.kind.compares_with(self.args)
 
-    def evaluate(self, subject: Subject, ctx: Context) -> Outcome:
+    def evaluate(self, subject: Subject, ctx: Comparisons) -> Outcome:
         __tracebackhide__ = True
         base = {"check": self.label, "variant": subject.name, "mode": ctx.mode, "alpha": ctx.alpha}
         outcome = self.kind.evaluate(self.args, subject, ctx, base)

@@ -11,10 +11,10 @@ import numpy as np
 
 from pytest_quantcheck import stats
 from pytest_quantcheck.baseline import UPDATE_FLAG
+from pytest_quantcheck.checks.comparison import Comparisons
 from pytest_quantcheck.checks.outcome import (
     CheckArgumentError,
     CheckSkipped,
-    Context,
     Outcome,
     Subject,
 )
@@ -65,14 +65,13 @@ class ThroughputAtLeast(CheckType):
     def needs(self, args: Mapping[str, Any]) -> frozenset[str]:
         return frozenset({speed(args["phase"])})
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
         first = self._measure(args, subject, ctx, base)
-        if first.verdict != stats.FAIL or ctx.remeasure is None:
-            return first
         # Confirm before failing: measure again and fail only if that fails too. The two
         # failing together is a subset of the first failing, so false alarms stay <= alpha.
-        ctx.remeasure(subject, args.get("of"))
+        if first.verdict != stats.FAIL or not ctx.remeasure(subject, args.get("of")):
+            return first
         second = self._measure(args, subject, ctx, base)
         p1 = first.decision.p_value if first.decision else float("nan")
         if second.verdict == stats.FAIL:
@@ -82,13 +81,11 @@ class ThroughputAtLeast(CheckType):
                     f" did not: decided on the second")
         return replace(second, note="; ".join(n for n in (second.note, note) if n))
 
-    def _measure(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def _measure(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
         other = None
         if "pct" in args:
-            if ctx.resolve_speed is None:
-                raise CheckArgumentError("this caller cannot compare throughput with another model")
-            other = ctx.resolve_speed(subject, args["of"], args["phase"])
+            other = ctx.speed_against(subject, args["of"], args["phase"])
         # compared with another variant of this run: the run measured interleaved with it
         run = other.mine if other is not None and other.mine is not None else subject.throughput()
         mine = _phase_result(run, args["phase"], subject.name)
@@ -141,7 +138,7 @@ class MemoryAtMost(CheckType):
     def needs(self, args: Mapping[str, Any]) -> frozenset[str]:
         return frozenset({MEMORY})
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
         usage = subject.memory()
         if args["device"] == "gpu":

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_quantcheck import stats
 from pytest_quantcheck.baseline import UPDATE_FLAG, BaselineError
-from pytest_quantcheck.checks.outcome import Context, Outcome, Subject, TaskAgainst
+from pytest_quantcheck.checks.comparison import Comparisons
+from pytest_quantcheck.checks.outcome import Outcome, Subject, TaskAgainst
 from pytest_quantcheck.checks.registry import CheckType, Param, task_need
 from pytest_quantcheck.demo.tasks import task_specs
 
@@ -36,13 +37,11 @@ class _TaskCheck(CheckType):
         return None
 
 
-def _paired(subject: Subject, ctx: Context, task: str,
+def _paired(subject: Subject, ctx: Comparisons, task: str,
             of: str | None) -> tuple[TaskResult, TaskAgainst, int, int]:
     """This model's result, the other side's, and the tasks lost and gained against it."""
-    mine = subject.task(task)
-    if ctx.resolve_task is None:
-        raise ValueError("task checks need a context that resolves task results")
-    other = ctx.resolve_task(subject, of, task)
+    mine = ctx.task(subject, task)
+    other = ctx.task_against(subject, of, task)
     if other.selection != mine.selection():
         raise _unpaired(task, other.label)
     if other.correct.size < mine.n_tasks:
@@ -71,9 +70,9 @@ class AccuracyAtLeast(_TaskCheck):
     summary = ("accuracy on the named task set (a fraction, HellaSwag / Winogrande /"
                " multiple-choice, as llama-perplexity scores it) at least `value`")
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
-        res = subject.task(args["task"])
+        res = ctx.task(subject, args["task"])
         d = stats.rate_at_least(res.n_correct, res.n_tasks, args["value"], ctx.alpha, ctx.mode,
                                 "right answers")
         return Outcome(metric=f"{args['task']} accuracy", verdict=d.verdict,
@@ -90,7 +89,7 @@ class AccuracyWithin(_TaskCheck):
                " another variant's or the baseline's, paired task by task (exact McNemar test;"
                " Tango's score test with a margin)")
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
         mine, other, lost, gained = _paired(subject, ctx, args["task"], args["of"])
         d = stats.paired_drop_at_most(lost, gained, mine.n_tasks, args["points"] / 100,
@@ -112,7 +111,7 @@ class FlipsAtMost(_TaskCheck):
                " reference, `of=` a variant or the baseline) at most `fraction` (exact binomial"
                " test)")
 
-    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Context,
+    def evaluate(self, args: Mapping[str, Any], subject: Subject, ctx: Comparisons,
                  base: dict[str, Any]) -> Outcome:
         mine, other, lost, gained = _paired(subject, ctx, args["task"], args["of"])
         d = stats.rate_at_most(lost + gained, mine.n_tasks, args["fraction"], ctx.alpha,

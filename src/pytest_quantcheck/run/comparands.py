@@ -1,21 +1,24 @@
 """What a check compares with, at every chunk (task) or the first n: the run's reference,
-another model of the run, or the stored baseline. The checks see it through the
-:class:`~pytest_quantcheck.checks.Context` this module builds; the decider asks for one context
-a look.
+another model of the run, or the stored baseline. The checks see it through
+:class:`RunComparisons`, this run's implementation of the checks' own
+:class:`~pytest_quantcheck.checks.Comparisons` protocol; the decider asks for one a decision
+(a look: the first n chunks or tasks).
 
 No pytest here.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pytest_quantcheck import baseline
-from pytest_quantcheck.checks import Against, CheckSkipped, Context, SpeedAgainst, TaskAgainst
+from pytest_quantcheck.checks import Against, CheckSkipped, SpeedAgainst, Subject, TaskAgainst
 from pytest_quantcheck.config import Settings
+from pytest_quantcheck.metrics.kld import KLDResult
+from pytest_quantcheck.metrics.perplexity import PerplexityResult
+from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.models import REFERENCE, Models, QuantModel
 
 
@@ -27,21 +30,13 @@ class Comparands:
     models: Models
     baseline_mode: str = "off"  # "off", "compare" or "update"
 
-    def context(self, alpha: float | None = None, mode: str | None = None,
-                n: int | None = None) -> Context:
-        """What a check compares with: at the run's alpha and mode (a helper passes its own),
-        over every chunk and task, or the first ``n`` (a look; throughput is not re-measured
-        inside a look)."""
-        level = self.settings.alpha if alpha is None else alpha
-        how = self.settings.mode if mode is None else mode
-        if n is not None:
-            return Context(level, how, functools.partial(self.resolve, n=n), self.resolve_speed,
-                           None, functools.partial(self.resolve_task, n=n),
-                           functools.partial(self.resolve_kl, n=n), texts=self.models.texts())
-        return Context(level, how, self.resolve, self.resolve_speed,
-                       self.remeasure if self.settings.throughput_confirm else None,
-                       self.resolve_task, self.resolve_kl, self.resolve_tensors,
-                       self.models.texts())
+    def at(self, alpha: float | None = None, mode: str | None = None,
+           n: int | None = None) -> RunComparisons:
+        """What one decision rests on: at the run's alpha and mode (a helper passes its own),
+        over every chunk and task, or the first ``n`` (a look)."""
+        return RunComparisons(self, self.settings.alpha if alpha is None else alpha,
+                              self.settings.mode if mode is None else mode, n,
+                              tuple(self.models.texts()))
 
     def other(self, of: str | None) -> QuantModel:
         """The model a check's ``of`` names: the run's reference (None, or a helper's
@@ -152,3 +147,55 @@ class Comparands:
             raise CheckSkipped(exc.reason(f"the {phase} throughput baseline of {subject.name}")
                                ) from None
         return SpeedAgainst(f"baseline {stored.path.name}", runs[-1], True, tuple(runs))
+
+
+def _model(subject: Subject) -> QuantModel:
+    if not isinstance(subject, QuantModel):  # checks hand back the subject they were given
+        raise TypeError(f"a run decides on its own models, not {subject!r}")
+    return subject
+
+
+@dataclass(frozen=True)
+class RunComparisons:
+    """The checks' :class:`~pytest_quantcheck.checks.Comparisons` in a run: the subject's
+    measurements and the other side of each comparison, over every chunk and task or the first
+    ``n`` (a look)."""
+
+    comparands: Comparands
+    alpha: float
+    mode: str
+    n: int | None = None
+    texts: tuple[str, ...] = ()
+
+    def perplexity(self, subject: Subject, text: str | None) -> PerplexityResult:
+        return self.comparands.models.perplexity(_model(subject), self.n, text)
+
+    def kl_divergence(self, subject: Subject, of: str | None, text: str | None) -> KLDResult:
+        if of is None:
+            return self.comparands.models.kl_divergence(_model(subject), self.n, text=text)
+        result: KLDResult = self.comparands.resolve_kl(subject, of, text, self.n)
+        return result
+
+    def task(self, subject: Subject, name: str) -> TaskResult:
+        return self.comparands.models.task(_model(subject), name, self.n)
+
+    def perplexity_against(self, subject: Subject, of: str | None,
+                           text: str | None) -> Against:
+        return self.comparands.resolve(subject, of, text, self.n)
+
+    def task_against(self, subject: Subject, of: str | None, task: str) -> TaskAgainst:
+        return self.comparands.resolve_task(subject, of, task, self.n)
+
+    def speed_against(self, subject: Subject, of: str, phase: str) -> SpeedAgainst:
+        return self.comparands.resolve_speed(subject, of, phase)
+
+    def remeasure(self, subject: Subject, of: str | None) -> bool:
+        """Throughput is measured again only in a whole decision (looks are for chunks and
+        tasks) and with ``throughput_confirm`` on."""
+        if self.n is not None or not self.comparands.settings.throughput_confirm:
+            return False
+        self.comparands.remeasure(subject, of)
+        return True
+
+    def tensors_against(self, subject: Subject, of: str) -> tuple[str, dict[str, list[str]]]:
+        return self.comparands.resolve_tensors(subject, of)

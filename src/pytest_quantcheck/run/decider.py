@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from pytest_quantcheck import baseline, exchange, sequential, stats
 from pytest_quantcheck.blame import BLAMED_METRICS, culprits
@@ -31,26 +30,6 @@ from pytest_quantcheck.run.comparands import Comparands
 from pytest_quantcheck.sequential import look_alphas, look_schedule
 
 CHUNK_NEEDS = frozenset({PPL, KL, KL_FROM})  # checks decided on chunks: looks can stop them
-
-
-class _Look:
-    """A model as a look sees it: its perplexity and KL divergence over the first ``n`` chunks,
-    or its answers to the first ``n`` tasks of a set (a check looks at chunks or at tasks)."""
-
-    def __init__(self, model: QuantModel, n: int) -> None:
-        self._model, self._n = model, n
-
-    def perplexity(self, text: str | None = None) -> Any:
-        return self._model.models.perplexity(self._model, self._n, text)
-
-    def kl_divergence(self, reference: QuantModel | None = None, text: str | None = None) -> Any:
-        return self._model.models.kl_divergence(self._model, self._n, reference, text)
-
-    def task(self, name: str) -> Any:
-        return self._model.models.task(self._model, name, self._n)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
 
 
 @dataclass
@@ -126,11 +105,11 @@ class Decider:
             found = self._holm.get((check.label, model.name))
             if found is None or (isinstance(found, Outcome)
                                  and (found.alpha, found.mode) != (alpha, mode)):
-                return check.evaluate(model, self.comparands.context(alpha, mode))
+                return check.evaluate(model, self.comparands.at(alpha, mode))
             if isinstance(found, Exception):
                 raise found  # skipped or failed to evaluate: reported at this check's turn
             return found
-        return check.evaluate(model, self.comparands.context(alpha, mode))
+        return check.evaluate(model, self.comparands.at(alpha, mode))
 
     def decide_test(self, found: list[Check], model: QuantModel,
                     where: tuple[str, str, int]) -> CheckedTest:
@@ -192,7 +171,7 @@ class Decider:
         """A check against the baseline in a run that writes it: what is stored, measured over
         every chunk (a baseline holds them all), and not judged: the record being written is
         no evidence about itself."""
-        measured = check.evaluate(model, self.comparands.context())
+        measured = check.evaluate(model, self.comparands.at())
         reason = f"stored in {self.comparands.baseline_path()} ({baseline.UPDATE_FLAG}); not compared"
         phase = check.args.get("phase")
         if phase is not None and "pct" in check.args:
@@ -246,7 +225,7 @@ class Decider:
         looks = look_schedule(n_total, least, group)
 
         def evaluate(n: int, level: float, how: str) -> Outcome:
-            return check.evaluate(_Look(model, n), self.comparands.context(level, how, n))
+            return check.evaluate(model, self.comparands.at(level, how, n))
 
         outcome, i = sequential.decide(looks, look_alphas(looks, alpha), mode, evaluate)
         n = looks[i]
@@ -278,7 +257,7 @@ class Decider:
                 try:
                     model = self.models.model(spec)
                     name = model.name
-                    found[(check.label, name)] = check.evaluate(model, self.comparands.context())
+                    found[(check.label, name)] = check.evaluate(model, self.comparands.at())
                 except Exception as exc:
                     found[(check.label, name)] = exc
             return found
