@@ -26,7 +26,7 @@ def test_kl_from_another_model_is_the_engines_pass_against_it(tmp_path: Path) ->
     from_q8 = session.models.kl_divergence(worse, reference=q8)
     from_copy = session.models.kl_divergence(worse, reference=copy)
     direct = Engine(FakeBackend(), cache_dir=tmp_path / "direct").kl_divergence(
-        q8.path, worse.path, session.eval_text(), session.models.protocol)
+        q8.path, worse.path, session.eval_text(), session.models.store.protocol)
     for res in (from_q8, from_copy):  # the same bytes under another name: the same numbers
         np.testing.assert_array_equal(res.token_kld, direct.token_kld)
         np.testing.assert_array_equal(res.chunk_same_top, direct.chunk_same_top)

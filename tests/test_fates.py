@@ -241,7 +241,7 @@ def test_steps_name_each_look(qc_project: pytest.Pytester) -> None:
     settings = merge([Layer("test", root, {"model": "nine_pct.gguf", "variants": ["base"],
                                           "eval_text": "eval.txt", "n_ctx": 64, "n_batch": 64})])
     qs = QuantSession(settings, FakeBackend)
-    qs.models.step_note_after = 0.0  # every step noted, however fast
+    qs.models.store.step_note_after = 0.0  # every step noted, however fast
     model = qs.model("base")
     qs.models.perplexity(model, 4)
     qs.models.perplexity(model, 8)

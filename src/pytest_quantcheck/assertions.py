@@ -52,7 +52,7 @@ def _run(kind: checks.CheckType, model: Any, of: Any, args: tuple[Any, ...],
     if isinstance(models, Models) and models.decide is not None:
         # a fixture's model: decided by the run, as a marker with these arguments would be
         check = checks.parse(kind.marker, args, kwargs)
-        conflict = check.kind.conflict(check.args, models.settings)
+        conflict = check.kind.conflict(check.args, models.store.settings)
         if conflict:  # what a marker's arguments are checked against at collection
             raise checks.CheckArgumentError(f"assert_{kind.marker}: {conflict}")
         where = _where_fields()

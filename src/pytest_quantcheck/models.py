@@ -7,11 +7,9 @@ No pytest here; the session (:mod:`pytest_quantcheck.session`) owns one :class:`
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple, TypeVar
 
@@ -27,9 +25,9 @@ from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
 from pytest_quantcheck.metrics.tasks import TaskResult
 from pytest_quantcheck.metrics.throughput import ThroughputRun
-from pytest_quantcheck.progress import Progress
 from pytest_quantcheck.refstore import ReferenceStore
 from pytest_quantcheck.run.store import BASE as BASE
+from pytest_quantcheck.run.store import ModelStore
 from pytest_quantcheck.run.timings import Timings
 from pytest_quantcheck.tensor_mix import TensorMix, read_mix
 from pytest_quantcheck.variants import (
@@ -125,9 +123,9 @@ class QuantModel:
     def blame(self, by: str = "kind", text: str | None = None) -> BlameResult:
         """Each tensor group's share of this model's KL divergence from the base model
         (:mod:`pytest_quantcheck.blame`), on the default evaluation text or the one named."""
-        m = self.models
-        return blame(m.base_path(), self.path, m.eval_text(text), m.protocol, by=by,
-                     engine=m.engine, name=self.name)
+        store = self.models.store
+        return blame(store.base_path(), self.path, store.eval_text(text), store.protocol, by=by,
+                     engine=store.engine, name=self.name)
 
     def reference(self) -> QuantModel:
         """The model relative checks compare this one with by default."""
@@ -135,18 +133,18 @@ class QuantModel:
 
     def throughput(self) -> ThroughputRun:
         """llama-bench's pp and tg tests, timed with the machine to itself."""
-        return self.models.throughput(self)
+        return self.models.timings.throughput(self)
 
     def memory(self) -> MemoryUsage:
         """Resident (and GPU) memory of load plus one evaluation batch."""
-        return self.models.memory(self)
+        return self.models.timings.memory(self)
 
     def task(self, name: str) -> TaskResult:
         """Accuracy on the task set ``name`` (from the ``tasks`` setting), per task."""
         return self.models.task(self, name)
 
     def fingerprint(self) -> Fingerprint:
-        return self.models.fingerprint()
+        return self.models.timings.fingerprint()
 
     def tensor_mix(self) -> TensorMix:
         """The tensor types llama.cpp wrote into this file, and a hash per tensor."""
@@ -157,9 +155,13 @@ class QuantModel:
 
 
 @dataclass
-class Models(Timings):
+class Models:
     """The models of one run and their measurements: memo tables of results (whole, or as far
-    as a look needed), the plan of passes, and the models table."""
+    as a look needed), the plan of passes, and the models table; files and texts come from
+    the ``store``, throughput and memory from the ``timings``."""
+
+    store: ModelStore
+    timings: Timings
 
     # Decides an assertion helper's check on one of these models as the run decides a marker's
     # (check, model, alpha, mode, (node id, file, line)), keeping its fate for the reports.
@@ -167,9 +169,6 @@ class Models(Timings):
     ppl: dict[PassKey, PerplexityResult] = field(default_factory=dict)
     kld: dict[PassKey, KLDResult] = field(default_factory=dict)
     task_results: dict[tuple[str, str], TaskResult] = field(default_factory=dict)  # (model, task)
-    # per model: chunks decoded in this run, and the seconds its decoding took
-    decoded: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
     tasks_scored: dict[str, int] = field(default_factory=dict)  # per model, scored in this run
     _partial_ppl: dict[PassKey, PerplexityResult] = field(default_factory=dict)
     _partial_kld: dict[PassKey, KLDResult] = field(default_factory=dict)
@@ -188,8 +187,8 @@ class Models(Timings):
     def model(self, spec: str) -> QuantModel:
         """``base``, a llama.cpp file type, or a path to a .gguf file."""
         if spec not in self._by_spec:
-            with self.step(f"preparing {spec}"):
-                model = QuantModel(self, self.variant(spec))
+            with self.store.step(f"preparing {spec}"):
+                model = QuantModel(self, self.store.variant(spec))
             same = [(other, m) for other, m in self._by_spec.items() if m.name == model.name]
             if same and same[0][1].path.resolve() == model.path.resolve():
                 model = same[0][1]  # one file named two ways: one model, measured once
@@ -201,7 +200,7 @@ class Models(Timings):
         return self._by_spec[spec]
 
     def reference(self) -> QuantModel:
-        return self.model(self.settings.reference)
+        return self.model(self.store.settings.reference)
 
     def named(self, name: str) -> QuantModel:
         """A model of the run by its name (an assertion helper's ``of=`` model: a .gguf
@@ -219,7 +218,7 @@ class Models(Timings):
         chunks to decode for it (the first look)."""
         if reference is not None:
             other = None if reference.name == self.reference().name else reference
-            return self._reference_store(first, other, self.named_text(text)).n_available
+            return self._reference_store(first, other, self.store.named_text(text)).n_available
         return self.perplexity(model, first, text).n_available
 
     def plan(self, needs: Iterable[tuple[str, frozenset[str]]]) -> None:
@@ -231,14 +230,14 @@ class Models(Timings):
         for variant, wants in needs:
             if KL in wants:
                 text = text_of(wants)
-                texts = self.texts() if text == MACRO else (text,)
-                self._wants_kl |= {(variant, self.named_text(t)) for t in texts or (None,)}
+                texts = self.store.texts() if text == MACRO else (text,)
+                self._wants_kl |= {(variant, self.store.named_text(t)) for t in texts or (None,)}
 
     def perplexity(self, model: QuantModel, upto: int | None = None,
                    text: str | None = None) -> PerplexityResult:
         """The model's perplexity over all chunks, or the first ``upto`` (a sequential look), on
         the default text or the one named ``text``."""
-        text = self.named_text(text)
+        text = self.store.named_text(text)
         key = PassKey(model.name, text)
         held = _held(self.ppl, self._partial_ppl, key, upto, _first_chunks)
         if held is not None:
@@ -249,43 +248,17 @@ class Models(Timings):
         if key in self.kld or wants_kl:
             kld = self.kl_divergence(model, upto, text=text)
             store = self._reference_store(upto, text=text)
-            res = perplexity_from_nll(kld.token_nll, self.protocol.n_ctx,
+            res = perplexity_from_nll(kld.token_nll, self.store.protocol.n_ctx,
                                       str(store.meta["tokens_sha256"]), store.n_available)
         elif model.name == self.reference().name and any(t == text for _v, t in self._wants_kl):
             res = self._reference_store(upto, text=text).perplexity()
         else:
-            with self._measured(model, "perplexity", text is None) as (note, progress):
-                res, decoded = self.engine.perplexity_upto(model.path, self.eval_text(text),
-                                                           self.protocol, upto, progress)
+            with self.store.decoding(model.name, "perplexity", text is None) as (note, progress):
+                res, decoded = self.store.engine.perplexity_upto(model.path, self.store.eval_text(text),
+                                                           self.store.protocol, upto, progress)
                 note(res.n_chunks, decoded)
         _keep(self.ppl, self._partial_ppl, key, res, res.n_available)
         return _first_chunks(res, upto)
-
-    @contextlib.contextmanager
-    def _measured(self, model: QuantModel, what: str, default: bool = True
-                  ) -> Iterator[tuple[Callable[[int, int], None], Progress | None]]:
-        """A decoding step: its time, and how many chunks it decoded (the step calls the
-        function it gets with the chunks it returns and those it decoded, and passes the
-        progress callback on to the engine); ``default``: a pass on the default text against
-        the run's reference, the one the chunk counts describe (other texts and other models'
-        passes add their time only). The steps section names the chunks each look decoded."""
-        start = time.perf_counter()
-        counts: list[int] = []
-
-        def detail() -> str:
-            if not counts:
-                return ""
-            used, decoded = counts
-            return (f"chunks {used - decoded + 1}-{used}" if decoded
-                    else f"{used} chunks from the cache")
-
-        with self.step(f"{what} of {model.name}", detail=detail) as progress:
-            yield (lambda used, decoded: counts.extend((used, decoded))), progress
-        seconds = time.perf_counter() - start
-        self.seconds[model.name] = self.seconds.get(model.name, 0.0) + seconds
-        if default:
-            self.decoded[model.name] = (self.decoded.get(model.name, 0)
-                                        + (counts[1] if counts else 0))
 
     def _reference_store(self, upto: int | None = None, other: QuantModel | None = None,
                          text: str | None = None) -> ReferenceStore:
@@ -296,9 +269,9 @@ class Models(Timings):
         store = self._stores.get((ref.name, text))
         if store is None or (not store.meta.get("complete") and (
                 upto is None or store.n_chunks < upto)):
-            with self._measured(ref, "reference log-probs",
+            with self.store.decoding(ref.name, "reference log-probs",
                                 other is None and text is None) as (note, progress):
-                store = self.engine.reference(ref.path, self.eval_text(text), self.protocol,
+                store = self.store.engine.reference(ref.path, self.store.eval_text(text), self.store.protocol,
                                               progress=progress, upto=upto)
                 note(store.n_chunks, store.decoded)
             self._stores[(ref.name, text)] = store
@@ -310,7 +283,7 @@ class Models(Timings):
         """The model's KL pass against the run's reference, or against ``reference`` (another
         model of the run or a file), over every chunk or the first ``upto``, on the default
         text or the one named ``text``."""
-        text = self.named_text(text)
+        text = self.store.named_text(text)
         if reference is not None and reference.name == self.reference().name:
             reference = None
         key = PassKey(model.name, text, None if reference is None else reference.name)
@@ -319,10 +292,10 @@ class Models(Timings):
             return held
         store = self._reference_store(upto, reference, text)
         ref_path = (reference or self.reference()).path
-        with self._measured(model, "KL divergence (reference log-probs cached)",
+        with self.store.decoding(model.name, "KL divergence (reference log-probs cached)",
                             text is None and reference is None) as (note, progress):
-            res, decoded = self.engine.kl_divergence_upto(
-                ref_path, model.path, self.eval_text(text), self.protocol, upto,
+            res, decoded = self.store.engine.kl_divergence_upto(
+                ref_path, model.path, self.store.eval_text(text), self.store.protocol, upto,
                 progress=progress)
             note(res.n_chunks, decoded)
         _keep(self.kld, self._partial_kld, key, res, store.n_available)
@@ -340,8 +313,8 @@ class Models(Timings):
         """The tensor types and per-tensor hashes of the model's file (read once per file
         content, see tensor_mix.py)."""
         if model.name not in self._mixes:
-            with self.step(f"tensor hashes of {model.name}"):
-                self._mixes[model.name] = read_mix(model.path, self.engine.cache_dir)
+            with self.store.step(f"tensor hashes of {model.name}"):
+                self._mixes[model.name] = read_mix(model.path, self.store.engine.cache_dir)
         return self._mixes[model.name]
 
     def task(self, model: QuantModel, name: str, upto: int | None = None) -> TaskResult:
@@ -351,16 +324,16 @@ class Models(Timings):
         held = self.task_results.get(key)
         if held is None or held.n_tasks < (held.task_numbers.size if upto is None else
                                            min(upto, held.task_numbers.size)):
-            specs = task_specs(self.settings)
+            specs = task_specs(self.store.settings)
             if name not in specs:
                 raise VariantError(f"task set {name!r} is not in the tasks setting"
                                    f" ({', '.join(specs) or 'none are set'}); add it there")
             spec = specs[name]
-            limit = spec.limit if spec.limit is not None else self.settings.task_limit
-            s = self.settings
-            with self.step(f"{name} tasks of {model.name}", "tasks",
+            limit = spec.limit if spec.limit is not None else self.store.settings.task_limit
+            s = self.store.settings
+            with self.store.step(f"{name} tasks of {model.name}", "tasks",
                            detail=lambda: f"{scored} tasks scored") as progress:
-                held, scored = self.engine.tasks_upto(
+                held, scored = self.store.engine.tasks_upto(
                     model.path, spec.file, spec.mode, limit, n_ctx=s.n_ctx,
                     n_parallel=s.task_parallel, n_batch=s.n_batch, progress=progress,
                     name=name, upto=upto)
@@ -373,7 +346,7 @@ class Models(Timings):
 
     def names(self) -> set[str]:
         """Every model this run decoded, measured, scored or read log-probabilities of."""
-        names = set(self.decoded) | set(self.measured())
+        names = set(self.store.decoded) | set(self.measured())
         names |= {key.model for table in self._tables() for key in table}
         return names | {model for model, _task in self.task_results} | {m for m, _t in self._stores}
 
@@ -381,7 +354,8 @@ class Models(Timings):
         """Models with at least one measurement, by name (a path variant's name is its stem)."""
         with_tasks = {model for model, _task in self.task_results}
         return {m.name: m for m in self._by_spec.values() if m.name in with_tasks
-                or self.has_quality(m.name) or m.name in self.speed or m.name in self.memory_usage
+                or self.has_quality(m.name) or m.name in self.timings.speed
+                or m.name in self.timings.memory_usage
                 or m.name in self._mixes or self.texts_of(m.name)}
 
     def has_quality(self, name: str) -> bool:
@@ -409,10 +383,10 @@ class Models(Timings):
         """What the run's quality numbers depend on, as baseline keys."""
         ref = self.perplexity(self.reference())
         return {
-            "model_sha256": cache.file_sha256(self.base_path()),
-            "text_sha256": cache.sha256_of(self.eval_text()),
+            "model_sha256": cache.file_sha256(self.store.base_path()),
+            "text_sha256": cache.sha256_of(self.store.eval_text()),
             "tokens_sha256": ref.tokens_sha256,
-            "n_ctx": self.settings.n_ctx,
-            "protocol": {**self.protocol.describe(), "n_chunks": ref.n_chunks},
-            "llama_cpp": self.engine.backend.version,
+            "n_ctx": self.store.settings.n_ctx,
+            "protocol": {**self.store.protocol.describe(), "n_chunks": ref.n_chunks},
+            "llama_cpp": self.store.engine.backend.version,
         }

@@ -257,7 +257,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         # of dots (ensure_newline and a new file's line both start on a new line)
         tr.currentfspath = "quantcheck progress"
 
-    config.stash[session_key].models.live = LiveProgress(
+    config.stash[session_key].models.store.live = LiveProgress(
         start, lambda line: tr.rewrite(line, erase=True), end)
 
 

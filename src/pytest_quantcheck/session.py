@@ -21,6 +21,8 @@ from pytest_quantcheck.models import Models, QuantModel
 from pytest_quantcheck.run.comparands import Comparands
 from pytest_quantcheck.run.decider import CheckedTest, Decider
 from pytest_quantcheck.run.outputs import BaselinePayload, Outputs, ReportPaths
+from pytest_quantcheck.run.store import ModelStore
+from pytest_quantcheck.run.timings import Timings
 
 __all__ = ["BaselinePayload", "CheckedTest", "QuantSession", "ReportPaths"]
 
@@ -39,7 +41,8 @@ class QuantSession:
     outputs: Outputs = field(init=False)
 
     def __post_init__(self) -> None:
-        self.models = Models(self.settings, self.backend_factory)
+        store = ModelStore(self.settings, self.backend_factory)
+        self.models = Models(store, Timings(store))
         self.comparands = Comparands(self.settings, self.models, self.baseline_mode)
         self.decider = Decider(self.settings, self.models, self.comparands)
         self.models.decide = self.decider.decide_helper
@@ -92,20 +95,20 @@ class QuantSession:
 
     @property
     def steps(self) -> list[str]:
-        return self.models.steps
+        return self.models.store.steps
 
     # ---- models and checks -------------------------------------------------------------------
 
     @property
     def engine(self) -> Engine:
-        return self.models.engine
+        return self.models.store.engine
 
     def base_path(self) -> Path:
         """The base model's file (the built-in demo model's, built once, if none is set)."""
-        return self.models.base_path()
+        return self.models.store.base_path()
 
     def eval_text(self) -> Path:
-        return self.models.eval_text()
+        return self.models.store.eval_text()
 
     def model(self, spec: str) -> QuantModel:
         """``base``, a llama.cpp file type, or a path to a .gguf file."""

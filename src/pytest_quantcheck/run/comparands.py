@@ -36,7 +36,7 @@ class Comparands:
         over every chunk and task, or the first ``n`` (a look)."""
         return RunComparisons(self, self.settings.alpha if alpha is None else alpha,
                               self.settings.mode if mode is None else mode, n,
-                              tuple(self.models.texts()))
+                              tuple(self.models.store.texts()))
 
     def other(self, of: str | None) -> QuantModel:
         """The model a check's ``of`` names: the run's reference (None, or a helper's
@@ -54,7 +54,7 @@ class Comparands:
             return "baseline (being updated)", subject.tensor_mix().hashes()
         stored = self._stored()
         return (f"baseline {stored.path.name}",
-                baseline.tensor_hashes(stored, subject.name, self.models.speed_keys(),
+                baseline.tensor_hashes(stored, subject.name, self.models.store.speed_keys(),
                                        self.settings.baseline_ignore))
 
     def resolve_kl(self, subject: Any, of: str, text: str | None = None,
@@ -66,9 +66,9 @@ class Comparands:
 
     def remeasure(self, subject: Any, of: str | None) -> None:
         if of in (None, "baseline"):
-            self.models.throughput(subject, again=True)
+            self.models.timings.throughput(subject, again=True)
         else:  # a comparison of two variants is measured again as it was: interleaved
-            self.models.throughput_pair(subject, self.other(of), again=True)
+            self.models.timings.throughput_pair(subject, self.other(of), again=True)
 
     def resolve(self, subject: Any, of: str | None, text: str | None = None,
                 n: int | None = None) -> Against:
@@ -84,7 +84,7 @@ class Comparands:
     def resolve_speed(self, subject: Any, of: str, phase: str) -> SpeedAgainst:
         if of == "baseline":
             return self.baseline_speed(subject, phase)
-        mine, other = self.models.throughput_pair(subject, self.other(of))
+        mine, other = self.models.timings.throughput_pair(subject, self.other(of))
         if phase not in other.tests:
             raise CheckSkipped(f"no {phase} test was run for {of}")
         return SpeedAgainst(of, other.tests[phase], mine=mine)
@@ -100,7 +100,7 @@ class Comparands:
         return TaskAgainst.of(label, self.models.task(other, task, n))
 
     def baseline_path(self) -> Path:
-        return self.settings.baseline_dir / baseline.file_name(self.models.base_path().stem)
+        return self.settings.baseline_dir / baseline.file_name(self.models.store.base_path().stem)
 
     def _stored(self) -> baseline.BaselineFile:
         if self.baseline_mode == "off":
@@ -115,21 +115,21 @@ class Comparands:
             res = subject.perplexity() if text is None else subject.perplexity(text)
             return Against("baseline (being updated)", res.chunk_nll, True)
         stored = self._stored()
-        name = self.models.named_text(text)
+        name = self.models.store.named_text(text)
         if name is None:
             values = baseline.chunk_nll(stored, subject.name, self.models.quality_keys(),
                                         self.settings.baseline_ignore)
         else:
             values = baseline.text_chunk_nll(stored, subject.name, self.models.quality_keys(),
                                              self.settings.baseline_ignore, name,
-                                             self.models.text_keys(name))
+                                             self.models.store.text_keys(name))
         return Against(f"baseline {stored.path.name}", values, True)
 
     def baseline_task(self, subject: Any, task: str) -> TaskAgainst:
         if self.baseline_mode == "update":
             return TaskAgainst.of("baseline (being updated)", subject.task(task), True)
         stored = self._stored()
-        correct, selection = baseline.task_correct(stored, subject.name, self.models.speed_keys(),
+        correct, selection = baseline.task_correct(stored, subject.name, self.models.store.speed_keys(),
                                                    self.settings.baseline_ignore, task)
         return TaskAgainst(f"baseline {stored.path.name}", correct, selection, True)
 
@@ -141,8 +141,8 @@ class Comparands:
         stored = self._stored()
         try:
             runs = baseline.throughput(
-                stored, subject.name, self.models.speed_keys(), self.settings.baseline_ignore,
-                phase, self.models.fingerprint(), self.settings.fingerprint_ignore)
+                stored, subject.name, self.models.store.speed_keys(), self.settings.baseline_ignore,
+                phase, self.models.timings.fingerprint(), self.settings.fingerprint_ignore)
         except baseline.MeasuredElsewhere as exc:
             raise CheckSkipped(exc.reason(f"the {phase} throughput baseline of {subject.name}")
                                ) from None

@@ -195,8 +195,8 @@ class Decider:
             return 0
         try:
             return len(baseline.throughput(
-                baseline.load(path), name, self.models.speed_keys(),
-                self.settings.baseline_ignore, phase, self.models.fingerprint(),
+                baseline.load(path), name, self.models.store.speed_keys(),
+                self.settings.baseline_ignore, phase, self.models.timings.fingerprint(),
                 self.settings.fingerprint_ignore))
         except (QuantcheckError, baseline.MeasuredElsewhere):
             return 0
@@ -213,7 +213,7 @@ class Decider:
         of them is decided)."""
         s = self.settings
         if check.needs & CHUNK_NEEDS:
-            unit, least, group = "chunks", s.min_chunks, self.models.protocol.n_seq
+            unit, least, group = "chunks", s.min_chunks, self.models.store.protocol.n_seq
             first = look_schedule(2**31, least, group)[0]
             other = self.comparands.other(check.args["of"]) if KL_FROM in check.needs else None
             n_total = self.models.chunks_available(model, first, text_of(check.needs), other)

@@ -56,11 +56,11 @@ def model_rows(models: Models) -> dict[str, dict[str, Any]]:
     back from the file type's blocks."""
     by_name = models.by_name()
     names = models.names()
-    return {name: {"chunks_decoded": models.decoded.get(name, 0),
+    return {name: {"chunks_decoded": models.store.decoded.get(name, 0),
                    "chunks_from_cache": max(0, models.chunks_used(name)
-                                            - models.decoded.get(name, 0)),
+                                            - models.store.decoded.get(name, 0)),
                    "chunks_used": models.chunks_used(name),
-                   "seconds": round(models.seconds.get(name, 0.0), 3),
+                   "seconds": round(models.store.seconds.get(name, 0.0), 3),
                    # tasks answered over all task sets: scored now, or from the cache
                    "tasks_scored": models.tasks_scored.get(name, 0),
                    "tasks_from_cache": max(0, sum(r.n_tasks for r in
@@ -94,7 +94,8 @@ def _file_row(models: Models, model: QuantModel) -> dict[str, Any]:
     return {"file_type": model.file_type, "tensor_types": mix.by_type(),
             "tensor_data_sha256": mix.data_sha256(),
             "fallback": fallback_notice(model.name, model.file_type, mix,
-                                        recipe_chooses(models.settings.recipes.get(model.name)))}
+                                        recipe_chooses(
+                                            models.store.settings.recipes.get(model.name)))}
 
 
 @dataclass
@@ -120,17 +121,17 @@ class Outputs:
             return None
         records = {}
         for name, model in measured.items():
-            has_speed = name in m.speed or name in m.memory_usage
+            has_speed = name in m.timings.speed or name in m.timings.memory_usage
             records[name] = baseline.make_record(
                 file_type=model.file_type, size_bytes=model.size_bytes,
                 bits_per_weight=model.bits_per_weight,
                 # a baseline holds every chunk: a model decided early is decoded to the end
                 ppl=m.perplexity(model) if m.has_quality(name) else None,
                 kld=m.kl_divergence(model) if m.has_kl(name) else None,
-                fingerprint=m.fingerprint() if has_speed else None,
-                speed=m.speed.get(name), memory=m.memory_usage.get(name),
+                fingerprint=m.timings.fingerprint() if has_speed else None,
+                speed=m.timings.speed.get(name), memory=m.timings.memory_usage.get(name),
                 tasks=m.tasks_of(name, complete=True), tensors=m.tensor_mix(model).hashes(),
-                texts={t: (m.text_keys(t)["text_sha256"], m.perplexity(model, None, t))
+                texts={t: (m.store.text_keys(t)["text_sha256"], m.perplexity(model, None, t))
                        for t in m.texts_of(name)})
         return m.quality_keys(), records
 
@@ -151,7 +152,8 @@ class Outputs:
                 point["chunk_nll"] = m.perplexity(model, used).chunk_nll.tolist()
             if m.has_kl(name):
                 point["chunk_kld"] = m.kl_divergence(model, used).chunk_kld.tolist()
-            for phase, result in m.speed[name].tests.items() if name in m.speed else ():
+            speed = m.timings.speed.get(name)
+            for phase, result in speed.tests.items() if speed is not None else ():
                 point.update(_around(f"{phase}_tokens_per_s", result.mean,
                                      _standard_error(result.samples)))
                 point[f"{phase}_repetitions"] = int(result.samples.size)
@@ -166,7 +168,7 @@ class Outputs:
         (what collection found to say) and, when updating, its baseline records."""
         payload = self.baseline_payload() if self.comparands.baseline_mode == "update" else None
         return json.dumps({"outcomes": [o.to_dict() for o in self.decider.outcomes], "baseline": payload,
-                           "points": self.points(), "steps": self.models.steps,
+                           "points": self.points(), "steps": self.models.store.steps,
                            "models": model_rows(self.models), "notes": self.notes},
                           default=str)
 
@@ -174,7 +176,7 @@ class Outputs:
         """Take in a worker's payload (on the controller)."""
         payload = json.loads(data)
         self.decider.outcomes.extend(Outcome.from_dict(o) for o in payload["outcomes"])
-        self.models.steps.extend(f"[{worker}] {step}" for step in payload.get("steps", []))
+        self.models.store.steps.extend(f"[{worker}] {step}" for step in payload.get("steps", []))
         # every worker collects every test, so each sends the same collection notices: one each
         for text, red in payload.get("notes", []):
             if (text, red) not in self.notes:

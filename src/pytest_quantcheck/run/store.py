@@ -1,6 +1,6 @@
 """The model store of a run: a spec (``base``, a llama.cpp file type, a recipe, a ``.gguf``
 path) turned into a file, the evaluation texts by name, the engines that measure, and the heavy
-steps with their progress and times. :class:`~pytest_quantcheck.models.Models` builds on it.
+steps with their progress and times. :class:`~pytest_quantcheck.models.Models` measures with it.
 
 No pytest here.
 """
@@ -43,6 +43,9 @@ class ModelStore:
     steps: list[str] = field(default_factory=list)
     live: LiveProgress | None = None  # progress of long steps on a terminal, if one is watched
     step_note_after: float = 0.5  # seconds: quicker steps (cache hits) stay out of the steps
+    # per model name: chunks decoded in this run, and the seconds its decoding took
+    decoded: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
     _engine: Engine | None = None
     _timing_engine: Engine | None = None
 
@@ -125,6 +128,31 @@ class ModelStore:
         if seconds >= self.step_note_after:
             done = detail()
             self.steps.append(f"{what}{', ' + done if done else ''}: {seconds:.1f} s")
+
+    @contextlib.contextmanager
+    def decoding(self, name: str, what: str, default: bool = True
+                 ) -> Iterator[tuple[Callable[[int, int], None], Progress | None]]:
+        """A decoding step: its time, and how many chunks it decoded (the step calls the
+        function it gets with the chunks it returns and those it decoded, and passes the
+        progress callback on to the engine); ``default``: a pass on the default text against
+        the run's reference, the one the chunk counts describe (other texts and other models'
+        passes add their time only). The steps section names the chunks each look decoded."""
+        start = time.perf_counter()
+        counts: list[int] = []
+
+        def detail() -> str:
+            if not counts:
+                return ""
+            used, decoded = counts
+            return (f"chunks {used - decoded + 1}-{used}" if decoded
+                    else f"{used} chunks from the cache")
+
+        with self.step(f"{what} of {name}", detail=detail) as progress:
+            yield (lambda used, decoded: counts.extend((used, decoded))), progress
+        seconds = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        if default:
+            self.decoded[name] = self.decoded.get(name, 0) + (counts[1] if counts else 0)
 
     def variant(self, spec: str) -> Variant:
         base = self.base_path()

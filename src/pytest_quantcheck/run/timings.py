@@ -30,9 +30,10 @@ class ModelFile(Protocol):
 
 
 @dataclass
-class Timings(ModelStore):
-    """Throughput and memory of the run's models, by name."""
+class Timings:
+    """Throughput and memory of the run's models, by name, with the ``store``'s engines."""
 
+    store: ModelStore
     speed: dict[str, ThroughputRun] = field(default_factory=dict)
     speed_pairs: dict[tuple[str, str], tuple[ThroughputRun, ThroughputRun]] = field(
         default_factory=dict)
@@ -41,20 +42,20 @@ class Timings(ModelStore):
 
     def fingerprint(self) -> Fingerprint:
         if self._fingerprint is None:
-            self._fingerprint = self.timing_engine.fingerprint()
+            self._fingerprint = self.store.timing_engine.fingerprint()
         return self._fingerprint
 
     def throughput(self, model: ModelFile, again: bool = False) -> ThroughputRun:
         """The model's throughput run; ``again``: a new run, which replaces the last."""
         if again or model.name not in self.speed:
-            s = self.settings
+            s = self.store.settings
             fingerprint = self.fingerprint()
             start = time.perf_counter()
             with machine.timing():  # waits for heavy steps of other workers and processes
-                self.speed[model.name] = self.timing_engine.throughput(
+                self.speed[model.name] = self.store.timing_engine.throughput(
                     model.path, s.bench_prompt, s.bench_gen, s.bench_repetitions,
                     n_batch=s.n_batch, fingerprint=fingerprint)
-            self.steps.append(f"throughput of {model.name}: {time.perf_counter() - start:.1f} s")
+            self.store.steps.append(f"throughput of {model.name}: {time.perf_counter() - start:.1f} s")
         return self.speed[model.name]
 
     def throughput_pair(self, model: ModelFile, other: ModelFile,
@@ -63,20 +64,20 @@ class Timings(ModelStore):
         two variants of this run: slow drift of the machine hits both alike."""
         key = (model.name, other.name)
         if again or key not in self.speed_pairs:
-            s = self.settings
+            s = self.store.settings
             start = time.perf_counter()
             with machine.timing():
-                mine, theirs = self.timing_engine.throughput_interleaved(
+                mine, theirs = self.store.timing_engine.throughput_interleaved(
                     [model.path, other.path], s.bench_prompt, s.bench_gen, s.bench_repetitions,
                     n_batch=s.n_batch, fingerprint=self.fingerprint())
             self.speed_pairs[key] = (mine, theirs)
-            self.steps.append(f"throughput of {model.name} and {other.name}, interleaved:"
+            self.store.steps.append(f"throughput of {model.name} and {other.name}, interleaved:"
                               f" {time.perf_counter() - start:.1f} s")
         return self.speed_pairs[key]
 
     def memory(self, model: ModelFile) -> MemoryUsage:
         if model.name not in self.memory_usage:
-            with self.step(f"memory of {model.name}"):
-                self.memory_usage[model.name] = self.timing_engine.memory(model.path,
-                                                                          self.protocol)
+            with self.store.step(f"memory of {model.name}"):
+                self.memory_usage[model.name] = self.store.timing_engine.memory(model.path,
+                                                                          self.store.protocol)
         return self.memory_usage[model.name]
