@@ -29,11 +29,11 @@ def test_extended_result_equals_one_full_run(setup: tuple[Path, Path, Path]) -> 
     plain = Engine(FakeBackend(), RunOptions(1), root, result_cache=False).perplexity(
         model, text, PROTO)
     engine = Engine(FakeBackend(), RunOptions(1), root)
-    part, decoded = engine.perplexity_upto(model, text, PROTO, 6)
-    assert (part.n_chunks, decoded) == (8, 8)  # whole groups of 4, as a full run decodes them
+    part = engine.perplexity(model, text, PROTO, upto=6)
+    assert (part.n_chunks, part.decoded) == (8, 8)  # whole groups of 4, as a full run decodes them
     assert part.n_available == plain.n_chunks
-    full, decoded = engine.perplexity_upto(model, text, PROTO, None)
-    assert decoded == plain.n_chunks - 8
+    full = engine.perplexity(model, text, PROTO)
+    assert full.decoded == plain.n_chunks - 8
     assert np.array_equal(full.token_nll, plain.token_nll) and full.ppl == plain.ppl
     assert full.tokens_sha256 == plain.tokens_sha256
 
@@ -42,8 +42,8 @@ def test_a_later_run_decodes_nothing(setup: tuple[Path, Path, Path]) -> None:
     model, text, root = setup
     first = Engine(FakeBackend(), RunOptions(1), root).perplexity(model, text, PROTO)
     backend = FakeBackend()
-    again, decoded = Engine(backend, RunOptions(1), root).perplexity_upto(model, text, PROTO, None)
-    assert decoded == 0 and backend.loads == 0  # not even loaded
+    again = Engine(backend, RunOptions(1), root).perplexity(model, text, PROTO)
+    assert again.decoded == 0 and backend.loads == 0  # not even loaded
     assert np.array_equal(again.token_nll, first.token_nll)
 
 
@@ -52,11 +52,10 @@ def test_kl_results_are_cached_and_exact(setup: tuple[Path, Path, Path], tmp_pat
     ref = write_fake_gguf(tmp_path / "ref.gguf")
     plain = Engine(FakeBackend(), RunOptions(1), root, result_cache=False).kl_divergence(
         ref, model, text, PROTO)
-    Engine(FakeBackend(), RunOptions(1), root).kl_divergence_upto(ref, model, text, PROTO, 4)
+    Engine(FakeBackend(), RunOptions(1), root).kl_divergence(ref, model, text, PROTO, upto=4)
     backend = FakeBackend()
-    res, decoded = Engine(backend, RunOptions(1), root).kl_divergence_upto(ref, model, text,
-                                                                          PROTO, None)
-    assert decoded == plain.n_chunks - 4
+    res = Engine(backend, RunOptions(1), root).kl_divergence(ref, model, text, PROTO)
+    assert res.decoded == plain.n_chunks - 4
     assert np.array_equal(res.token_kld, plain.token_kld) and res.kld == plain.kld
     assert res.same_top == plain.same_top
 
@@ -74,8 +73,8 @@ def test_a_change_is_always_recomputed(setup: tuple[Path, Path, Path], change: s
         backend.system_info = lambda: "CPU : AVX2 = 1 |"  # type: ignore[method-assign]
     else:
         proto = ScoringProtocol(n_ctx=64, n_batch=128)
-    res, decoded = Engine(backend, RunOptions(1), root).perplexity_upto(model, text, proto, None)
-    assert decoded == res.n_chunks > 0
+    res = Engine(backend, RunOptions(1), root).perplexity(model, text, proto)
+    assert res.decoded == res.n_chunks > 0
 
 
 def test_a_damaged_entry_is_recomputed(setup: tuple[Path, Path, Path]) -> None:
@@ -83,17 +82,16 @@ def test_a_damaged_entry_is_recomputed(setup: tuple[Path, Path, Path]) -> None:
     first = Engine(FakeBackend(), RunOptions(1), root).perplexity(model, text, PROTO)
     (entry,) = (root / "results").glob("*.npz")
     entry.write_bytes(entry.read_bytes()[:200])
-    again, decoded = Engine(FakeBackend(), RunOptions(1), root).perplexity_upto(model, text,
-                                                                               PROTO, None)
-    assert decoded == first.n_chunks and np.array_equal(again.token_nll, first.token_nll)
+    again = Engine(FakeBackend(), RunOptions(1), root).perplexity(model, text, PROTO)
+    assert again.decoded == first.n_chunks and np.array_equal(again.token_nll, first.token_nll)
 
 
 def test_the_cache_off_writes_nothing(setup: tuple[Path, Path, Path]) -> None:
     model, text, root = setup
     engine = Engine(FakeBackend(), RunOptions(1), root, result_cache=False)
-    engine.perplexity_upto(model, text, PROTO, 4)
-    _res, decoded = engine.perplexity_upto(model, text, PROTO, 8)
-    assert decoded == 4  # extended in memory all the same
+    engine.perplexity(model, text, PROTO, upto=4)
+    res = engine.perplexity(model, text, PROTO, upto=8)
+    assert res.decoded == 4  # extended in memory all the same
     assert not (root / "results").exists()
 
 

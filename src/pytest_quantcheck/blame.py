@@ -343,10 +343,9 @@ class _Meter:
         self.decoded = 0
 
     def chunk_kld(self, path: Path, upto: int | None) -> NDArray[np.float64]:
-        result, decoded = self.engine.kl_divergence_upto(self.base, path, self.text, self.proto,
-                                                         upto)
-        self.passes += decoded > 0
-        self.decoded += decoded
+        result = self.engine.kl_divergence(self.base, path, self.text, self.proto, upto=upto)
+        self.passes += result.decoded > 0
+        self.decoded += result.decoded
         return np.asarray(result.chunk_kld, dtype=np.float64)
 
 

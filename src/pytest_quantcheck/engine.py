@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pytest_quantcheck import cache, gpu, machine
+from pytest_quantcheck import cache, gpu, machine, refstore
 from pytest_quantcheck.backends import Backend, RunOptions, default_backend
 from pytest_quantcheck.evaluation import (
     EvalTextError,
@@ -78,17 +78,11 @@ class Engine:
 
     def perplexity(
         self, model_path: Path, text_path: Path, proto: ScoringProtocol,
-        progress: Progress | None = None,
+        progress: Progress | None = None, upto: int | None = None,
     ) -> PerplexityResult:
-        return self.perplexity_upto(model_path, text_path, proto, None, progress)[0]
-
-    def perplexity_upto(
-        self, model_path: Path, text_path: Path, proto: ScoringProtocol, upto: int | None,
-        progress: Progress | None = None,
-    ) -> tuple[PerplexityResult, int]:
-        """Perplexity over the first ``upto`` chunks (None: all; rounded up to whole groups of
-        ``n_seq``), from the result cache where it holds them, and how many chunks were decoded
-        now (0: all from the cache)."""
+        """Perplexity over every chunk or the first ``upto`` (rounded up to whole groups of
+        ``n_seq``; a sequential look), from the result cache where it holds them; the result's
+        ``decoded`` says how many chunks were decoded now (0: all from the cache)."""
         check_gguf_path(model_path)
         text = read_eval_text(text_path)
         def compute(start: int, want: int | None) -> Cached:
@@ -107,8 +101,8 @@ class Engine:
         key = self._result_key("nll", model_path, text, proto)
         entry, decoded = self.results.extend(key, model_path.stem, upto, compute)
         end = look_end(proto, entry.n_total, upto)
-        return perplexity_from_nll(entry.arrays["token_nll"][:end], proto.n_ctx,
-                                   entry.tokens_sha256, entry.n_total), decoded
+        return replace(perplexity_from_nll(entry.arrays["token_nll"][:end], proto.n_ctx,
+                                           entry.tokens_sha256, entry.n_total), decoded=decoded)
 
     def reference(
         self, ref_path: Path, text_path: Path, proto: ScoringProtocol,
@@ -129,15 +123,9 @@ class Engine:
                                max_tokens, self.backend.version)
         folder = root / "reference"
         prefix = f"{ref_path.stem}-{key[:20]}-"
-        previous = None  # the largest entry held, extended rather than decoded again
-        for entry in sorted(folder.glob(f"{prefix}*")) if folder.is_dir() else ():
-            if entry.name.startswith(".") or not is_valid(entry):
-                continue
-            store = open_reference(entry)
-            if store.meta.get("complete") or (upto is not None and store.n_chunks >= upto):
-                return store
-            if previous is None or store.n_chunks > previous.n_chunks:
-                previous = store
+        found, previous = refstore.held(folder, prefix, upto)
+        if found is not None:
+            return found
         final = folder / f"{prefix}{'all' if upto is None else look_end(proto, 2**31, upto)}"
 
         def build(tmp: Path) -> None:
@@ -164,18 +152,10 @@ class Engine:
     def kl_divergence(
         self, ref_path: Path, model_path: Path, text_path: Path, proto: ScoringProtocol,
         tail_mass: float = DEFAULT_TAIL_MASS, max_tokens: int = DEFAULT_MAX_TOKENS,
-        progress: Progress | None = None,
+        progress: Progress | None = None, upto: int | None = None,
     ) -> KLDResult:
-        return self.kl_divergence_upto(ref_path, model_path, text_path, proto, None, tail_mass,
-                                       max_tokens, progress)[0]
-
-    def kl_divergence_upto(
-        self, ref_path: Path, model_path: Path, text_path: Path, proto: ScoringProtocol,
-        upto: int | None, tail_mass: float = DEFAULT_TAIL_MASS,
-        max_tokens: int = DEFAULT_MAX_TOKENS, progress: Progress | None = None,
-    ) -> tuple[KLDResult, int]:
-        """:meth:`kl_divergence` over the first ``upto`` chunks, cached as
-        :meth:`perplexity_upto` is."""
+        """KL divergence of the model from the reference, over every chunk or the first
+        ``upto``, cached and counted as :meth:`perplexity` is."""
         store = self.reference(ref_path, text_path, proto, tail_mass, max_tokens, progress, upto)
         check_gguf_path(model_path)
         text = read_eval_text(text_path)
@@ -207,29 +187,19 @@ class Engine:
         end = look_end(proto, entry.n_total, upto)
         chunks = [TokenComparison(**{name: entry.arrays[name][i] for name in COMPARISON_FIELDS})
                   for i in range(end)]
-        return summarize(chunks, int(store.meta["n_vocab"])), decoded
-
+        return replace(summarize(chunks, int(store.meta["n_vocab"])), decoded=decoded)
 
     def tasks(
         self, model_path: Path, task_path: Path, mode: str | None = None,
         limit: int | None = None, n_ctx: int = 512, n_parallel: int = 4, n_batch: int = 2048,
         progress: Progress | None = None, name: str | None = None, upto: int | None = None,
     ) -> TaskResult:
-        """:meth:`tasks_upto`'s result."""
-        return self.tasks_upto(model_path, task_path, mode, limit, n_ctx, n_parallel, n_batch,
-                               progress, name, upto)[0]
-
-    def tasks_upto(
-        self, model_path: Path, task_path: Path, mode: str | None = None,
-        limit: int | None = None, n_ctx: int = 512, n_parallel: int = 4, n_batch: int = 2048,
-        progress: Progress | None = None, name: str | None = None, upto: int | None = None,
-    ) -> tuple[TaskResult, int]:
         """Accuracy on a HellaSwag, Winogrande or multiple-choice file with llama-perplexity's
         protocol: ``--<mode>-tasks limit -c n_ctx -np n_parallel -b n_batch`` (``n_parallel`` at
         least 4, as llama-perplexity raises it). ``upto``: score (or take from the result cache)
         at least the first ``upto`` tasks of the selection, not all (a sequential look); the
-        batches are the full run's, so each answer is the one a full run gives. Returns the
-        result and how many tasks were scored now (the rest came from the result cache)."""
+        batches are the full run's, so each answer is the one a full run gives. The result's
+        ``decoded`` says how many tasks were scored now (the rest came from the result cache)."""
         check_gguf_path(model_path)
         task_set = load_tasks(task_path, mode, limit, name)
         n_parallel = max(4, n_parallel)
@@ -260,7 +230,7 @@ class Engine:
         entry, scored = self.results.extend(key, model_path.stem, upto, compute)
         return TaskResult(task_set.mode, str(task_path), task_set.sha256, task_set.n_available,
                           numbers, entry.arrays["correct"].astype(np.bool_),
-                          entry.arrays["chosen"].astype(np.int32)), scored
+                          entry.arrays["chosen"].astype(np.int32), decoded=scored)
 
     def memory(self, model_path: Path, proto: ScoringProtocol) -> MemoryUsage:
         """Resident (and GPU) memory of loading the model and decoding one batch of the scoring

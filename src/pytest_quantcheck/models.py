@@ -254,9 +254,9 @@ class Models:
             res = self._reference_store(upto, text=text).perplexity()
         else:
             with self.store.decoding(model.name, "perplexity", text is None) as (note, progress):
-                res, decoded = self.store.engine.perplexity_upto(model.path, self.store.eval_text(text),
-                                                           self.store.protocol, upto, progress)
-                note(res.n_chunks, decoded)
+                res = self.store.engine.perplexity(model.path, self.store.eval_text(text),
+                                                   self.store.protocol, progress, upto)
+                note(res.n_chunks, res.decoded)
         _keep(self.ppl, self._partial_ppl, key, res, res.n_available)
         return _first_chunks(res, upto)
 
@@ -294,10 +294,10 @@ class Models:
         ref_path = (reference or self.reference()).path
         with self.store.decoding(model.name, "KL divergence (reference log-probs cached)",
                             text is None and reference is None) as (note, progress):
-            res, decoded = self.store.engine.kl_divergence_upto(
-                ref_path, model.path, self.store.eval_text(text), self.store.protocol, upto,
-                progress=progress)
-            note(res.n_chunks, decoded)
+            res = self.store.engine.kl_divergence(
+                ref_path, model.path, self.store.eval_text(text), self.store.protocol,
+                progress=progress, upto=upto)
+            note(res.n_chunks, res.decoded)
         _keep(self.kld, self._partial_kld, key, res, store.n_available)
         return _first_kld_chunks(res, upto)
 
@@ -333,10 +333,11 @@ class Models:
             s = self.store.settings
             with self.store.step(f"{name} tasks of {model.name}", "tasks",
                            detail=lambda: f"{scored} tasks scored") as progress:
-                held, scored = self.store.engine.tasks_upto(
+                held = self.store.engine.tasks(
                     model.path, spec.file, spec.mode, limit, n_ctx=s.n_ctx,
                     n_parallel=s.task_parallel, n_batch=s.n_batch, progress=progress,
                     name=name, upto=upto)
+                scored = held.decoded
             self.task_results[key] = held
             self.tasks_scored[model.name] = self.tasks_scored.get(model.name, 0) + scored
         return held.first(upto)

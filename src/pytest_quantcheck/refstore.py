@@ -188,3 +188,21 @@ def is_valid(path: Path) -> bool:
     except ReferenceStoreError:
         return False
     return True
+
+
+def held(folder: Path, prefix: str, upto: int | None
+         ) -> tuple[ReferenceStore | None, ReferenceStore | None]:
+    """Among the valid entries ``folder`` holds under ``prefix`` (one reference, text and
+    protocol; entries of different lengths): one that serves a request for every chunk or the
+    first ``upto`` (a complete entry serves every request), else None; and the largest held,
+    to extend rather than decode again."""
+    largest = None
+    for entry in sorted(folder.glob(f"{prefix}*")) if folder.is_dir() else ():
+        if entry.name.startswith(".") or not is_valid(entry):
+            continue  # a temporary folder being written, or a damaged entry
+        store = open_reference(entry)
+        if store.meta.get("complete") or (upto is not None and store.n_chunks >= upto):
+            return store, None
+        if largest is None or store.n_chunks > largest.n_chunks:
+            largest = store
+    return None, largest

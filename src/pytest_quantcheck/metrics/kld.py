@@ -335,6 +335,9 @@ class KLDResult:
     chunk_nll: NDArray[np.float64] = field(repr=False)
     chunk_nll_ref: NDArray[np.float64] = field(repr=False)
     chunk_same_top: NDArray[np.int64] = field(repr=False)  # count per chunk
+    # chunks (tasks) decoded to produce this result in the call that returned it; 0 when all
+    # came from the result cache (run accounting, not part of the measurement)
+    decoded: int = field(default=0, compare=False)
 
     @property
     def exact(self) -> bool:
@@ -345,7 +348,7 @@ class KLDResult:
         for name, value in self.__dict__.items():
             if isinstance(value, Estimate):
                 out[name] = value.to_dict()
-            elif name.startswith("token_"):
+            elif name.startswith("token_") or name == "decoded":
                 continue  # per-token values: too many for a report; chunk means summarize them
             elif isinstance(value, np.ndarray):
                 out[name] = value.tolist()

@@ -28,6 +28,9 @@ class PerplexityResult:
     token_nll: NDArray[np.float64] = field(repr=False)  # (n_chunks, scored per chunk)
     tokens_sha256: str = ""  # of the evaluated tokens: what baselines compare
     n_available: int = 0  # chunks the text offers under the protocol (0: n_chunks)
+    # chunks (tasks) decoded to produce this result in the call that returned it; 0 when all
+    # came from the result cache (run accounting, not part of the measurement)
+    decoded: int = field(default=0, compare=False)
 
     def to_dict(self, *, tokens: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -59,6 +59,9 @@ class TaskResult:
     # stopped early): whether the answer is right, and the choice the model picked
     correct: NDArray[np.bool_] = field(repr=False)
     chosen: NDArray[np.int32] = field(repr=False)
+    # tasks scored to produce this result in the call that returned it; 0 when all
+    # came from the result cache (run accounting, not part of the measurement)
+    decoded: int = field(default=0, compare=False)
 
     @property
     def complete(self) -> bool:
