@@ -40,7 +40,7 @@ from bench_tasks import llama_answers
 
 from pytest_quantcheck import cache
 from pytest_quantcheck.demo.model import data_path
-from pytest_quantcheck.demo.tasks import task_path
+from pytest_quantcheck.demo.task_sets import task_path
 
 HERE = Path(__file__).parent
 Run = tuple[float, float, str]  # seconds, peak MiB, output

@@ -62,7 +62,7 @@ def main() -> None:
                         help="HellaSwag task file (default: the demo's)")
     args = parser.parse_args()
     if args.hellaswag is None:
-        from pytest_quantcheck.demo.tasks import task_path
+        from pytest_quantcheck.demo.task_sets import task_path
 
         args.hellaswag = task_path("hellaswag.txt")
     if args.model is None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench_perplexity import find_llama_perplexity
 
-from pytest_quantcheck.demo.tasks import FILES, task_path
+from pytest_quantcheck.demo.task_sets import FILES, task_path
 from pytest_quantcheck.tasks.files import load
 
 FLAGS = {"hellaswag": ("-f", "--hellaswag"), "winogrande": ("-f", "--winogrande"),

@@ -56,7 +56,7 @@ def small_gguf(path: Path) -> Path:
 
 
 def mc_cut_short(path: Path) -> Path:
-    from pytest_quantcheck.demo.tasks import write_multiple_choice
+    from pytest_quantcheck.demo.task_sets import write_multiple_choice
 
     data = write_multiple_choice([("Which?", ["this", "that"], [1, 0])] * 3)
     path.write_bytes(data[:-9])

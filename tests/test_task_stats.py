@@ -11,7 +11,7 @@ from scipy import optimize
 from scipy import stats as sp
 
 from pytest_quantcheck import stats
-from pytest_quantcheck.metrics.tasks import pack_bits, unpack_bits, wilson
+from pytest_quantcheck.metrics.task_answers import pack_bits, unpack_bits, wilson
 
 
 @pytest.mark.parametrize(("lost", "gained"), [(0, 0), (3, 0), (9, 2), (2, 9), (20, 20), (40, 25)])

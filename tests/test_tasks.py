@@ -273,7 +273,7 @@ def test_engine_result_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_demo_task_files_are_reproducible() -> None:
     for name, content in demo_tasks.build().items():
         assert demo_tasks.task_path(name).read_bytes() == content, (
-            f"{name} differs from its generator; run python -m pytest_quantcheck.demo.tasks")
+            f"{name} differs from its generator; run python -m pytest_quantcheck.demo.task_sets")
     assert [load(demo_tasks.task_path(n)).mode for n in demo_tasks.FILES] == [
         "hellaswag", "winogrande", "multiple-choice"]
 

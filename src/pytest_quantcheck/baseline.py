@@ -36,7 +36,7 @@ from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
-from pytest_quantcheck.metrics.tasks import TaskResult, pack_bits, unpack_bits
+from pytest_quantcheck.metrics.task_answers import TaskResult, pack_bits, unpack_bits
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
 
 SCHEMA = "pytest-quantcheck baseline"

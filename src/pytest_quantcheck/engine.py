@@ -37,7 +37,7 @@ from pytest_quantcheck.metrics.kld import (
 )
 from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
-from pytest_quantcheck.metrics.tasks import TaskResult
+from pytest_quantcheck.metrics.task_answers import TaskResult
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun, bytes_per_token
 from pytest_quantcheck.progress import Progress
 from pytest_quantcheck.refstore import (

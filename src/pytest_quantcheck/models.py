@@ -17,13 +17,13 @@ from pytest_quantcheck import cache
 from pytest_quantcheck.blame import BlameResult, blame
 from pytest_quantcheck.checks.outcome import Outcome
 from pytest_quantcheck.checks.registry import KL, MACRO, Check, text_of
-from pytest_quantcheck.demo.tasks import task_specs
+from pytest_quantcheck.demo.task_sets import task_specs
 from pytest_quantcheck.gguf_file import GGUFError, read_gguf
 from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
-from pytest_quantcheck.metrics.tasks import TaskResult
+from pytest_quantcheck.metrics.task_answers import TaskResult
 from pytest_quantcheck.metrics.throughput import ThroughputRun
 from pytest_quantcheck.refstore import ReferenceStore
 from pytest_quantcheck.run.store import BASE as BASE

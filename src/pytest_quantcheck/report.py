@@ -17,7 +17,7 @@ from pytest_quantcheck import __version__
 from pytest_quantcheck.checks import Outcome, apply_holm
 from pytest_quantcheck.checks.outcome import ERROR, RECORDED, SKIPPED, count_line
 from pytest_quantcheck.errors import QuantcheckError
-from pytest_quantcheck.metrics.tasks import Z95
+from pytest_quantcheck.metrics.task_answers import Z95
 
 # "over": what the row's numbers rest on (8 of 64 chunks: a check decided in looks), so rows
 # side by side say when they were computed on different chunks

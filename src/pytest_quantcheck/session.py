@@ -18,6 +18,7 @@ from pytest_quantcheck.checks import Check, Outcome
 from pytest_quantcheck.config import Settings
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.models import Models, QuantModel
+from pytest_quantcheck.run import workers
 from pytest_quantcheck.run.comparands import Comparands
 from pytest_quantcheck.run.decider import CheckedTest, Decider
 from pytest_quantcheck.run.outputs import BaselinePayload, Outputs, ReportPaths
@@ -131,10 +132,10 @@ class QuantSession:
         return self.outputs.points()
 
     def worker_payload(self) -> str:
-        return self.outputs.worker_payload()
+        return workers.payload(self.outputs)
 
     def merge(self, data: str, worker: str = "worker") -> None:
-        self.outputs.merge(data, worker)
+        workers.take_in(self.outputs, data, worker)
 
     def model_table(self) -> dict[str, dict[str, Any]]:
         return self.outputs.model_table()

@@ -2,9 +2,13 @@
 (:mod:`.outcome`). Importing this package registers every built-in check, in the order the README
 lists them."""
 
-from pytest_quantcheck.checks import quality, speed, tasks  # isort: split
+# The import order is the registration order, which the docs' marker table follows.
+from pytest_quantcheck.checks import quality, speed  # isort: split
 
-from pytest_quantcheck.checks import files  # registered last, so listed last
+from pytest_quantcheck.checks import accuracy  # isort: split
+
+from pytest_quantcheck.checks import files  # isort: split
+
 from pytest_quantcheck.checks.comparison import Comparisons, OwnMeasurements
 from pytest_quantcheck.checks.outcome import (
     ERROR,
@@ -49,6 +53,7 @@ __all__ = [
     "SpeedAgainst",
     "Subject",
     "TaskAgainst",
+    "accuracy",
     "apply_holm",
     "files",
     "marker_lines",
@@ -57,5 +62,4 @@ __all__ = [
     "parse",
     "quality",
     "speed",
-    "tasks",
 ]

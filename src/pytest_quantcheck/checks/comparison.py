@@ -23,7 +23,7 @@ from pytest_quantcheck.checks.outcome import (
 )
 from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
-from pytest_quantcheck.metrics.tasks import TaskResult
+from pytest_quantcheck.metrics.task_answers import TaskResult
 
 
 class Comparisons(Protocol):

@@ -18,7 +18,7 @@ import numpy as np
 from pytest_quantcheck import stats
 from pytest_quantcheck.baseline import UPDATE_FLAG
 from pytest_quantcheck.metrics.memory import MemoryUsage
-from pytest_quantcheck.metrics.tasks import TaskResult
+from pytest_quantcheck.metrics.task_answers import TaskResult
 from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun
 from pytest_quantcheck.tensor_mix import TensorMix
 

@@ -18,7 +18,7 @@ from pytest_quantcheck.checks import Against, CheckSkipped, SpeedAgainst, Subjec
 from pytest_quantcheck.config import Settings
 from pytest_quantcheck.metrics.kld import KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
-from pytest_quantcheck.metrics.tasks import TaskResult
+from pytest_quantcheck.metrics.task_answers import TaskResult
 from pytest_quantcheck.models import REFERENCE, Models, QuantModel
 
 

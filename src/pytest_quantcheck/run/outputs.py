@@ -7,7 +7,6 @@ No pytest here.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -16,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_quantcheck import baseline, report
-from pytest_quantcheck.checks import Outcome
 from pytest_quantcheck.config import Settings
-from pytest_quantcheck.demo.tasks import task_specs
-from pytest_quantcheck.metrics.tasks import Z95
+from pytest_quantcheck.demo.task_sets import task_specs
+from pytest_quantcheck.metrics.task_answers import Z95
 from pytest_quantcheck.models import Models, QuantModel
 from pytest_quantcheck.run.comparands import Comparands
 from pytest_quantcheck.run.decider import Decider
@@ -108,10 +106,11 @@ class Outputs:
     decider: Decider
     notes: list[tuple[str, bool]]  # (text, is_error), shown last: the session's
     shard: tuple[int, int] | None = None
-    _merged_baselines: list[BaselinePayload] = field(default_factory=list)
-    _merged_points: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what pytest-xdist workers sent the controller (run/workers.py takes it in)
+    merged_baselines: list[BaselinePayload] = field(default_factory=list)
+    merged_points: dict[str, dict[str, Any]] = field(default_factory=dict)
+    merged_models: dict[str, dict[str, Any]] = field(default_factory=dict)
     _document: BaselinePayload | None = None
-    _merged_models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def baseline_payload(self) -> BaselinePayload | None:
         """Keys and records of every model this process measured, for the baseline file."""
@@ -143,7 +142,7 @@ class Outputs:
         :func:`report.over_common_chunks` puts every model on the same ones), tokens/s and task
         accuracy with their counts."""
         m = self.models
-        out = dict(self._merged_points)
+        out = dict(self.merged_points)
         for name, model in m.measured().items():
             point: dict[str, Any] = {"bits_per_weight": model.bits_per_weight,
                                      "size_bytes": model.size_bytes}
@@ -163,36 +162,12 @@ class Outputs:
             out[name] = point
         return out
 
-    def worker_payload(self) -> str:
-        """What a pytest-xdist worker sends the controller: outcomes, steps, plot points, notes
-        (what collection found to say) and, when updating, its baseline records."""
-        payload = self.baseline_payload() if self.comparands.baseline_mode == "update" else None
-        return json.dumps({"outcomes": [o.to_dict() for o in self.decider.outcomes], "baseline": payload,
-                           "points": self.points(), "steps": self.models.store.steps,
-                           "models": model_rows(self.models), "notes": self.notes},
-                          default=str)
-
-    def merge(self, data: str, worker: str = "worker") -> None:
-        """Take in a worker's payload (on the controller)."""
-        payload = json.loads(data)
-        self.decider.outcomes.extend(Outcome.from_dict(o) for o in payload["outcomes"])
-        self.models.store.steps.extend(f"[{worker}] {step}" for step in payload.get("steps", []))
-        # every worker collects every test, so each sends the same collection notices: one each
-        for text, red in payload.get("notes", []):
-            if (text, red) not in self.notes:
-                self.notes.append((str(text), bool(red)))
-        self._merged_points.update(payload.get("points", {}))
-        self._merged_models.update(payload.get("models", {}))
-        if payload.get("baseline"):
-            keys, records = payload["baseline"]
-            self._merged_baselines.append((keys, records))
-
     # ---- the end of the run ------------------------------------------------------------------
 
     def model_table(self) -> dict[str, dict[str, Any]]:
         """Per model of the run (every worker's): chunks decoded, taken from the result cache,
         looked at, and seconds of decoding."""
-        return {**self._merged_models, **model_rows(self.models)}
+        return {**self.merged_models, **model_rows(self.models)}
 
     def tensor_notes(self) -> list[str]:
         """What llama.cpp wrote that a user should know: variants holding identical tensors,
@@ -239,7 +214,7 @@ class Outputs:
         if self.comparands.baseline_mode != "update":
             return None
         if self._document is None:
-            batches = list(self._merged_baselines)
+            batches = list(self.merged_baselines)
             own = self.baseline_payload()
             if own is not None:
                 batches.append(own)

@@ -12,7 +12,7 @@ llama-perplexity reads:
 
 Passages are drawn from the prose paragraphs of the text (no quotes or underscores, which the
 layouts reserve) with a fixed seed, so the files are reproducible:
-``python -m pytest_quantcheck.demo.tasks`` writes them again and a test compares. The demo model
+``python -m pytest_quantcheck.demo.task_sets`` writes them again and a test compares. The demo model
 is trained on disjoint text, so these measure how far it generalizes: well above chance, far from
 perfect, and sensitive to quantization.
 """

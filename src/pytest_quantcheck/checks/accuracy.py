@@ -17,11 +17,11 @@ from pytest_quantcheck.baseline import UPDATE_FLAG, BaselineError
 from pytest_quantcheck.checks.comparison import Comparisons
 from pytest_quantcheck.checks.outcome import Outcome, Subject, TaskAgainst
 from pytest_quantcheck.checks.registry import CheckType, Param, task_need
-from pytest_quantcheck.demo.tasks import task_specs
+from pytest_quantcheck.demo.task_sets import task_specs
 
 if TYPE_CHECKING:
     from pytest_quantcheck.config import Settings
-    from pytest_quantcheck.metrics.tasks import TaskResult
+    from pytest_quantcheck.metrics.task_answers import TaskResult
 
 
 class _TaskCheck(CheckType):
