@@ -137,9 +137,9 @@ def child(mode: str, path: Path) -> int:
     report = Path(f"{path}.outcome")
     stage = "load"
     try:
-        from pytest_quantcheck.backends.llamacpp import LlamaCppModel
+        from pytest_quantcheck.backends.llamacpp import LoadedLlamaCpp
 
-        model = LlamaCppModel(path, RunOptions(n_threads=1))
+        model = LoadedLlamaCpp(path, RunOptions(n_threads=1))
         if mode == "decode":
             import numpy as np
 

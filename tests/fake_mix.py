@@ -2,7 +2,7 @@
 
 Model files hold a few named matrices of real ggml types (zero bytes of the right size, so
 :func:`tensor_mix.read_mix` and the file sizes see a real mix). The fake model's noise (what
-:class:`fakes.FakeModel` adds to its logits) is the root sum of squares of each matrix's
+:class:`fakes.FakeLoaded` adds to its logits) is the root sum of squares of each matrix's
 ``WEIGHT[kind] * ERROR[type]``, so a tensor's damage is known, and roughly additive in KLD (which
 grows with the noise's square). The quantizer follows llama.cpp's rules that blame relies on:
 ``tensor_types`` overrides (first match, ``re.search``) apply only when the file type is a
@@ -25,7 +25,7 @@ from pytest_quantcheck.gguf_check import GGML_TYPE_SIZES
 from pytest_quantcheck.gguf_file import _encode_value, _string, read_gguf
 from pytest_quantcheck.tensor_mix import GGML_TYPE_NAMES, TYPE_IDS
 
-from fakes import FakeBackend, FakeModel, _bigram_table, noise_of
+from fakes import FakeBackend, FakeLoaded, _bigram_table, noise_of
 
 WIDTH = 256  # every row a whole block of every type
 ROWS = 4
@@ -90,7 +90,7 @@ def stock_types(ftype: int) -> dict[str, str]:
     return types
 
 
-class MixModel(FakeModel):
+class MixModel(FakeLoaded):
     """One direction of noise for every file, scaled by its noise: KLD then grows smoothly with
     the noise's square, so a tensor's damage adds up as the weights say (the plain fake draws a
     new direction per noise level, whose luck would swamp small differences)."""

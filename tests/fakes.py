@@ -30,7 +30,7 @@ TYPE_NOISE = {0: 0.0, 1: 0.001, 7: 0.01, 18: 0.03, 15: 0.3, 12: 0.4, 10: 0.6}
 
 
 class FakeContext:
-    def __init__(self, model: FakeModel, n_ctx: int, n_seq: int, n_batch: int) -> None:
+    def __init__(self, model: FakeLoaded, n_ctx: int, n_seq: int, n_batch: int) -> None:
         self.model, self.n_ctx, self.n_seq, self.n_batch = model, n_ctx, n_seq, n_batch
         model.contexts_opened += 1
 
@@ -49,7 +49,7 @@ class FakeBatch:
     """A unified cache of ``n_seq`` sequences: each decoded token joins the sequences it names,
     and a logit row is the model's for its sequence's tokens so far."""
 
-    def __init__(self, model: FakeModel, n_ctx: int, n_seq: int, n_batch: int) -> None:
+    def __init__(self, model: FakeLoaded, n_ctx: int, n_seq: int, n_batch: int) -> None:
         self.model, self.n_ctx, self.n_seq, self.n_batch = model, n_ctx, n_seq, n_batch
         self.decodes: list[int] = []  # tokens per decode call
 
@@ -135,7 +135,7 @@ def speed_of(path: Path) -> float:
     return float(read_gguf(path).metadata.get("fake.speed", 0.0))
 
 
-class FakeModel:
+class FakeLoaded:
     def __init__(self, path: Path, add_bos: bool = True) -> None:
         self.path = path
         self.n_vocab = N_VOCAB
@@ -197,14 +197,14 @@ class FakeBackend:
         self.log = log
         self.gpu = gpu or GpuReport(note="fake backend")
         self.loads = 0
-        self.models: list[FakeModel] = []
+        self.models: list[FakeLoaded] = []
 
-    def load(self, path: Path, options: RunOptions) -> FakeModel:
+    def load(self, path: Path, options: RunOptions) -> FakeLoaded:
         self.loads += 1
         if self.log is not None:
             with self.log.open("a") as f:
                 f.write(f"load {path.name}\n")
-        self.models.append(FakeModel(path))
+        self.models.append(FakeLoaded(path))
         return self.models[-1]
 
     def quantize(self, source: Path, dest: Path, ftype: int, *, n_threads: int,

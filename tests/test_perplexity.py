@@ -14,10 +14,10 @@ from pytest_quantcheck.evaluation import (
 )
 from pytest_quantcheck.metrics.perplexity import perplexity_from_nll
 
-from fakes import FakeModel, write_fake_gguf
+from fakes import FakeLoaded, write_fake_gguf
 
 
-def naive_perplexity(model: FakeModel, text: bytes, n_ctx: int) -> tuple[float, float, int]:
+def naive_perplexity(model: FakeLoaded, text: bytes, n_ctx: int) -> tuple[float, float, int]:
     """llama-perplexity's protocol, token by token: one chunk at a time, one position at a time."""
     tokens = model.tokenize(text)
     nlls = []
@@ -41,7 +41,7 @@ def naive_perplexity(model: FakeModel, text: bytes, n_ctx: int) -> tuple[float, 
 @pytest.mark.parametrize("add_bos", [True, False])
 def test_batched_perplexity_equals_token_by_token(tmp_path: Path, text_file: Path,
                                                   n_batch: int, add_bos: bool) -> None:
-    model = FakeModel(write_fake_gguf(tmp_path / "m.gguf"), add_bos=add_bos)
+    model = FakeLoaded(write_fake_gguf(tmp_path / "m.gguf"), add_bos=add_bos)
     text = read_eval_text(text_file)
     res = perplexity(model, text, ScoringProtocol(n_ctx=64, n_batch=n_batch))
     ppl, err, count = naive_perplexity(model, text, 64)
@@ -56,13 +56,13 @@ def test_batched_perplexity_equals_token_by_token(tmp_path: Path, text_file: Pat
 def test_bos_replacement_changes_the_numbers(tmp_path: Path, text_file: Path) -> None:
     text = read_eval_text(text_file)
     proto = ScoringProtocol(n_ctx=64, n_batch=256)
-    with_bos = perplexity(FakeModel(write_fake_gguf(tmp_path / "a.gguf")), text, proto)
-    without = perplexity(FakeModel(tmp_path / "a.gguf", add_bos=False), text, proto)
+    with_bos = perplexity(FakeLoaded(write_fake_gguf(tmp_path / "a.gguf")), text, proto)
+    without = perplexity(FakeLoaded(tmp_path / "a.gguf", add_bos=False), text, proto)
     assert with_bos.ppl != without.ppl
 
 
 def test_chunk_cap_and_protocol_shape(tmp_path: Path, text_file: Path) -> None:
-    model = FakeModel(write_fake_gguf(tmp_path / "m.gguf"))
+    model = FakeLoaded(write_fake_gguf(tmp_path / "m.gguf"))
     text = read_eval_text(text_file)
     res = perplexity(model, text, ScoringProtocol(n_ctx=64, n_batch=128, n_chunks=3))
     assert res.n_chunks == 3 and res.n_tokens == 3 * 31
@@ -81,7 +81,7 @@ def test_perplexity_summary_matches_llama_formula() -> None:
 def test_memory_per_group_is_bounded(tmp_path: Path, text_file: Path) -> None:
     """Only one group of logits is alive at a time: the fake counts contexts, and results hold
     per-token NLL only (8 bytes a token), never logits."""
-    model = FakeModel(write_fake_gguf(tmp_path / "m.gguf"))
+    model = FakeLoaded(write_fake_gguf(tmp_path / "m.gguf"))
     res = perplexity(model, read_eval_text(text_file), ScoringProtocol(n_ctx=64, n_batch=128))
     assert model.contexts_opened == 1
     assert res.token_nll.nbytes == 8 * res.n_tokens
@@ -94,7 +94,7 @@ def test_memory_per_group_is_bounded(tmp_path: Path, text_file: Path) -> None:
 def test_unusable_text_is_a_clear_error(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "t.txt"
     path.write_bytes(content)
-    model = FakeModel(write_fake_gguf(tmp_path / "m.gguf"))
+    model = FakeLoaded(write_fake_gguf(tmp_path / "m.gguf"))
     with pytest.raises(EvalTextError, match=message) as info:
         perplexity(model, read_eval_text(path), ScoringProtocol(n_ctx=64), source=str(path))
     assert str(path) in str(info.value)

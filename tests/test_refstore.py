@@ -10,7 +10,7 @@ from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol, read_ev
 from pytest_quantcheck.metrics.kld import compare_tokens, reference_rows
 from pytest_quantcheck.refstore import ReferenceStoreError, open_reference
 
-from fakes import FakeBackend, FakeModel, write_fake_gguf
+from fakes import FakeBackend, FakeLoaded, write_fake_gguf
 
 PROTO = ScoringProtocol(n_ctx=64, n_batch=128)
 
@@ -33,7 +33,7 @@ def test_reference_is_computed_once_and_reused(tmp_path: Path, text_file: Path) 
 def test_stored_rows_equal_freshly_computed_ones(tmp_path: Path, text_file: Path) -> None:
     ref = write_fake_gguf(tmp_path / "ref.gguf")
     store = Engine(FakeBackend()).reference(ref, text_file, PROTO, 1e-4, max_tokens=8)
-    model = FakeModel(ref)
+    model = FakeLoaded(ref)
     tokens = model.tokenize(read_eval_text(text_file))
     chunk = tokens[:64].copy()
     chunk[0] = model.bos_token
@@ -69,8 +69,8 @@ def test_models_with_different_tokenization_are_refused(tmp_path: Path, text_fil
     other = write_fake_gguf(tmp_path / "other.gguf", noise=0.1)
     engine = Engine(FakeBackend())
     engine.reference(ref, text_file, PROTO)
-    original = FakeModel.tokenize
-    monkeypatch.setattr(FakeModel, "tokenize", lambda self, text: original(self, text[::-1]))
+    original = FakeLoaded.tokenize
+    monkeypatch.setattr(FakeLoaded, "tokenize", lambda self, text: original(self, text[::-1]))
     with pytest.raises(EvalTextError, match="tokenizes"):
         engine.kl_divergence(ref, other, text_file, PROTO)
 

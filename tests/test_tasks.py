@@ -20,7 +20,7 @@ from pytest_quantcheck.tasks.files import TaskFileError, load
 from pytest_quantcheck.tasks.mt19937 import MT19937, float_index, uniform_int
 from pytest_quantcheck.tasks.scoring import WINOGRANDE_MIN_TRAILING, log_probs, prepare, score
 
-from fakes import FakeBackend, FakeModel, write_fake_gguf
+from fakes import FakeBackend, FakeLoaded, write_fake_gguf
 
 # ---- llama-perplexity's random selection ----------------------------------------------------
 
@@ -178,7 +178,7 @@ def test_bad_task_file_through_the_command(tmp_path: Path, capsys: pytest.Captur
 # ---- scoring ---------------------------------------------------------------------------------
 
 
-def naive_scores(model: FakeModel, text_a: bytes, texts: tuple[bytes, ...]) -> list[float]:
+def naive_scores(model: FakeLoaded, text_a: bytes, texts: tuple[bytes, ...]) -> list[float]:
     """Each choice decoded alone; its mean log-probability over the tokens after the prefix
     that all choices share."""
     seqs = [model.tokenize(t) for t in texts]
@@ -208,7 +208,7 @@ def test_batched_scores_equal_naive_per_ending_scores(tmp_path: Path, n_parallel
     path = tmp_path / "hs.txt"
     path.write_text("\n".join(lines) + "\n")
     task_set = load(path, limit=0)
-    model = FakeModel(write_fake_gguf(tmp_path / "m.gguf"))
+    model = FakeLoaded(write_fake_gguf(tmp_path / "m.gguf"))
     ctx = model.open_batch(n_parallel * 128, n_parallel, 256)
     scored = score(task_set, model.tokenize, ctx, n_parallel * 128, n_parallel)
     for i, task in enumerate(task_set.tasks):
@@ -225,7 +225,7 @@ def test_winogrande_scores_the_tokens_after_the_blank(tmp_path: Path) -> None:
     path.write_text("0,alpha beta _ gamma delta quant check model,beta,quant,1\n"
                     "1,alpha _ b,g,c,2\n\n")
     task_set = load(path)
-    model = FakeModel(write_fake_gguf(tmp_path / "m.gguf"))
+    model = FakeLoaded(write_fake_gguf(tmp_path / "m.gguf"))
     ctx = model.open_batch(512, 4, 512)
     scored = score(task_set, model.tokenize, ctx, 512, 4)
     # task 1: long continuations, so only the tokens after the choice count (less the last)
@@ -331,7 +331,7 @@ def test_scoring_in_pieces_gives_the_full_runs_answers(tmp_path: Path) -> None:
     # goes on from the batch after: the same decodes, so the same answers
     path = hellaswag_file(tmp_path / "hs.txt", 30)
     task_set = load(path, limit=0)
-    model = FakeModel(write_fake_gguf(tmp_path / "m.gguf"))
+    model = FakeLoaded(write_fake_gguf(tmp_path / "m.gguf"))
     whole = score(task_set, model.tokenize, model.open_batch(1024, 8, 256), 1024, 8)
     ctx = model.open_batch(1024, 8, 256)
     first = score(task_set, model.tokenize, ctx, 1024, 8, upto=7)

@@ -1,4 +1,4 @@
-"""The ``llama-perplexity`` scoring protocol, driving any backend :class:`Model`.
+"""The ``llama-perplexity`` scoring protocol, driving any backend :class:`LoadedModel`.
 
 The text is tokenized once (BOS per the vocabulary) and cut into ``n_chunks`` chunks of
 ``n_ctx`` tokens; each chunk is decoded from an empty cache with its first token replaced by
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from pytest_quantcheck.backends import Model
+from pytest_quantcheck.backends import LoadedModel
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.metrics.kld import (
     KLDResult,
@@ -112,7 +112,7 @@ class ScoredGroup:
 
 
 def scored_groups(
-    model: Model,
+    model: LoadedModel,
     tokens: NDArray[np.int32],
     proto: ScoringProtocol,
     n_chunks: int,
@@ -152,7 +152,7 @@ def look_end(proto: ScoringProtocol, n_total: int, upto: int | None) -> int:
 
 
 def chunk_nll(
-    model: Model, tokens: NDArray[np.int32], proto: ScoringProtocol, n_chunks: int,
+    model: LoadedModel, tokens: NDArray[np.int32], proto: ScoringProtocol, n_chunks: int,
     start_chunk: int = 0, progress: Callable[[int, int], None] | None = None,
     threads: int = 1,
 ) -> NDArray[np.float64]:
@@ -167,7 +167,7 @@ def chunk_nll(
 
 
 def perplexity(
-    model: Model,
+    model: LoadedModel,
     text: bytes,
     proto: ScoringProtocol,
     *,
@@ -182,7 +182,7 @@ def perplexity(
 
 
 def kl_divergence(
-    model: Model,
+    model: LoadedModel,
     tokens: NDArray[np.int32],
     proto: ScoringProtocol,
     reference: Iterator[ReferenceRows],
@@ -197,7 +197,7 @@ def kl_divergence(
 
 
 def compare_chunks(
-    model: Model, tokens: NDArray[np.int32], proto: ScoringProtocol,
+    model: LoadedModel, tokens: NDArray[np.int32], proto: ScoringProtocol,
     reference: Iterator[ReferenceRows], n_chunks: int, start_chunk: int = 0,
     progress: Callable[[int, int], None] | None = None, threads: int = 1,
 ) -> list[TokenComparison]:

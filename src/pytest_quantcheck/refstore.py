@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from pytest_quantcheck.backends import Model
+from pytest_quantcheck.backends import LoadedModel
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.evaluation import ScoringProtocol, scored_groups
 from pytest_quantcheck.metrics.kld import (
@@ -100,7 +100,7 @@ class ReferenceStore:
 
 def write_reference(
     dest: Path,
-    model: Model,
+    model: LoadedModel,
     tokens: np.ndarray[Any, np.dtype[np.int32]],
     proto: ScoringProtocol,
     n_chunks: int,

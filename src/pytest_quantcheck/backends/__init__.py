@@ -131,7 +131,11 @@ class BenchContext(Protocol):
     def close(self) -> None: ...
 
 
-class Model(Protocol):
+class LoadedModel(Protocol):
+    """A model file loaded by a backend: weights in memory, a tokenizer, and contexts to decode
+    in. (A *model* elsewhere is a model under test, :class:`~pytest_quantcheck.models.QuantModel`;
+    its file is a :class:`~pytest_quantcheck.variants.Variant`.)"""
+
     path: Path
     n_vocab: int
     n_embd: int
@@ -160,7 +164,7 @@ class Backend(Protocol):
     name: str
     version: str  # identifies the inference code; part of every cache key
 
-    def load(self, path: Path, options: RunOptions) -> Model: ...
+    def load(self, path: Path, options: RunOptions) -> LoadedModel: ...
 
     def quantize(
         self,

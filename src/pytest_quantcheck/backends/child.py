@@ -23,7 +23,7 @@ import numpy as np
 
 from pytest_quantcheck import gpu
 from pytest_quantcheck.backends import BackendError, RunOptions
-from pytest_quantcheck.backends.llamacpp import LlamaCppModel
+from pytest_quantcheck.backends.llamacpp import LoadedLlamaCpp
 from pytest_quantcheck.metrics.memory import reset_peak, resident
 
 
@@ -33,7 +33,7 @@ def probe(path: Path) -> int:
     # Some files load and then abort llama.cpp at context creation or the first decode (a
     # weight type with no CPU kernel, a bad norm epsilon): decode a few tokens too.
     try:
-        model = LlamaCppModel(path, RunOptions(n_threads=1))
+        model = LoadedLlamaCpp(path, RunOptions(n_threads=1))
         ctx = model.open_context(8, 1, 8)
         ctx.score_chunks(np.zeros((1, 8), dtype=np.int32) + min(1, model.n_vocab - 1), 4)
         ctx.close()
@@ -50,7 +50,7 @@ def memory(path: Path, threads: int, layers: int, n_ctx: int, n_seq: int, n_batc
     reset_peak()
     rss_before, _ = resident()
     try:
-        model = LlamaCppModel(path, RunOptions(n_threads=threads, n_gpu_layers=layers))
+        model = LoadedLlamaCpp(path, RunOptions(n_threads=threads, n_gpu_layers=layers))
         ctx = model.open_context(n_ctx, n_seq, n_batch)
         tokens = np.random.default_rng(0).integers(0, model.n_vocab, size=(n_seq, n_ctx))
         ctx.score_chunks(tokens.astype(np.int32), n_ctx // 2)

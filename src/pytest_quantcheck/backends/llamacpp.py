@@ -80,7 +80,7 @@ class _NativeContext:
     _ctx: Any = None
     _pool: Any = None
 
-    def _open(self, model: LlamaCppModel, params: Any, n_batch: int, what: str,
+    def _open(self, model: LoadedLlamaCpp, params: Any, n_batch: int, what: str,
               seq_per_token: int = 1) -> None:
         ctx = lc.llama_init_from_model(model._model, params)
         if not ctx:
@@ -113,7 +113,7 @@ class _NativeContext:
 
 
 class LlamaCppContext(_NativeContext):
-    def __init__(self, model: LlamaCppModel, n_ctx: int, n_seq: int, n_batch: int,
+    def __init__(self, model: LoadedLlamaCpp, n_ctx: int, n_seq: int, n_batch: int,
                  embeddings: bool) -> None:
         if n_ctx < 2 or n_seq < 1 or n_batch < 1:
             raise ValueError(f"bad context shape n_ctx={n_ctx} n_seq={n_seq} n_batch={n_batch}")
@@ -208,7 +208,7 @@ class LlamaCppContext(_NativeContext):
 
 
 class LlamaCppBench(_NativeContext):
-    def __init__(self, model: LlamaCppModel, n_ctx: int, n_batch: int, n_ubatch: int) -> None:
+    def __init__(self, model: LoadedLlamaCpp, n_ctx: int, n_batch: int, n_ubatch: int) -> None:
         self.model = model
         params = lc.llama_context_default_params()
         params.n_ctx = n_ctx
@@ -255,7 +255,7 @@ class LlamaCppBatch(_NativeContext):
     """llama-perplexity's task-mode context: ``n_seq`` sequences in one unified KV cache of
     ``n_ctx`` tokens, batches of ``n_batch`` tokens split into physical batches of 512."""
 
-    def __init__(self, model: LlamaCppModel, n_ctx: int, n_seq: int, n_batch: int) -> None:
+    def __init__(self, model: LoadedLlamaCpp, n_ctx: int, n_seq: int, n_batch: int) -> None:
         self.model = model
         self.n_batch = min(n_batch, n_ctx)
         params = lc.llama_context_default_params()
@@ -308,7 +308,7 @@ class LlamaCppBatch(_NativeContext):
         return result if result is not None else np.empty((0, n_vocab), dtype=np.float32)
 
 
-class LlamaCppModel:
+class LoadedLlamaCpp:
     def __init__(self, path: Path, options: RunOptions) -> None:
         self._model = None
         _ensure_initialized(options.verbose)
@@ -368,12 +368,12 @@ class LlamaCppBackend:
     def __init__(self, isolate: bool = True) -> None:
         self.isolate = isolate  # first load of each file in a child process (see probe.py)
 
-    def load(self, path: Path, options: RunOptions) -> LlamaCppModel:
+    def load(self, path: Path, options: RunOptions) -> LoadedLlamaCpp:
         if self.isolate:
             from pytest_quantcheck.backends.probe import probe
 
             probe(path, self.version)
-        return LlamaCppModel(path, options)
+        return LoadedLlamaCpp(path, options)
 
     def quantize(
         self,

@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 
 from pytest_quantcheck import cache
-from pytest_quantcheck.backends import Backend, Model, RunOptions, default_backend
+from pytest_quantcheck.backends import Backend, LoadedModel, RunOptions, default_backend
 from pytest_quantcheck.demo.vocab import BOS_ID, EOS_ID, UNK_ID, Vocab, learn_vocab
 from pytest_quantcheck.gguf_file import write_gguf
 
@@ -173,7 +173,7 @@ def _tensors(embd: NDArray[np.float32], output: NDArray[np.float32],
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
 
 
-def _hidden_states(model: Model, tokens: NDArray[np.int32]) -> tuple[NDArray[np.float32],
+def _hidden_states(model: LoadedModel, tokens: NDArray[np.int32]) -> tuple[NDArray[np.float32],
                                                                      NDArray[np.int32]]:
     """llama.cpp's final normalized states for every position of BOS-led chunks, with targets."""
     n_seq = 8
