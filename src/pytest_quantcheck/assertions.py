@@ -94,7 +94,7 @@ def _helper(marker: str) -> Helper:
             args = ()
             if of is not None:
                 kwargs["of"] = of.name
-            elif of_param.default is not None and kind.relative_to in kwargs:
+            elif of_param.default is not None and kind.comparison_arg in kwargs:
                 kwargs["of"] = "reference"  # a helper's default, not the marker's ("baseline")
         return _run(kind, model, of, args, kwargs, alpha, mode)
 

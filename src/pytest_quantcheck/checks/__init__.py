@@ -1,5 +1,5 @@
 """Checks: one registered class per marker (:mod:`.registry`), decided into an :class:`Outcome`
-(:mod:`.outcome`). Importing this package registers every built-in check, in the order the README
+(:mod:`.outcome`). Importing this package registers every built-in check, in the order the docs
 lists them."""
 
 # The import order is the registration order, which the docs' marker table follows.

@@ -1,4 +1,4 @@
-"""``python -m pytest_quantcheck.checks``: print the README's marker table from the registry."""
+"""``python -m pytest_quantcheck.checks``: print the docs' marker table from the registry."""
 
 from pytest_quantcheck.checks import marker_table
 

@@ -82,7 +82,7 @@ class AccuracyAtLeast(_TaskCheck):
 
 class AccuracyWithin(_TaskCheck):
     marker = "accuracy_within"
-    relative_to = "points"
+    comparison_arg = "points"
     params = (Param("task", "name"), Param("points", low=0.0, high=100.0),
               Param("of", "target", default=None))
     summary = ("accuracy at most `points` percentage points below the reference's (`of=None`),"
@@ -104,7 +104,7 @@ class AccuracyWithin(_TaskCheck):
 
 class FlipsAtMost(_TaskCheck):
     marker = "flips_at_most"
-    relative_to = "fraction"
+    comparison_arg = "fraction"
     params = (Param("task", "name"), Param("fraction", low=0.0, high=1.0),
               Param("of", "target", default=None))
     summary = ("share of tasks answered right by one model and wrong by the other (the"

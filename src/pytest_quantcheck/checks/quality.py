@@ -86,7 +86,7 @@ class _OnText(CheckType):
 
 class PerplexityWithin(_OnText):
     marker = "perplexity_within"
-    relative_to = "pct"
+    comparison_arg = "pct"
     params = (Param("pct", low=0.0), Param("of", "target", default=None), TEXT)
     summary = ("PPL at most `pct` % above the reference (`of=None`), another variant"
                " (`of=\"Q8_0\"`) or the baseline (`of=\"baseline\"`), on the default text,"
@@ -133,7 +133,7 @@ class PerplexityAtMost(_OnText):
 
 class KLDivergenceAtMost(_OnText):
     marker = "kl_divergence_at_most"
-    relative_to = "value"
+    comparison_arg = "value"
     need = KL
     params = (Param("value", low=0.0), Param("stat", "choice", default="mean",
                                              choices=tuple(KLD_STATS)),
@@ -169,7 +169,7 @@ class KLDivergenceAtMost(_OnText):
 
 class Top1AgreementAtLeast(_OnText):
     marker = "top1_agreement_at_least"
-    relative_to = "fraction"
+    comparison_arg = "fraction"
     need = KL
     params = (Param("fraction", low=0.0, high=1.0), Param("of", "model", default=None), TEXT)
     summary = ("the same top token as the reference (`of=None`) or another model (a variant or a"

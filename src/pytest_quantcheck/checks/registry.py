@@ -2,7 +2,7 @@
 model, how it is decided and what its message says.
 
 Everything else is derived from the registry: marker registration and the ini ``markers`` lines
-(:func:`marker_lines`), the README's marker table (:func:`marker_table`, checked by a test), the
+(:func:`marker_lines`), the docs' marker table (:func:`marker_table`, checked by a test), the
 assertion helpers (:mod:`pytest_quantcheck.assertions`) and the session's plan of which passes a
 model needs (:attr:`Check.needs`). A new metric is a new :class:`CheckType` subclass and its tests.
 """
@@ -140,11 +140,11 @@ class CheckType:
 
     marker: ClassVar[str]
     params: ClassVar[tuple[Param, ...]]
-    summary: ClassVar[str]  # "passes when ...", Markdown (the README's marker table)
+    summary: ClassVar[str]  # "passes when ...", Markdown (the marker table of the docs' reference page)
     exclusive: ClassVar[tuple[str, ...]] = ()  # exactly one of these must be given
     # The argument that makes the check compare with another model, named by ``of`` (a
     # variant, "baseline", or None for the reference); None: the check compares with nothing.
-    relative_to: ClassVar[str | None] = None
+    comparison_arg: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -213,7 +213,7 @@ class CheckType:
 
     def compares_with(self, args: Mapping[str, Any]) -> str | None:
         """The variant name or ``"baseline"`` this check compares with, if any."""
-        if self.relative_to is None or self.relative_to not in args:
+        if self.comparison_arg is None or self.comparison_arg not in args:
             return None
         of: str | None = args.get("of")
         return of
@@ -313,7 +313,7 @@ def marker_lines() -> dict[str, str]:
 
 
 def marker_table() -> str:
-    """The README's marker table, in Markdown."""
+    """The marker table of the docs' reference page, in Markdown."""
     lines = ["| marker | passes when |", "|---|---|"]
     for kind in REGISTRY.values():
         signature, summary = (text.replace("|", "\\|") for text in (kind.signature(), kind.summary))

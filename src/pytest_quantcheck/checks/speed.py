@@ -38,7 +38,7 @@ def _phase_result(run: ThroughputRun, phase: str, name: str) -> BenchResult:
 
 class ThroughputAtLeast(CheckType):
     marker = "throughput_at_least"
-    relative_to = "pct"
+    comparison_arg = "pct"
     params = (Param("tokens_per_s", low=0.0, default=None), Param("pct", low=-99.0, default=None),
               Param("of", "target", default="baseline"),
               Param("phase", "choice", default="tg", choices=PHASES))
