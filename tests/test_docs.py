@@ -329,7 +329,7 @@ def _fake_tasks(project: Path, tasks: dict[str, Any]) -> dict[str, Any]:
     """Small task files in each set's layout, of passages the fake model's context holds."""
     import numpy as np
 
-    from pytest_quantcheck.demo import tasks as demo_tasks
+    from pytest_quantcheck.demo import task_sets as demo_tasks
 
     from fakes import word_text
 

@@ -13,7 +13,7 @@ import pytest
 
 from pytest_quantcheck.backends import RunOptions
 from pytest_quantcheck.cli import main
-from pytest_quantcheck.demo import tasks as demo_tasks
+from pytest_quantcheck.demo import task_sets as demo_tasks
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.tasks import files
 from pytest_quantcheck.tasks.files import TaskFileError, load
