@@ -89,6 +89,21 @@ def test_the_interval_is_students() -> None:
     assert all(math.isnan(v) for v in mean_interval(np.array([5.0])))
 
 
+def test_a_results_interval_is_on_the_log_scale() -> None:
+    """A wild repetition widens the interval but never below 0 tokens/s, where Student's t on
+    the tokens/s themselves would go (as it did on a shared machine: [-219, 1513])."""
+    from pytest_quantcheck.metrics.throughput import BenchResult
+
+    tokens = 128
+    samples = np.array([1500.0, 1400.0, 90.0, 1450.0, 60.0])
+    r = BenchResult("tg128", 0, tokens, 2, 2048, 512, tokens / samples)
+    assert mean_interval(samples)[0] < 0
+    low, high = r.interval()
+    ref = np.exp(scipy_stats.t.interval(0.95, 4, loc=np.log(samples).mean(),
+                                        scale=scipy_stats.sem(np.log(samples))))
+    assert (low, high) == pytest.approx(tuple(ref)) and 0 < low < high
+
+
 def test_sweep_table(capsys: pytest.CaptureFixture[str], fake_bench: list[FakeBackend],
                      model: Path) -> None:
     out = run(capsys, "bench", model, "-t", "1,2", "-p", "40,24", "-n", "8", "-r", "3",
@@ -193,3 +208,12 @@ def test_plot_without_matplotlib_fails_before_measuring(
     assert err == ("quantcheck: error: --plot: install matplotlib for plots:"
                    " pip install 'pytest-quantcheck[plots]'\n")
     assert fake_bench == []  # nothing loaded, nothing timed
+
+
+@pytest.mark.parametrize("value", [[128, 512], "128,512"])
+def test_the_plugins_throughput_check_keeps_one_setting(value: object) -> None:
+    """A gate compares one setting with its baseline; a sweep is the command's."""
+    from pytest_quantcheck.config import ConfigError, Layer, merge
+
+    with pytest.raises(ConfigError, match="bench_prompt.*expected a whole number"):
+        merge([Layer("pyproject.toml", Path("."), {"bench_prompt": value})])

@@ -25,7 +25,7 @@ def test_a_sweep_on_the_demo_model(capsys: pytest.CaptureFixture[str], demo_mode
         (1, "pp32"), (1, "tg8"), (2, "pp32"), (2, "tg8")]
     for t in data["tests"]:
         assert len(t["samples"]) == 2 and all(s > 0 for s in t["samples"])
-        assert t["ci95_low"] <= t["tokens_per_s"] <= t["ci95_high"]
+        assert 0 < t["ci95_low"] <= t["ci95_high"]
         assert t["bandwidth_gb_s"] > 0.5
         assert (t["efficiency"] is not None and t["efficiency"] > 0) == (t["n_gen"] > 0)
     assert 0 < data["bytes_per_token"] < demo_model.stat().st_size

@@ -425,12 +425,13 @@ def plot_scaling(path: Path, results: Sequence[BenchResult], title: str) -> None
         tests = dict.fromkeys(r.test for r in results if r.test.startswith(phase))
         for test in tests:
             line = sorted((r for r in results if r.test == test), key=lambda r: r.n_threads)
-            means = np.array([r.mean for r in line])
+            x = np.array([r.n_threads for r in line])
+            drawn = ax.plot(x, [r.mean for r in line], marker="o", label=test)[0]
+            # the interval is of the log scale's mean, not centred on the mean: drawn as is;
+            # one needs two repetitions, with one (nan) the point stands alone
             low, high = np.array([r.interval() for r in line]).T
-            # an interval needs two repetitions; with one (nan) the point stands alone
-            err = np.nan_to_num([means - low, high - means])
-            ax.errorbar([r.n_threads for r in line], means, yerr=err, marker="o", capsize=3,
-                        label=test)
+            seen = ~np.isnan(low)
+            ax.vlines(x[seen], low[seen], high[seen], color=drawn.get_color(), alpha=0.6)
         ax.set(xlabel="threads", ylabel="tokens/s (mean, 95 % CI)", title=f"{label}: {title}",
                xticks=threads)
         ax.set_ylim(bottom=0)

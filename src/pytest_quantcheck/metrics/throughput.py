@@ -8,6 +8,7 @@ tokens/s sample; the summary is their mean and sample standard deviation, as lla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,10 +47,13 @@ class BenchResult:
         return float(self.samples.std(ddof=1)) if self.samples.size > 1 else 0.0
 
     def interval(self, confidence: float = 0.95) -> tuple[float, float]:
-        """Student's t interval of the mean tokens/s over the repetitions: how far the mean may
-        be off given their scatter (not the drift between runs, which they cannot show);
-        ``(nan, nan)`` with one repetition."""
-        return mean_interval(self.samples, confidence)
+        """Where the typical tokens/s lies given the repetitions' scatter: Student's t interval
+        of the mean log tokens/s, exponentiated. Timing noise is multiplicative (stats.py
+        compares throughput on the log scale for the same reason), so the interval is never
+        negative, as one of the mean itself can be under heavy noise, and reaches further up
+        than down. It cannot show drift between runs. ``(nan, nan)`` with one repetition."""
+        low, high = mean_interval(np.log(self.samples), confidence)
+        return math.exp(low), math.exp(high)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BenchResult:
