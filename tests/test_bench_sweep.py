@@ -215,5 +215,6 @@ def test_the_plugins_throughput_check_keeps_one_setting(value: object) -> None:
     """A gate compares one setting with its baseline; a sweep is the command's."""
     from pytest_quantcheck.config import ConfigError, Layer, merge
 
-    with pytest.raises(ConfigError, match="bench_prompt.*expected a whole number"):
+    with pytest.raises(ConfigError) as info:
         merge([Layer("pyproject.toml", Path("."), {"bench_prompt": value})])
+    assert str(info.value) == f"pyproject.toml: bench_prompt: expected a whole number, got {value!r}"

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-ub", "--ubatch-size", type=_positive, default=512,
                    help="physical batch size (default: 512)")
     b.add_argument("--json", action="store_true", help="print every sample as JSON")
-    b.add_argument("--plot", type=_plot_path, default=None,
+    b.add_argument("--plot", type=_plot_path, default=None, metavar="FILE",
                    help="draw tokens/s against threads here, one line per test (PNG, SVG or"
                    " PDF; needs matplotlib)")
     _run_args(b, _list_of(_positive), "CPU threads, or a comma-separated list to sweep")
@@ -330,7 +330,7 @@ def _bench(args: argparse.Namespace) -> int:
                    "tests": [r.to_dict() for r in run.tests.values()]})
         else:
             _print_bench(args.model, run)
-        results = list(run.tests.values())
+        results, cpu = list(run.tests.values()), run.fingerprint.cpu
     else:
         settings = sweep_settings([t or options.threads() for t in threads], args.n_prompt,
                                   args.n_gen)
@@ -340,11 +340,11 @@ def _bench(args: argparse.Namespace) -> int:
             _dump({"model": str(args.model), **sweep.to_dict()})
         else:
             _print_sweep(args.model, sweep)
-        results = sweep.results
+        results, cpu = sweep.results, sweep.fingerprint.cpu
     if args.plot is not None:
         from pytest_quantcheck.report import plot_scaling
 
-        plot_scaling(args.plot, results, f"{args.model.name} on {bench.fingerprint().cpu}")
+        plot_scaling(args.plot, results, f"{args.model.name} on {cpu}")
     return 0
 
 
@@ -369,7 +369,7 @@ def _print_sweep(model: Path, sweep: Sweep) -> None:
     print(f"machine: {sweep.fingerprint.summary(threads=False)};"
           f" {' '.join(sweep.fingerprint.cpu_features)}")
     print("| model | size | threads | n_batch | n_ubatch | test | t/s | 95 % CI of t/s |"
-          + (f" vs {next(iter(first.values())).n_threads} threads |" if scaling else "")
+          + (f" vs {sweep.results[0].n_threads} threads |" if scaling else "")
           + " roofline |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
           + (" ---: |" if scaling else "") + " ---: |")
