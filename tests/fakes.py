@@ -136,8 +136,10 @@ def speed_of(path: Path) -> float:
 
 
 class FakeLoaded:
-    def __init__(self, path: Path, add_bos: bool = True) -> None:
+    def __init__(self, path: Path, add_bos: bool = True,
+                 options: RunOptions = RunOptions()) -> None:
         self.path = path
+        self.options = options  # as loaded: the thread count a bench sweep set
         self.n_vocab = N_VOCAB
         self.n_embd = 8
         self.n_ctx_train = 4096
@@ -204,7 +206,7 @@ class FakeBackend:
         if self.log is not None:
             with self.log.open("a") as f:
                 f.write(f"load {path.name}\n")
-        self.models.append(FakeLoaded(path))
+        self.models.append(FakeLoaded(path, options=options))
         return self.models[-1]
 
     def quantize(self, source: Path, dest: Path, ftype: int, *, n_threads: int,

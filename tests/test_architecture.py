@@ -22,7 +22,7 @@ FLOORS: list[tuple[str, set[str]]] = [
               "tasks.files", "demo.vocab", "results"}),
     ("backends", {"backends", "backends.child", "backends.llamacpp", "backends.memory",
                   "backends.probe"}),
-    ("core", {"variants", "tensor_mix", "imatrix", "evaluation", "refstore", "engine",
+    ("core", {"variants", "tensor_mix", "imatrix", "evaluation", "refstore", "engine", "bench",
               "tasks.scoring", "demo.model", "demo.task_sets", "baseline", "blame",
               "recipe_search"}),
     ("checks", {"checks", "checks.accuracy", "checks.comparison", "checks.files",

@@ -10,7 +10,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from pytest_quantcheck.evaluation import EvalTextError, ScoringProtocol, read_ev
 from pytest_quantcheck.gguf_types import FILE_TYPES
 from pytest_quantcheck.metrics.kld import DEFAULT_MAX_TOKENS, DEFAULT_TAIL_MASS, KLDResult
 from pytest_quantcheck.metrics.perplexity import PerplexityResult
-from pytest_quantcheck.metrics.throughput import ThroughputRun
+from pytest_quantcheck.metrics.throughput import BenchResult, Sweep, ThroughputRun
 from pytest_quantcheck.progress import LiveProgress, Progress
 from pytest_quantcheck.tasks.files import DEFAULT_LIMIT, HELLASWAG, MODES, MULTIPLE_CHOICE, WINOGRANDE
 from pytest_quantcheck.tasks.files import load as load_tasks
@@ -46,6 +46,30 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _list_of(item: Callable[[str], int]) -> Callable[[str], tuple[int, ...]]:
+    """A parser of ``item`` values separated by commas (llama-bench's lists: ``-t 1,2,4``)."""
+    def parse(text: str) -> tuple[int, ...]:
+        parts = text.split(",")
+        try:
+            values = tuple(item(part.strip()) for part in parts)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{exc}{f' in the list {text!r}' if len(parts) > 1 else ''}") from None
+        if len(set(values)) < len(values):
+            raise argparse.ArgumentTypeError(f"{text!r} lists a value twice; list each once")
+        return values
+    parse.__name__ = f"list of {item.__name__}"
+    return parse
+
+
+def _plot_path(text: str) -> Path:
+    """A plot's file, checked before any measuring: its suffix picks the format."""
+    path = Path(text)
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise argparse.ArgumentTypeError(f"{text}: name a .png, .svg or .pdf file")
+    return path
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -56,9 +80,10 @@ def _probability(text: str) -> float:
     return value
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-t", "--threads", type=_positive, default=None,
-                   help="CPU threads (default: one per physical core, as llama.cpp)")
+def _run_args(p: argparse.ArgumentParser, threads: Callable[[str], Any] = _positive,
+              threads_help: str = "CPU threads") -> None:
+    p.add_argument("-t", "--threads", type=threads, default=None,
+                   help=f"{threads_help} (default: one per physical core, as llama.cpp)")
     p.add_argument("-ngl", "--n-gpu-layers", type=_non_negative, default=0,
                    help="layers to offload to a GPU (default: 0)")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
@@ -113,12 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"most reference tokens kept per position (default: {DEFAULT_MAX_TOKENS})")
     _eval_args(k)
 
-    b = sub.add_parser("bench", help="prompt processing and generation speed, as llama-bench")
+    b = sub.add_parser("bench", help="prompt processing and generation speed, as llama-bench;"
+                       " lists (-t 1,2,4 -p 128,512) sweep every combination")
     b.add_argument("model", type=Path)
-    b.add_argument("-p", "--n-prompt", type=_non_negative, default=512,
-                   help="prompt tokens of the pp test, 0 to skip it (default: 512)")
-    b.add_argument("-n", "--n-gen", type=_non_negative, default=128,
-                   help="generated tokens of the tg test, 0 to skip it (default: 128)")
+    b.add_argument("-p", "--n-prompt", type=_list_of(_non_negative), default=(512,),
+                   help="prompt tokens of the pp test, or a comma-separated list of sizes;"
+                   " 0 to skip it (default: 512)")
+    b.add_argument("-n", "--n-gen", type=_list_of(_non_negative), default=(128,),
+                   help="generated tokens of the tg test, or a comma-separated list of sizes;"
+                   " 0 to skip it (default: 128)")
     b.add_argument("-r", "--repetitions", type=_positive, default=5,
                    help="timed repetitions of each test (default: 5)")
     b.add_argument("-b", "--batch-size", type=_positive, default=2048,
@@ -126,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-ub", "--ubatch-size", type=_positive, default=512,
                    help="physical batch size (default: 512)")
     b.add_argument("--json", action="store_true", help="print every sample as JSON")
-    _run_args(b)
+    b.add_argument("--plot", type=_plot_path, default=None, metavar="FILE",
+                   help="draw tokens/s against threads here, one line per test (PNG, SVG or"
+                   " PDF; needs matplotlib)")
+    _run_args(b, _list_of(_positive), "CPU threads, or a comma-separated list to sweep")
 
     for mode, what in ((HELLASWAG, "HellaSwag accuracy (6 lines a task)"),
                        (WINOGRANDE, "Winogrande accuracy (the CSV with _)"),
@@ -276,6 +307,80 @@ def _protocol(args: argparse.Namespace) -> ScoringProtocol:
                                n_chunks=getattr(args, "chunks", None))
     except ValueError as exc:
         raise EvalTextError(str(exc)) from None
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """One value of each list: llama-bench's two tests and today's table. A list anywhere: every
+    combination (:func:`~pytest_quantcheck.bench.sweep_settings`), a row each."""
+    from pytest_quantcheck.bench import Bench, sweep_settings
+
+    check_gguf_path(args.model)
+    if args.plot is not None:
+        _need_matplotlib("--plot")
+    threads = args.threads or (None,)
+    options = RunOptions(n_threads=threads[0], n_gpu_layers=args.n_gpu_layers,
+                         verbose=args.verbose)
+    bench = Bench(default_backend(), options)
+    results: Sequence[BenchResult]
+    if len(threads) == len(args.n_prompt) == len(args.n_gen) == 1:
+        run = bench.throughput(args.model, args.n_prompt[0], args.n_gen[0], args.repetitions,
+                               args.batch_size, args.ubatch_size)
+        if args.json:
+            _dump({"model": str(args.model), **run.to_dict(),
+                   "tests": [r.to_dict() for r in run.tests.values()]})
+        else:
+            _print_bench(args.model, run)
+        results, cpu = list(run.tests.values()), run.fingerprint.cpu
+    else:
+        settings = sweep_settings([t or options.threads() for t in threads], args.n_prompt,
+                                  args.n_gen)
+        sweep = bench.sweep(args.model, settings, args.repetitions, args.batch_size,
+                            args.ubatch_size)
+        if args.json:
+            _dump({"model": str(args.model), **sweep.to_dict()})
+        else:
+            _print_sweep(args.model, sweep)
+        results, cpu = sweep.results, sweep.fingerprint.cpu
+    if args.plot is not None:
+        from pytest_quantcheck.report import plot_scaling
+
+        plot_scaling(args.plot, results, f"{args.model.name} on {cpu}")
+    return 0
+
+
+def _need_matplotlib(option: str) -> None:
+    """Before a long measurement, not after it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from pytest_quantcheck.report import PLOTS_HINT
+
+        raise QuantcheckError(f"{option}: {PLOTS_HINT}") from None
+
+
+def _print_sweep(model: Path, sweep: Sweep) -> None:
+    """llama-bench's table, a row a setting, with each mean's 95 % interval and, over several
+    thread counts, each test's speed-up from the first."""
+    size = model.stat().st_size / 2**20
+    first: dict[str, BenchResult] = {}  # each test at the first thread count
+    for r in sweep.results:
+        first.setdefault(r.test, r)
+    scaling = len({r.n_threads for r in sweep.results}) > 1
+    print(f"machine: {sweep.fingerprint.summary(threads=False)};"
+          f" {' '.join(sweep.fingerprint.cpu_features)}")
+    print("| model | size | threads | n_batch | n_ubatch | test | t/s | 95 % CI of t/s |"
+          + (f" vs {sweep.results[0].n_threads} threads |" if scaling else "")
+          + " roofline |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+          + (" ---: |" if scaling else "") + " ---: |")
+    for r in sweep.results:
+        low, high = r.interval()
+        spread = "n/a (1 repetition)" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
+        eff = sweep.efficiency(r)
+        roof = "" if eff is None else f"{eff:.0%} of {sweep.bandwidth[r.n_threads] / 1e9:.1f} GB/s"
+        ratio = f" {r.mean / first[r.test].mean:.2f}x |" if scaling else ""
+        print(f"| {model.name} | {size:.2f} MiB | {r.n_threads} | {r.n_batch} | {r.n_ubatch} |"
+              f" {r.test} | {r.mean:.2f} ± {r.sd:.2f} | {spread} |{ratio} {roof} |")
 
 
 def _print_bench(model: Path, run: ThroughputRun) -> None:
@@ -452,6 +557,8 @@ def _tensors(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "merge":
         return _merge(args)
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "tensors":
         return _tensors(args)
     if args.command == "blame":
@@ -484,23 +591,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in MODES:
         return _tasks(args)
     # Inputs are checked before llama.cpp is loaded: a typo fails fast and in one line.
-    proto = _protocol(args) if args.command != "bench" else None
+    proto = _protocol(args)
     for path in (getattr(args, "ref", None), args.model):
         if path is not None:
             check_gguf_path(path)
     if args.command in ("perplexity", "kld"):
         read_eval_text(args.file)
     engine = Engine.default(_options(args), result_cache=not getattr(args, "no_cache", False))
-    if args.command == "bench":
-        run = engine.throughput(args.model, args.n_prompt, args.n_gen, args.repetitions,
-                                args.batch_size, args.ubatch_size)
-        if args.json:
-            _dump({"model": str(args.model), **run.to_dict(),
-                   "tests": [r.to_dict() for r in run.tests.values()]})
-        else:
-            _print_bench(args.model, run)
-        return 0
-    assert proto is not None
     if args.command == "memory":
         usage = engine.memory(args.model, proto)
         if args.json:
@@ -510,7 +607,6 @@ def _run(args: argparse.Namespace) -> int:
             print(f"workload    load, then one batch of {proto.n_seq} x {proto.n_ctx} tokens")
             print(f"memory      {usage.describe()}")
         return 0
-    assert proto is not None
     t0 = time.perf_counter()
     if args.command == "perplexity":
         with _live(f"perplexity of {args.model.name}") as progress:

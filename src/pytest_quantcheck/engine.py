@@ -6,15 +6,18 @@ fetch or build the cached reference log-probabilities.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
-from pytest_quantcheck import cache, gpu, machine, refstore
+from pytest_quantcheck import cache, refstore
 from pytest_quantcheck.backends import Backend, RunOptions, default_backend
+from pytest_quantcheck.bench import Bench
 from pytest_quantcheck.evaluation import (
     EvalTextError,
     ScoringProtocol,
@@ -25,8 +28,6 @@ from pytest_quantcheck.evaluation import (
     read_eval_text,
     tokens_digest,
 )
-from pytest_quantcheck.gguf_file import GGUFError, read_gguf
-from pytest_quantcheck.machine import Fingerprint
 from pytest_quantcheck.metrics.kld import (
     COMPARISON_FIELDS,
     DEFAULT_MAX_TOKENS,
@@ -38,7 +39,6 @@ from pytest_quantcheck.metrics.kld import (
 from pytest_quantcheck.metrics.memory import MemoryUsage
 from pytest_quantcheck.metrics.perplexity import PerplexityResult, perplexity_from_nll
 from pytest_quantcheck.metrics.task_answers import TaskResult
-from pytest_quantcheck.metrics.throughput import BenchResult, ThroughputRun, bytes_per_token
 from pytest_quantcheck.progress import Progress
 from pytest_quantcheck.refstore import (
     ReferenceStore,
@@ -51,6 +51,17 @@ from pytest_quantcheck.results import Cached, ResultCache, ResultKey
 from pytest_quantcheck.tasks.files import load as load_tasks
 from pytest_quantcheck.tasks.scoring import score as score_tasks
 from pytest_quantcheck.variants import check_gguf_path
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _delegate(method: Callable[Concatenate[Bench, P], R]) -> Callable[Concatenate[Engine, P], R]:
+    """``method`` of a :class:`Bench` on the engine's backend and options, as the engine's own."""
+    @functools.wraps(method)
+    def on_engine(engine: Engine, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return method(Bench(engine.backend, engine.options), *args, **kwargs)
+    return on_engine
 
 
 @dataclass(frozen=True)
@@ -239,105 +250,12 @@ class Engine:
         return self.backend.measure_memory(model_path, self.options, proto.n_ctx, proto.n_seq,
                                            min(proto.n_batch, proto.n_seq * proto.n_ctx))
 
-    def bench(
-        self, model_path: Path, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 5,
-        n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0,
-    ) -> list[BenchResult]:
-        """``llama-bench``'s pp and tg tests: each in a fresh context, warmed up once, then timed
-        ``repetitions`` times from an empty cache (decoding only)."""
-        return self.bench_interleaved([model_path], n_prompt, n_gen, repetitions, n_batch,
-                                      n_ubatch, seed)[0]
-
-    def bench_interleaved(
-        self, model_paths: list[Path], n_prompt: int = 512, n_gen: int = 128,
-        repetitions: int = 5, n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0,
-    ) -> list[list[BenchResult]]:
-        """:meth:`bench` of several models whose repetitions alternate (ABAB...): slow drift of
-        the machine during the measurement hits every model alike, so their comparison is
-        paired in time. One list of results per model, in the order given."""
-        for path in model_paths:
-            check_gguf_path(path)
-        models = []
-        results: list[list[BenchResult]] = [[] for _ in model_paths]
-        try:
-            for path in model_paths:
-                models.append(self.backend.load(path, self.options))
-            for test, n_p, n_g in (("pp", n_prompt, 0), ("tg", 0, n_gen)):
-                if n_p + n_g == 0:
-                    continue
-                contexts, inputs = [], []
-                try:
-                    for model in models:
-                        rng = np.random.default_rng(seed)
-                        tokens = rng.integers(0, model.n_vocab, size=max(n_prompt, n_gen, 1)
-                                              ).astype(np.int32)
-                        if model.add_bos:
-                            tokens[0] = model.bos_token
-                        contexts.append(model.open_bench(n_p + n_g, n_batch, n_ubatch))
-                        inputs.append(tokens)
-                    for ctx, tokens in zip(contexts, inputs, strict=True):  # warm-up, as llama-bench
-                        if n_p:
-                            ctx.prompt(tokens[:n_p])
-                        if n_g:
-                            ctx.generate(tokens[:1])
-                    seconds: list[list[float]] = [[] for _ in models]
-                    for _ in range(repetitions):
-                        for i, (ctx, tokens) in enumerate(zip(contexts, inputs, strict=True)):
-                            ctx.clear()
-                            start = time.perf_counter_ns()
-                            if n_p:
-                                ctx.prompt(tokens[:n_p])
-                            if n_g:
-                                ctx.generate(tokens[:n_g])
-                            seconds[i].append((time.perf_counter_ns() - start) / 1e9)
-                finally:
-                    for ctx in contexts:
-                        ctx.close()
-                for i, times in enumerate(seconds):
-                    results[i].append(BenchResult(f"{test}{n_p + n_g}", n_p, n_g,
-                                                  self.options.threads(), n_batch, n_ubatch,
-                                                  np.array(times)))
-        finally:
-            for model in models:
-                model.close()
-        return results
-
-    def fingerprint(self) -> Fingerprint:
-        """The machine as throughput records identify it (see machine.py)."""
-        return machine.fingerprint(
-            system_info=self.backend.system_info(), llama_cpp=self.backend.version,
-            threads=self.options.threads(), gpu=gpu.query().names,
-            n_gpu_layers=self.options.n_gpu_layers)
-
-    def throughput(
-        self, model_path: Path, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 5,
-        n_batch: int = 2048, n_ubatch: int = 512, fingerprint: Fingerprint | None = None,
-    ) -> ThroughputRun:
-        """:meth:`bench`, with where it ran and the roofline: the memory bandwidth (probed
-        right after the timings) and the weight bytes a generated token reads."""
-        return self.throughput_interleaved([model_path], n_prompt, n_gen, repetitions, n_batch,
-                                           n_ubatch, fingerprint)[0]
-
-    def throughput_interleaved(
-        self, model_paths: list[Path], n_prompt: int = 512, n_gen: int = 128,
-        repetitions: int = 5, n_batch: int = 2048, n_ubatch: int = 512,
-        fingerprint: Fingerprint | None = None,
-    ) -> list[ThroughputRun]:
-        """:meth:`throughput` of several models, their repetitions alternating."""
-        fingerprint = fingerprint or self.fingerprint()
-        benched = self.bench_interleaved(model_paths, n_prompt, n_gen, repetitions, n_batch,
-                                         n_ubatch)
-        bandwidth = machine.memory_bandwidth(self.options.threads())
-        runs = []
-        for path, results in zip(model_paths, benched, strict=True):
-            try:
-                per_token: int | None = bytes_per_token(
-                    read_gguf(path, decode_strings=False).tensors)
-            except GGUFError:
-                per_token = None
-            runs.append(ThroughputRun({r.test[:2]: r for r in results}, fingerprint, bandwidth,
-                                      per_token))
-        return runs
+    # llama-bench's timings live in bench.py; these keep the engine's callers working
+    bench = _delegate(Bench.bench)
+    bench_interleaved = _delegate(Bench.bench_interleaved)
+    throughput = _delegate(Bench.throughput)
+    throughput_interleaved = _delegate(Bench.throughput_interleaved)
+    fingerprint = _delegate(Bench.fingerprint)
 
 
 __all__ = ["Engine", "ReferenceStoreError"]

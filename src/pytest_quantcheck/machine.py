@@ -89,9 +89,10 @@ class Fingerprint:
         return [f"{name} {_show(mine[name])}, now {_show(theirs[name])}"
                 for name in self.differing(other, ignore)]
 
-    def summary(self) -> str:
-        """One line for messages: CPU, threads, GPU offload, build."""
-        where = f"{self.cpu}, {self.threads} threads"
+    def summary(self, threads: bool = True) -> str:
+        """One line for messages: CPU, threads (unless ``threads`` is false: a sweep's results
+        each say theirs), GPU offload, build."""
+        where = f"{self.cpu}, {self.threads} threads" if threads else self.cpu
         if self.n_gpu_layers:
             where += f", {self.n_gpu_layers} layers on {', '.join(self.gpu) or 'GPU'}"
         return f"{where}, {self.llama_cpp}"

@@ -1,5 +1,6 @@
 """Reports of a run's check outcomes: terminal table, Markdown (GitHub step summary), GitHub
-annotations, JSON and a dedicated JUnit file. Pure functions of the outcomes; no pytest here.
+annotations, JSON and a dedicated JUnit file; and the plots (the trade-off plot of a run, the
+thread scaling of ``quantcheck bench``). Pure functions of the outcomes; no pytest here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pytest_quantcheck.checks import Outcome, apply_holm
 from pytest_quantcheck.checks.outcome import ERROR, RECORDED, SKIPPED, count_line
 from pytest_quantcheck.errors import QuantcheckError
 from pytest_quantcheck.metrics.task_answers import Z95
+from pytest_quantcheck.metrics.throughput import BenchResult
 
 # "over": what the row's numbers rest on (8 of 64 chunks: a check decided in looks), so rows
 # side by side say when they were computed on different chunks
@@ -398,6 +400,44 @@ def plot_tradeoffs(path: Path, points: dict[str, dict[str, Any]],
         per_pixel = 72.0 / fig.dpi
         for text, (dx, dy) in zip(texts, place_labels(anchors, sizes), strict=True):
             text.set_position((dx * per_pixel, dy * per_pixel))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_scaling(path: Path, results: Sequence[BenchResult], title: str) -> None:
+    """Tokens/s against threads, as ``quantcheck bench --plot`` draws a sweep: one line per
+    test (pp512, tg128, ...) through its thread counts, each point with its repetitions' 95 %
+    interval of the mean, one panel per phase (prompt processing runs ten times faster than
+    generation, and would flatten it). PNG, SVG or PDF by suffix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = [(phase, label) for phase, label in (("pp", "prompt processing"),
+                                                  ("tg", "text generation"))
+              if any(r.test.startswith(phase) for r in results)]
+    fig, axes = plt.subplots(1, max(1, len(phases)), figsize=(5.5 * max(1, len(phases)), 4.5),
+                             squeeze=False)
+    threads = sorted({r.n_threads for r in results})
+    for ax, (phase, label) in zip(axes[0], phases, strict=False):
+        tests = dict.fromkeys(r.test for r in results if r.test.startswith(phase))
+        for test in tests:
+            line = sorted((r for r in results if r.test == test), key=lambda r: r.n_threads)
+            x = np.array([r.n_threads for r in line])
+            drawn = ax.plot(x, [r.mean for r in line], marker="o", label=test)[0]
+            # the interval is of the log scale's mean, not centred on the mean: drawn as is;
+            # one needs two repetitions, with one (nan) the point stands alone
+            low, high = np.array([r.interval() for r in line]).T
+            seen = ~np.isnan(low)
+            ax.vlines(x[seen], low[seen], high[seen], color=drawn.get_color(), alpha=0.6)
+        ax.set(xlabel="threads", ylabel="tokens/s (mean, 95 % CI)", title=f"{label}: {title}",
+               xticks=threads)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -231,6 +231,16 @@ def bootstrap_stat_at_most(
 # rank test handle exactly. The estimate and interval are of log(this / other).
 
 
+def mean_interval(values: NDArray[np.float64], confidence: float = 0.95) -> tuple[float, float]:
+    """Student's t interval of the mean of independent ``values`` (two-sided, ``confidence``);
+    ``(nan, nan)`` for fewer than two, where no spread is seen."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return math.nan, math.nan
+    half = _t_ppf(0.5 + confidence / 2, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return float(x.mean()) - half, float(x.mean()) + half
+
+
 def mean_at_least(values: NDArray[np.float64], limit: float, alpha: float, mode: str,
                   what: str) -> Decision:
     """Is the mean of independent ``values`` (e.g. tokens/s per repetition) at least ``limit``?"""

@@ -8,6 +8,7 @@ tokens/s sample; the summary is their mean and sample standard deviation, as lla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from numpy.typing import NDArray
 from pytest_quantcheck.gguf_check import GGML_TYPE_SIZES, tensor_nbytes
 from pytest_quantcheck.gguf_file import TensorInfo
 from pytest_quantcheck.machine import Fingerprint
+from pytest_quantcheck.stats import mean_interval
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,15 @@ class BenchResult:
     def sd(self) -> float:
         # llama-bench: sqrt(sum(x^2)/(n-1) - mean^2 * n/(n-1)), the sample standard deviation
         return float(self.samples.std(ddof=1)) if self.samples.size > 1 else 0.0
+
+    def interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        """Where the typical tokens/s lies given the repetitions' scatter: Student's t interval
+        of the mean log tokens/s, exponentiated. Timing noise is multiplicative (stats.py
+        compares throughput on the log scale for the same reason), so the interval is never
+        negative, as one of the mean itself can be under heavy noise, and reaches further up
+        than down. It cannot show drift between runs. ``(nan, nan)`` with one repetition."""
+        low, high = mean_interval(np.log(self.samples), confidence)
+        return math.exp(low), math.exp(high)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BenchResult:
@@ -107,3 +118,35 @@ class ThroughputRun:
                 "tests": {phase: r.to_dict() for phase, r in self.tests.items()},
                 "bandwidth_gb_s": None if self.bandwidth is None else self.bandwidth / 1e9,
                 "bytes_per_token": self.bytes_per_token, "efficiency": self.efficiency()}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The tests of ``quantcheck bench`` with lists (``-t 1,2,4 -p 128,512``), one result per
+    setting in the order run, with the machine and each thread count's memory bandwidth."""
+
+    results: tuple[BenchResult, ...]
+    fingerprint: Fingerprint  # the machine; ``threads`` aside, each result has its own
+    bandwidth: Mapping[int, float]  # bytes/s by thread count, probed after that count's tests
+    bytes_per_token: int | None = None
+
+    def efficiency(self, result: BenchResult) -> float | None:
+        """A tg result's share of the roofline at its thread count (see
+        :meth:`ThroughputRun.efficiency`); None for pp."""
+        bandwidth = self.bandwidth.get(result.n_threads)
+        if result.n_prompt or not result.n_gen or not bandwidth or not self.bytes_per_token:
+            return None
+        return result.mean * self.bytes_per_token / bandwidth
+
+    def to_dict(self) -> dict[str, Any]:
+        machine = {k: v for k, v in self.fingerprint.to_dict().items() if k != "threads"}
+        threads = list(dict.fromkeys(r.n_threads for r in self.results))
+        tests = []
+        for r in self.results:
+            low, high = r.interval()
+            bandwidth = self.bandwidth.get(r.n_threads)
+            tests.append({**r.to_dict(), "ci95_low": low, "ci95_high": high,
+                          "bandwidth_gb_s": None if bandwidth is None else bandwidth / 1e9,
+                          "efficiency": self.efficiency(r)})
+        return {"machine": machine, "threads": threads, "bytes_per_token": self.bytes_per_token,
+                "tests": tests}
