@@ -144,10 +144,12 @@ def test_two_models_are_benchmarked_in_alternation(tmp_path: Path,
         clear(self)
 
     monkeypatch.setattr(fakes.FakeBench, "clear", logged)
-    a = write_fake_gguf(tmp_path / "a.gguf", speed=30000)
-    b = write_fake_gguf(tmp_path / "b.gguf", speed=20000)
+    # 3x apart and sleeps of milliseconds, so a loaded machine's scheduling delays (a fraction of
+    # a millisecond each) cannot reorder the two models' means
+    a = write_fake_gguf(tmp_path / "a.gguf", speed=3000)
+    b = write_fake_gguf(tmp_path / "b.gguf", speed=1000)
     ra, rb = Engine(FakeBackend()).bench_interleaved([a, b], n_prompt=16, n_gen=4, repetitions=3)
-    assert order == [30000.0, 20000.0] * 6  # ABABAB for pp, then for tg
+    assert order == [3000.0, 1000.0] * 6  # ABABAB for pp, then for tg
     assert [r.test for r in ra] == [r.test for r in rb] == ["pp16", "tg4"]
     assert all(r.seconds.size == 3 for r in (*ra, *rb))
     assert ra[0].mean > rb[0].mean  # each model keeps its own timings
