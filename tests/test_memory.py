@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_quantcheck.backends import RunOptions
 from pytest_quantcheck.cli import main
 from pytest_quantcheck.engine import Engine
 from pytest_quantcheck.evaluation import ScoringProtocol
@@ -42,11 +43,33 @@ def test_gpu_bytes_prefer_nvmls_process_figure() -> None:
     assert none.to_dict()["gpu_mib"] is None
 
 
-def test_engine_measures_the_protocols_batch(tmp_path: Path) -> None:
+class ShapeRecorder(FakeBackend):
+    """Remembers the context shape each memory measurement is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, int, int]] = []
+
+    def measure_memory(self, path: Path, options: RunOptions, n_ctx: int, n_seq: int,
+                       n_batch: int) -> MemoryUsage:
+        self.shapes.append((n_ctx, n_seq, n_batch))
+        return super().measure_memory(path, options, n_ctx, n_seq, n_batch)
+
+
+@pytest.mark.parametrize(("n_ctx", "n_batch", "asked"), [
+    (64, 256, (64, 1, 64)),  # llama-perplexity would decode 4 chunks side by side; scoring, one
+    (64, 64, (64, 1, 64)),
+    (64, 32, (64, 1, 32)),  # a batch below n_ctx: the chunk in two batches, as scoring cuts it
+])
+def test_engine_measures_one_chunk_as_scoring_decodes_it(
+    tmp_path: Path, n_ctx: int, n_batch: int, asked: tuple[int, int, int],
+) -> None:
     path = write_fake_gguf(tmp_path / "m.gguf")
-    usage = Engine(FakeBackend()).memory(path, ScoringProtocol(n_ctx=64, n_batch=256))
-    # the fake charges the file, a KV cache of 4 x 64 tokens and 256 rows of logits
-    assert usage.peak_bytes == path.stat().st_size + 2 * 64 * 4 * 8 * 4 + 256 * 259 * 4
+    backend = ShapeRecorder()
+    usage = Engine(backend).memory(path, ScoringProtocol(n_ctx=n_ctx, n_batch=n_batch))
+    assert backend.shapes == [asked]
+    # the fake charges the file, a KV cache of one chunk and one batch of logits
+    assert usage.peak_bytes == path.stat().st_size + 2 * 64 * 8 * 4 + asked[2] * 259 * 4
 
 
 @pytest.mark.real

@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         _run_args(t)
 
     m = sub.add_parser("memory", help="peak resident (and GPU) memory of load plus one"
-                       " evaluation batch")
+                       " scored chunk")
     m.add_argument("model", type=Path)
     _shape_args(m)
     _run_args(m)
@@ -604,7 +604,7 @@ def _run(args: argparse.Namespace) -> int:
             _dump({"model": str(args.model), "protocol": proto.describe(), **usage.to_dict()})
         else:
             print(f"model       {args.model}")
-            print(f"workload    load, then one batch of {proto.n_seq} x {proto.n_ctx} tokens")
+            print(f"workload    load, then one chunk of {proto.n_ctx} tokens, as scoring decodes it")
             print(f"memory      {usage.describe()}")
         return 0
     t0 = time.perf_counter()

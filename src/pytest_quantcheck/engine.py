@@ -244,11 +244,17 @@ class Engine:
                           entry.arrays["chosen"].astype(np.int32), decoded=scored)
 
     def memory(self, model_path: Path, proto: ScoringProtocol) -> MemoryUsage:
-        """Resident (and GPU) memory of loading the model and decoding one batch of the scoring
-        protocol's shape, measured apart from this process (see metrics/memory.py)."""
+        """Resident (and GPU) memory of loading the model and decoding one chunk as a scoring pass
+        does, measured apart from this process (see metrics/memory.py).
+
+        Scoring decodes one chunk at a time (:func:`~pytest_quantcheck.evaluation.scored_groups`),
+        not ``proto.n_seq`` side by side as llama-perplexity does, so a context of one sequence
+        of ``n_ctx`` tokens, with ``n_batch`` clipped to it, is what it holds: measuring
+        ``n_seq`` chunks would charge a KV cache and a logits buffer ``n_seq`` times the size
+        (1 GiB rather than 256 MiB of logits at a 262,144-token vocabulary)."""
         check_gguf_path(model_path)
-        return self.backend.measure_memory(model_path, self.options, proto.n_ctx, proto.n_seq,
-                                           min(proto.n_batch, proto.n_seq * proto.n_ctx))
+        return self.backend.measure_memory(model_path, self.options, proto.n_ctx, 1,
+                                           min(proto.n_batch, proto.n_ctx))
 
     # llama-bench's timings live in bench.py; these keep the engine's callers working
     bench = _delegate(Bench.bench)
