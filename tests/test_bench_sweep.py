@@ -218,3 +218,33 @@ def test_the_plugins_throughput_check_keeps_one_setting(value: object) -> None:
     with pytest.raises(ConfigError) as info:
         merge([Layer("pyproject.toml", Path("."), {"bench_prompt": value})])
     assert str(info.value) == f"pyproject.toml: bench_prompt: expected a whole number, got {value!r}"
+
+
+@pytest.mark.parametrize("threads", ["2", "1,2"])
+def test_the_command_times_with_the_machine_to_itself(
+        fake_bench: list[FakeBackend], model: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, threads: str) -> None:
+    """As the plugin's timings: the command holds the machine's timing lock around every
+    repetition, so another process's heavy step (a suite decoding) never runs beside it."""
+    import contextlib
+    from collections.abc import Iterator
+
+    held: list[bool] = []
+    real_load = FakeBackend.load  # every bench context is opened on a model loaded under the lock
+
+    @contextlib.contextmanager
+    def timing() -> Iterator[None]:
+        held.append(True)
+        try:
+            yield
+        finally:
+            held.append(False)
+
+    def load(self: FakeBackend, path: Path, options: object) -> object:
+        assert held and held[-1], "measured outside the timing lock"
+        return real_load(self, path, options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(machine, "timing", timing)
+    monkeypatch.setattr(FakeBackend, "load", load)
+    run(capsys, "bench", model, "-t", threads, "-p", 16, "-n", 4, "-r", 2)
+    assert held == [True, False]
