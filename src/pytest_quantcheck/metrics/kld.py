@@ -114,7 +114,7 @@ def reference_rows(
     row, the fewest most probable tokens that hold all but ``tail_mass`` of the probability (at
     most ``max_tokens``; ties to the lower id), in id order."""
     n, n_vocab = logits.shape
-    kept: list[NDArray[np.int64]] = [np.empty(0, np.int64)] * n
+    kept: list[NDArray[np.int32]] = [np.empty(0, np.int32)] * n  # int32 ids: half of int64's room
     kept_logp: list[NDArray[np.float32]] = [np.empty(0, np.float32)] * n
     tail_logp = np.empty(n, dtype=np.float64)
     target_logp = np.empty(n, dtype=np.float64)
@@ -147,7 +147,7 @@ def reference_rows(
                 vals[r] = row[cand] - m[r]
                 mask = _kept(cand, vals[r], float(lse[r]), tail_mass)
                 mask = np.ones(len(cand), dtype=np.bool_) if mask is None else mask
-            kept[lo + r] = cand[mask]
+            kept[lo + r] = cand[mask].astype(np.int32)
             kept_logp[lo + r] = (vals[r][mask].astype(np.float64) - lse[r]).astype(np.float32)
             target_logp[lo + r] = float(row[targets[lo + r]] - m[r]) - lse[r]
         counts = np.array([len(k) for k in kept[lo:hi]])
@@ -161,7 +161,7 @@ def reference_rows(
     np.cumsum(counts, out=offsets[1:])
     return ReferenceRows(
         offsets=offsets,
-        ids=np.concatenate(kept).astype(np.int32) if n else np.empty(0, np.int32),
+        ids=np.concatenate(kept) if n else np.empty(0, np.int32),
         logp=np.concatenate(kept_logp) if n else np.empty(0, np.float32),
         tail_logp=tail_logp,
         target_logp=target_logp,
