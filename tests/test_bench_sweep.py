@@ -191,8 +191,8 @@ def test_plot_draws_a_line_per_test(capsys: pytest.CaptureFixture[str],
     out = tmp_path / "plots" / "scaling.svg"
     run(capsys, "bench", model, "-t", "1,2,3", "-p", "40,24", "-n", "8", "-r", "2", "--plot", out)
     svg = out.read_text()
-    for text in ("pp40", "pp24", "tg8", "threads", "prompt processing: m.gguf",
-                 "text generation: m.gguf"):
+    for text in ("pp40", "pp24", "tg8", "threads", "prompt processing", "text generation",
+                 "m.gguf on "):
         assert text in svg, text
     single = tmp_path / "single.png"  # one setting: still drawn, from the classic run
     run(capsys, "bench", model, "-p", "40", "-n", "0", "-r", "2", "--plot", single)

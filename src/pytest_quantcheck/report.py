@@ -407,8 +407,8 @@ def plot_tradeoffs(path: Path, points: dict[str, dict[str, Any]],
 
 def plot_scaling(path: Path, results: Sequence[BenchResult], title: str) -> None:
     """Tokens/s against threads, as ``quantcheck bench --plot`` draws a sweep: one line per
-    test (pp512, tg128, ...) through its thread counts, each point with its repetitions' 95 %
-    interval of the mean, one panel per phase (prompt processing runs ten times faster than
+    test (pp512, tg128, ...) through its thread counts, each point the mean with its
+    repetitions' 95 % interval (of the log tokens/s, exponentiated), one panel per phase (prompt processing runs ten times faster than
     generation, and would flatten it). PNG, SVG or PDF by suffix."""
     import matplotlib
 
@@ -432,11 +432,12 @@ def plot_scaling(path: Path, results: Sequence[BenchResult], title: str) -> None
             low, high = np.array([r.interval() for r in line]).T
             seen = ~np.isnan(low)
             ax.vlines(x[seen], low[seen], high[seen], color=drawn.get_color(), alpha=0.6)
-        ax.set(xlabel="threads", ylabel="tokens/s (mean, 95 % CI)", title=f"{label}: {title}",
+        ax.set(xlabel="threads", ylabel="tokens/s (mean and 95 % CI)", title=label,
                xticks=threads)
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize="small")
+    fig.suptitle(title)  # the model and machine, once: a panel's title has no room for them
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
