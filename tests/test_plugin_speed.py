@@ -202,7 +202,7 @@ def test_memory_at_most(speed_project: pytest.Pytester, run_both_ways: RunBoth) 
     result.stdout.fnmatch_lines([
         "*memory_at_most(mb=0.05, device='host') FAIL for fast: peak RSS MiB * vs 0.05 (limit);"
         " tolerance <= 0.05 MiB; peak RSS * MiB, GPU memory not available (fake backend), load plus"
-        " one evaluation batch, on *, 2 threads, fake 1*",
+        " one scored chunk, on *, 2 threads, fake 1*",
         "*GPU memory of * not available: fake backend*",
     ])
 

@@ -136,7 +136,7 @@ class QuantModel:
         return self.models.timings.throughput(self)
 
     def memory(self) -> MemoryUsage:
-        """Resident (and GPU) memory of load plus one evaluation batch."""
+        """Resident (and GPU) memory of load plus one scored chunk."""
         return self.models.timings.memory(self)
 
     def task(self, name: str) -> TaskResult:

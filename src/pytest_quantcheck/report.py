@@ -408,8 +408,9 @@ def plot_tradeoffs(path: Path, points: dict[str, dict[str, Any]],
 def plot_scaling(path: Path, results: Sequence[BenchResult], title: str) -> None:
     """Tokens/s against threads, as ``quantcheck bench --plot`` draws a sweep: one line per
     test (pp512, tg128, ...) through its thread counts, each point the mean with its
-    repetitions' 95 % interval (of the log tokens/s, exponentiated), one panel per phase (prompt processing runs ten times faster than
-    generation, and would flatten it). PNG, SVG or PDF by suffix."""
+    repetitions' 95 % interval (of the log tokens/s, exponentiated), one panel per phase
+    (prompt processing runs ten times faster than generation, and would flatten it). PNG, SVG
+    or PDF by suffix."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -132,8 +132,8 @@ class ThroughputAtLeast(CheckType):
 class MemoryAtMost(CheckType):
     marker = "memory_at_most"
     params = (Param("mb", low=0.0), Param("device", "choice", default="host", choices=DEVICES))
-    summary = ("peak resident memory (`device=\"gpu\"`: GPU memory) of load plus one evaluation"
-               " batch at most `mb` MiB")
+    summary = ("peak resident memory (`device=\"gpu\"`: GPU memory) of load plus one scored"
+               " chunk at most `mb` MiB")
 
     def needs(self, args: Mapping[str, Any]) -> frozenset[str]:
         return frozenset({MEMORY})
@@ -149,7 +149,7 @@ class MemoryAtMost(CheckType):
         else:
             used, metric = usage.peak_bytes, "peak RSS MiB"
         ok = used <= args["mb"] * MiB
-        note = f"{usage.describe()}, load plus one evaluation batch"
+        note = f"{usage.describe()}, load plus one scored chunk"
         machine = getattr(subject, "fingerprint", None)
         if machine is not None:
             note += f", on {machine().summary()}"

@@ -3,7 +3,7 @@ memory from NVML.
 
 A figure is taken in a fresh process that holds nothing but the interpreter and the bindings, so
 it is the same whatever else a pytest session has loaded: the resident set before the model is
-loaded, and the high-water mark after it was loaded and one evaluation batch was decoded. Their
+loaded, and the high-water mark after it was loaded and one scored chunk was decoded. Their
 difference is what the model costs: mapped weights that were touched, the KV cache, compute
 buffers and logits.
 """
@@ -22,7 +22,7 @@ MiB = 2**20
 @dataclass(frozen=True)
 class MemoryUsage:
     rss_before: int  # bytes resident before the model was loaded
-    rss_peak: int  # high-water mark of resident bytes, after load and one evaluation batch
+    rss_peak: int  # high-water mark of resident bytes, after load and one scored chunk
     gpu: GpuReport = field(default_factory=GpuReport)  # at the peak, with the model loaded
     gpu_used_before: int = 0  # device bytes used by every process before the load
 
