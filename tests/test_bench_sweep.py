@@ -248,3 +248,27 @@ def test_the_command_times_with_the_machine_to_itself(
     monkeypatch.setattr(FakeBackend, "load", load)
     run(capsys, "bench", model, "-t", threads, "-p", 16, "-n", 4, "-r", 2)
     assert held == [True, False]
+
+
+@pytest.mark.parametrize("threads", ["2", "1,2"])
+def test_a_file_that_is_not_gguf_is_one_line_before_timing(
+        fake_bench: list[FakeBackend], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        threads: str) -> None:
+    bad = tmp_path / "m.gguf"
+    bad.write_bytes(b"PK\x03\x04 a zip file")
+    assert cli.main(["bench", str(bad), "-t", threads, "-p", "16", "-n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bad}: not a GGUF file" in err
+    assert all(not b.models for b in fake_bench)  # nothing loaded, nothing timed
+
+
+def test_a_sweep_checks_its_file_once(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header check reads the vocabulary (0.2 s at 262k tokens): once a sweep, not once a
+    thread count."""
+    from pytest_quantcheck import bench
+
+    checked: list[Path] = []
+    monkeypatch.setattr(bench, "check_gguf_path", checked.append)
+    monkeypatch.setattr(machine, "memory_bandwidth", lambda threads: threads * GB)
+    Bench(FakeBackend()).sweep(model, sweep_settings([1, 2, 3], [16], [4]), repetitions=1)
+    assert checked == [model]

@@ -71,6 +71,8 @@ class Bench:
         """:meth:`bench` of several models whose repetitions alternate (ABAB...): slow drift of
         the machine during the measurement hits every model alike, so their comparison is
         paired in time. One list of results per model, in the order given."""
+        for path in model_paths:
+            check_gguf_path(path)
         return self._tests(model_paths, [(n_prompt, 0), (0, n_gen)], repetitions, n_batch,
                            n_ubatch, seed)
 
@@ -78,10 +80,8 @@ class Bench:
         self, model_paths: list[Path], tests: list[tuple[int, int]], repetitions: int,
         n_batch: int, n_ubatch: int, seed: int = 0,
     ) -> list[list[BenchResult]]:
-        """The ``(n_prompt, n_gen)`` tests, one after another, on models loaded once; a test of
-        0 tokens is skipped."""
-        for path in model_paths:
-            check_gguf_path(path)
+        """The ``(n_prompt, n_gen)`` tests, one after another, on models loaded once (their files
+        checked by the caller); a test of 0 tokens is skipped."""
         tests = [(n_p, n_g) for n_p, n_g in tests if n_p + n_g]
         size = max([1] + [n_p + n_g for n_p, n_g in tests])  # one input serves every test
         models = []

@@ -314,7 +314,6 @@ def _bench(args: argparse.Namespace) -> int:
     combination (:func:`~pytest_quantcheck.bench.sweep_settings`), a row each."""
     from pytest_quantcheck.bench import Bench, sweep_settings
 
-    check_gguf_path(args.model)
     if args.plot is not None:
         _need_matplotlib("--plot")
     threads = args.threads or (None,)
